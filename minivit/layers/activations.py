@@ -1,0 +1,53 @@
+"""GELU, tanh approximation and exact erf form; tanh (for the optional pre-logits layer)."""
+from __future__ import annotations
+
+import math
+
+from .. import backend
+
+_C = math.sqrt(2.0 / math.pi)       # sqrt(2/pi)
+_A = 0.044715
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def gelu_tanh_forward(x):
+    """y = 0.5 x (1 + t), t = tanh(u), u = c (x + a x^3), c = sqrt(2/pi), a = 0.044715.
+    d: dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2)."""
+    xp = backend.xp_of(x)
+    t = xp.tanh(_C * (x + _A * (x * x * x)))              # (...), x*x*x: x**3 is slow in float32
+    return 0.5 * x * (1.0 + t), (x, t)
+
+
+def gelu_tanh_backward(dy, cache):
+    x, t = cache
+    dudx = _C * (1.0 + 3.0 * _A * (x * x))
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dudx)
+
+
+def gelu_erf_forward(x):
+    """y = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2)).
+    d: dy/dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""
+    phi_cdf = 0.5 * (1.0 + backend.erf(x * _INV_SQRT2))  # (...)
+    return x * phi_cdf, (x, phi_cdf)
+
+
+def gelu_erf_backward(dy, cache):
+    x, phi_cdf = cache
+    xp = backend.xp_of(x)
+    pdf = _INV_SQRT2PI * xp.exp(-0.5 * (x * x))
+    return dy * (phi_cdf + x * pdf)
+
+
+GELU = {"tanh": (gelu_tanh_forward, gelu_tanh_backward),
+        "erf": (gelu_erf_forward, gelu_erf_backward)}
+
+
+def tanh_forward(x):
+    """y = tanh(x).  d: dx = dy (1 - y^2)."""
+    y = backend.xp_of(x).tanh(x)
+    return y, y
+
+
+def tanh_backward(dy, y):
+    return dy * (1.0 - y * y)

@@ -1,0 +1,68 @@
+"""MLP and the pre-norm Transformer encoder block, composed from the pairs of the other modules."""
+from __future__ import annotations
+
+from .activations import GELU
+from .attention import mhsa_backward, mhsa_forward
+from .dropout import drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
+from .linear import linear_backward, linear_forward
+from .norm import layernorm_backward, layernorm_forward
+
+
+def mlp_forward(x, w1, b1, w2, b2, gelu: str = "tanh", dropout: float = 0.0, rng=None):
+    """y = drop(drop(gelu(x @ w1 + b1)) @ w2 + b2), w1 (D, F), w2 (F, D).
+    d: the linear, dropout and GELU pairs in reverse."""
+    act_forward, _ = GELU[gelu]
+    h, c_fc1 = linear_forward(x, w1, b1)                  # (B, N, F)
+    h, c_act = act_forward(h)                             # (B, N, F)
+    h, m_h = dropout_forward(h, dropout, rng)             # (B, N, F)
+    y, c_fc2 = linear_forward(h, w2, b2)                  # (B, N, D)
+    y, m_y = dropout_forward(y, dropout, rng)             # (B, N, D)
+    return y, (c_fc1, c_act, m_h, c_fc2, m_y, gelu)
+
+
+def mlp_backward(dy, cache):
+    c_fc1, c_act, m_h, c_fc2, m_y, gelu = cache
+    _, act_backward = GELU[gelu]
+    dh, dw2, db2 = linear_backward(dropout_backward(dy, m_y), c_fc2)
+    dh = act_backward(dropout_backward(dh, m_h), c_act)
+    dx, dw1, db1 = linear_backward(dh, c_fc1)
+    return dx, dw1, db1, dw2, db2
+
+
+def block_forward(x, p: dict, heads: int, gelu: str = "tanh", eps: float = 1e-6,
+                  dropout: float = 0.0, attn_dropout: float = 0.0, drop_path: float = 0.0, rng=None):
+    """Pre-norm encoder block on x (B, N, D), p holding this block's params by short name:
+        x = x + drop_path(drop(mhsa(norm1(x))))
+        x = x + drop_path(mlp(norm2(x)))
+    d: each residual passes dx straight through and adds its branch's input gradient."""
+    h, c_n1 = layernorm_forward(x, p["norm1.w"], p["norm1.b"], eps)            # (B, N, D)
+    a, c_att = mhsa_forward(h, p["attn.qkv.w"], p["attn.qkv.b"], p["attn.proj.w"],
+                            p["attn.proj.b"], heads, attn_dropout, rng)        # (B, N, D)
+    a, m_a = dropout_forward(a, dropout, rng)
+    a, m_pa = drop_path_forward(a, drop_path, rng)
+    x = x + a                                                                  # (B, N, D)
+    h, c_n2 = layernorm_forward(x, p["norm2.w"], p["norm2.b"], eps)            # (B, N, D)
+    m, c_mlp = mlp_forward(h, p["mlp.fc1.w"], p["mlp.fc1.b"], p["mlp.fc2.w"], p["mlp.fc2.b"],
+                           gelu, dropout, rng)                                 # (B, N, D)
+    m, m_pm = drop_path_forward(m, drop_path, rng)
+    x = x + m                                                                  # (B, N, D)
+    return x, (c_n1, c_att, m_a, m_pa, c_n2, c_mlp, m_pm)
+
+
+def block_backward(dx, cache) -> tuple:
+    """Returns dx and a dict of this block's grads by short name."""
+    c_n1, c_att, m_a, m_pa, c_n2, c_mlp, m_pm = cache
+    g = {}
+    dm = drop_path_backward(dx, m_pm)
+    dh, g["mlp.fc1.w"], g["mlp.fc1.b"], g["mlp.fc2.w"], g["mlp.fc2.b"] = mlp_backward(dm, c_mlp)
+    dh, g["norm2.w"], g["norm2.b"] = layernorm_backward(dh, c_n2)
+    dx = dx + dh
+    da = dropout_backward(drop_path_backward(dx, m_pa), m_a)
+    dh, g["attn.qkv.w"], g["attn.qkv.b"], g["attn.proj.w"], g["attn.proj.b"] = mhsa_backward(da, c_att)
+    dh, g["norm1.w"], g["norm1.b"] = layernorm_backward(dh, c_n1)
+    return dx + dh, g
+
+
+def block_attention(cache):
+    """The attention probabilities (B, H, N, N) held in a block's cache."""
+    return cache[1][1][3]

@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="minivit",
+    version="0.1.0",
+    description="A Vision Transformer in plain NumPy (CuPy optional) with hand-written backward passes",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["minivit", "minivit.*"]),
+    python_requires=">=3.9",
+    install_requires=["numpy>=1.22", "tqdm>=4.60"],
+    extras_require={
+        "test": ["pytest>=7"],
+        "gpu": ["cupy-cuda12x"],
+        "torch": ["torch==2.13.0"],
+        "plot": ["matplotlib>=3.5"],
+        "images": ["pillow>=9"],
+        "fast-erf": ["scipy>=1.8"],
+    },
+    entry_points={"console_scripts": ["minivit-train=minivit.train:main"]},
+)

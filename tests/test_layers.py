@@ -1,0 +1,240 @@
+"""Finite-difference checks (float64, rel err <= 1e-6) of every layer pair, on each backend."""
+import math
+
+import numpy as np
+import pytest
+
+from minivit import backend
+from minivit.gradcheck import check_grads
+from minivit.layers import (attention_backward, attention_forward, cls_backward, cls_forward,
+                            cross_entropy_backward, cross_entropy_forward, drop_path_backward,
+                            drop_path_forward, dropout_backward, dropout_forward,
+                            gelu_erf_backward, gelu_erf_forward, gelu_tanh_backward,
+                            gelu_tanh_forward, layernorm_backward, layernorm_forward,
+                            linear_backward, linear_forward, mhsa_backward, mhsa_forward,
+                            patch_embed_backward, patch_embed_forward, patchify,
+                            pos_embed_backward, pos_embed_forward, sincos_2d, softmax_backward,
+                            softmax_forward, tanh_backward, tanh_forward, unpatchify)
+from minivit.layers.block import block_backward, block_forward, mlp_backward, mlp_forward
+
+from conftest import randn
+
+TOL = 1e-6
+
+
+def check_pair(forward, backward, inputs, dy, names, **kwargs):
+    """Check backward(dy, cache) against d/dinputs sum(forward(*inputs)[0] * dy)."""
+    out, cache = forward(*inputs)
+    assert out.shape == dy.shape
+    grads = backward(dy, cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    assert len(grads) == len(inputs)
+    return check_grads(lambda: float((forward(*inputs)[0] * dy).sum()), inputs, grads, names,
+                       tol=TOL, **kwargs)
+
+
+def test_linear(xp):
+    x, w, b = randn(xp, 2, 5, 6), randn(xp, 6, 7), randn(xp, 7)
+    check_pair(linear_forward, linear_backward, (x, w, b), randn(xp, 2, 5, 7), ["x", "w", "b"])
+
+
+def test_layernorm(xp):
+    x, w, b = randn(xp, 2, 5, 8, scale=3.0), randn(xp, 8), randn(xp, 8)
+    x += randn(xp, 2, 5, 1, seed=5)                       # per-token offsets, non-degenerate
+    check_pair(lambda *a: layernorm_forward(*a, eps=1e-6), layernorm_backward, (x, w, b),
+               randn(xp, 2, 5, 8, seed=1), ["x", "w", "b"])
+
+
+def test_layernorm_normalizes(xp):
+    x = randn(xp, 3, 4, 16, scale=5.0) + 2.0
+    y, _ = layernorm_forward(x, xp.ones(16), xp.zeros(16), eps=1e-6)
+    np.testing.assert_allclose(backend.to_numpy(y.mean(-1)), 0, atol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(y.var(-1)), 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fwd,bwd", [(gelu_tanh_forward, gelu_tanh_backward),
+                                     (gelu_erf_forward, gelu_erf_backward),
+                                     (tanh_forward, tanh_backward)])
+def test_activations(xp, fwd, bwd):
+    x = randn(xp, 2, 3, 10, scale=2.0)
+    check_pair(fwd, bwd, (x,), randn(xp, 2, 3, 10, seed=2), ["x"])
+
+
+def test_gelu_values(xp):
+    x = xp.asarray(np.linspace(-5, 5, 101))
+    erf = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in backend.to_numpy(x)])
+    np.testing.assert_allclose(backend.to_numpy(gelu_erf_forward(x)[0]), erf, rtol=1e-14, atol=1e-15)
+    tanh = backend.to_numpy(gelu_tanh_forward(x)[0])
+    assert np.abs(tanh - erf).max() < 1e-3                # the approximation is close, not equal
+    assert np.abs(tanh - erf).max() > 1e-6
+
+
+def test_softmax(xp):
+    s = randn(xp, 2, 3, 4, 5, scale=2.0)
+    check_pair(softmax_forward, softmax_backward, (s,), randn(xp, 2, 3, 4, 5, seed=3), ["s"])
+    p, _ = softmax_forward(xp.asarray([[1000.0, 0.0, -1000.0]]))   # stable for huge scores
+    np.testing.assert_allclose(backend.to_numpy(p), [[1.0, 0.0, 0.0]])
+
+
+def test_attention_core(xp):
+    B, N, H, Dh = 2, 5, 3, 4
+    qkv = randn(xp, B, N, 3 * H * Dh)
+    check_pair(lambda a: attention_forward(a, H), attention_backward, (qkv,),
+               randn(xp, B, N, H * Dh, seed=4), ["qkv"])
+
+
+def test_attention_matches_per_head_loop(xp):
+    """The vectorized heads equal one explicit loop over heads: q | k | v, heads contiguous."""
+    B, N, H, Dh = 2, 4, 2, 3
+    D = H * Dh
+    qkv = randn(xp, B, N, 3 * D)
+    out, _ = attention_forward(qkv, H)
+    for h in range(H):
+        q = qkv[..., h * Dh:(h + 1) * Dh]
+        k = qkv[..., D + h * Dh:D + (h + 1) * Dh]
+        v = qkv[..., 2 * D + h * Dh:2 * D + (h + 1) * Dh]
+        s = q @ k.swapaxes(1, 2) / math.sqrt(Dh)
+        a = xp.exp(s) / xp.exp(s).sum(-1, keepdims=True)
+        np.testing.assert_allclose(backend.to_numpy(out[..., h * Dh:(h + 1) * Dh]),
+                                   backend.to_numpy(a @ v), rtol=1e-12)
+
+
+def test_attention_dropout_fixed_mask(xp):
+    B, N, H, Dh = 2, 4, 2, 3
+    qkv = randn(xp, B, N, 3 * H * Dh)
+    fwd = lambda a: attention_forward(a, H, 0.3, backend.rng(7))   # same mask at every call
+    out, cache = fwd(qkv)
+    assert cache[5] is not None and float((cache[5] == 0).mean()) > 0.05
+    check_pair(fwd, attention_backward, (qkv,), randn(xp, B, N, H * Dh, seed=6), ["qkv"])
+
+
+def test_mhsa(xp):
+    B, N, D, H = 2, 5, 6, 2
+    args = (randn(xp, B, N, D), randn(xp, D, 3 * D, scale=0.5), randn(xp, 3 * D),
+            randn(xp, D, D), randn(xp, D))
+    check_pair(lambda *a: mhsa_forward(*a, heads=H), mhsa_backward, args,
+               randn(xp, B, N, D, seed=8), ["x", "qkv_w", "qkv_b", "proj_w", "proj_b"])
+
+
+@pytest.mark.parametrize("fwd,bwd,shape", [(dropout_forward, dropout_backward, (2, 3, 4)),
+                                           (drop_path_forward, drop_path_backward, (4, 3, 2))])
+def test_dropouts_fixed_mask(xp, fwd, bwd, shape):
+    x = randn(xp, *shape)
+    f = lambda a: fwd(a, 0.4, backend.rng(3))
+    y, mask = f(x)
+    kept = np.broadcast_to(backend.to_numpy(mask != 0), shape)
+    assert 0 < kept.mean() < 1                            # some dropped, some kept
+    np.testing.assert_allclose(backend.to_numpy(y)[kept], backend.to_numpy(x)[kept] / 0.6)
+    if fwd is drop_path_forward:                          # one decision per sample
+        assert mask.shape == (shape[0], 1, 1)
+    check_pair(f, bwd, (x,), randn(xp, *shape, seed=9), ["x"])
+    assert fwd(x, 0.4, None)[0] is x                      # evaluation: identity
+
+
+def test_dropout_scales_expectation(xp):
+    x = xp.ones((200, 500))
+    y, _ = dropout_forward(x, 0.25, backend.rng(0))
+    assert abs(float(y.mean()) - 1.0) < 0.01
+
+
+def test_patchify_layout_and_inverse(xp):
+    B, C, H, W, p = 2, 3, 6, 4, 2
+    x = xp.asarray(np.arange(B * C * H * W, dtype=np.float64).reshape(B, C, H, W))
+    patches = patchify(x, p)                              # (B, 6, 12)
+    assert patches.shape == (B, (H // p) * (W // p), p * p * C)
+    # patch (gi, gj) = (1, 1) is number 1*2+1 = 3; its element (i, j, c) sits at (i*p + j)*C + c
+    for i in range(p):
+        for j in range(p):
+            for c in range(C):
+                assert patches[1, 3, (i * p + j) * C + c] == x[1, c, 1 * p + i, 1 * p + j]
+    assert (unpatchify(patches, p, C, H, W) == x).all()
+
+
+def test_patch_embed_is_strided_conv(xp):
+    B, C, S, p, D = 2, 3, 6, 3, 4
+    x, w, b = randn(xp, B, C, S, S), randn(xp, p * p * C, D), randn(xp, D)
+    y, _ = patch_embed_forward(x, w, b, p)
+    kernel = w.reshape(p, p, C, D)                        # (kh, kw, C, D)
+    for gi in range(S // p):
+        for gj in range(S // p):
+            win = x[:, :, gi * p:(gi + 1) * p, gj * p:(gj + 1) * p]       # (B, C, p, p)
+            conv = xp.einsum("bcij,ijcd->bd", win, kernel) + b
+            np.testing.assert_allclose(backend.to_numpy(y[:, gi * (S // p) + gj]),
+                                       backend.to_numpy(conv), rtol=1e-12)
+    check_pair(lambda *a: patch_embed_forward(*a, p=p), patch_embed_backward, (x, w, b),
+               randn(xp, B, 4, D, seed=10), ["x", "w", "b"])
+
+
+def test_cls_and_pos(xp):
+    B, P, D = 3, 4, 5
+    check_pair(cls_forward, cls_backward, (randn(xp, B, P, D), randn(xp, 1, 1, D)),
+               randn(xp, B, P + 1, D, seed=11), ["tokens", "cls"])
+    check_pair(pos_embed_forward, pos_embed_backward, (randn(xp, B, P, D), randn(xp, 1, P, D)),
+               randn(xp, B, P, D, seed=12), ["x", "pos"])
+
+
+def test_sincos_table():
+    t = sincos_2d(grid=3, dim=8, dtype="float64")
+    assert t.shape == (1, 10, 8)
+    assert (t[0, 0] == 0).all()                           # CLS row
+    # patch (r, c) = (1, 2) is token 1 + 1*3 + 2 = 6; omega = [1, 1/100]
+    omega = np.array([1.0, 0.01])
+    want = np.concatenate([np.sin(omega), np.cos(omega), np.sin(2 * omega), np.cos(2 * omega)])
+    np.testing.assert_allclose(t[0, 6], want, rtol=1e-15)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(3, 6)
+
+
+def test_cross_entropy(xp):
+    B, K = 4, 5
+    labels = xp.asarray([0, 3, 1, 4])
+    for smoothing in (0.0, 0.1):
+        z = randn(xp, B, K, scale=2.0)
+        loss, cache = cross_entropy_forward(z, labels, smoothing)
+        dz = cross_entropy_backward(cache)
+        check_grads(lambda: cross_entropy_forward(z, labels, smoothing)[0], (z,), (dz,), ["z"], tol=TOL)
+        zh = backend.to_numpy(z)
+        logp = zh - np.log(np.exp(zh).sum(1, keepdims=True))
+        t = np.full((B, K), smoothing / K)
+        t[np.arange(B), backend.to_numpy(labels)] += 1 - smoothing
+        assert abs(loss - float(-(t * logp).sum(1).mean())) < 1e-12
+
+
+def test_cross_entropy_bad_labels(xp):
+    z = randn(xp, 2, 3)
+    with pytest.raises(ValueError, match=r"in \[0, 3\)"):
+        cross_entropy_forward(z, xp.asarray([0, 3]))
+    with pytest.raises(ValueError, match="shape"):
+        cross_entropy_forward(z, xp.asarray([0, 1, 2]))
+
+
+def test_mlp(xp):
+    B, N, D, F = 2, 3, 4, 6
+    args = (randn(xp, B, N, D), randn(xp, D, F), randn(xp, F), randn(xp, F, D), randn(xp, D))
+    for gelu in ("tanh", "erf"):
+        check_pair(lambda *a: mlp_forward(*a, gelu=gelu), mlp_backward, args,
+                   randn(xp, B, N, D, seed=13), ["x", "w1", "b1", "w2", "b2"])
+    f = lambda *a: mlp_forward(*a, dropout=0.3, rng=backend.rng(5))
+    check_pair(f, mlp_backward, args, randn(xp, B, N, D, seed=14), ["x", "w1", "b1", "w2", "b2"])
+
+
+def _block_params(xp, D, F):
+    shapes = {"norm1.w": (D,), "norm1.b": (D,), "attn.qkv.w": (D, 3 * D), "attn.qkv.b": (3 * D,),
+              "attn.proj.w": (D, D), "attn.proj.b": (D,), "norm2.w": (D,), "norm2.b": (D,),
+              "mlp.fc1.w": (D, F), "mlp.fc1.b": (F,), "mlp.fc2.w": (F, D), "mlp.fc2.b": (D,)}
+    return {k: randn(xp, *s, seed=i, scale=0.7) for i, (k, s) in enumerate(shapes.items())}
+
+
+@pytest.mark.parametrize("rates", [(0.0, 0.0, 0.0), (0.2, 0.3, 0.5)])
+def test_block(xp, rates):
+    B, N, D, H, F = 3, 4, 6, 2, 8
+    dropout, attn_dropout, drop_path = rates
+    p, x, dy = _block_params(xp, D, F), randn(xp, B, N, D), randn(xp, B, N, D, seed=15)
+    fwd = lambda x_: block_forward(x_, p, H, "tanh", 1e-6, dropout, attn_dropout, drop_path,
+                                   backend.rng(11) if any(rates) else None)
+    _, cache = fwd(x)
+    dx, g = block_backward(dy, cache)
+    assert set(g) == set(p)
+    names = ["x"] + list(p)
+    check_grads(lambda: float((fwd(x)[0] * dy).sum()), [x] + list(p.values()),
+                [dx] + [g[k] for k in p], names, tol=TOL)

@@ -1,0 +1,166 @@
+"""The whole ViT: finite-difference checks of every parameter, shapes, init, and every bad input."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from minivit import ViT, ViTConfig, backend
+from minivit.gradcheck import check_grads
+from minivit.layers import cross_entropy_backward, cross_entropy_forward
+
+from conftest import randn
+
+SMALL = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2, heads=2,
+             mlp_ratio=1.5, dtype="float64")
+
+
+def randomize(model, seed=0):
+    """Random non-degenerate values for every parameter (biases and LayerNorm too)."""
+    rng = np.random.default_rng(seed)
+    for k, v in model.params.items():
+        v[...] = backend.asarray(rng.standard_normal(v.shape) * (0.5 if v.ndim > 1 else 0.3)
+                                 + (1.0 if "norm" in k and k.endswith(".w") else 0.0))
+
+
+def check_model(xp, cfg, B=3, seed_masks=None):
+    model = ViT(cfg, seed=0)
+    randomize(model)
+    x = randn(xp, B, cfg.in_channels, cfg.image_size, cfg.image_size, seed=1)
+    labels = xp.asarray(np.arange(B) % cfg.num_classes)
+
+    def loss():
+        if seed_masks is not None:
+            model.rng = backend.rng(seed_masks)           # the same dropout masks every call
+        return cross_entropy_forward(model.forward(x, train=True), labels, 0.1)[0]
+
+    if seed_masks is not None:
+        model.rng = backend.rng(seed_masks)
+    logits = model.forward(x, train=True)
+    _, cache = cross_entropy_forward(logits, labels, 0.1)
+    dx = model.backward(cross_entropy_backward(cache))
+    names = list(model.params)
+    errs = check_grads(loss, [x] + [model.params[k] for k in names],
+                       [dx] + [model.grads[k] for k in names], ["x"] + names, tol=1e-6,
+                       max_coords=60, directions=1)
+    assert set(errs) == {"x", *model.params}
+    return model
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+@pytest.mark.parametrize("gelu", ["tanh", "erf"])
+def test_model_grads(xp, pool, gelu):
+    check_model(xp, ViTConfig(**SMALL, pool=pool, gelu=gelu))
+
+
+def test_model_grads_sincos_prelogits(xp):
+    model = check_model(xp, ViTConfig(**SMALL, pos_embed="sincos", representation_size=5))
+    assert "pos_embed" not in model.params and "pre_logits.w" in model.params
+
+
+def test_model_grads_with_dropout_and_drop_path(xp):
+    cfg = ViTConfig(**SMALL, dropout=0.2, attn_dropout=0.2, drop_path=0.3)
+    check_model(xp, dataclasses.replace(cfg, depth=3), B=4, seed_masks=5)
+
+
+def test_param_names_and_shapes():
+    cfg = ViTConfig(image_size=28, patch_size=7, in_channels=1, num_classes=10, dim=64, depth=2,
+                    heads=4, mlp_ratio=2.0)
+    m = ViT(cfg)
+    D, F, N = 64, 128, 17
+    want = {"patch_embed.w": (49, D), "patch_embed.b": (D,), "cls_token": (1, 1, D),
+            "pos_embed": (1, N, D), "norm.w": (D,), "norm.b": (D,), "head.w": (D, 10), "head.b": (10,)}
+    for i in range(2):
+        b = f"blocks.{i}."
+        want.update({b + "norm1.w": (D,), b + "norm1.b": (D,), b + "attn.qkv.w": (D, 3 * D),
+                     b + "attn.qkv.b": (3 * D,), b + "attn.proj.w": (D, D), b + "attn.proj.b": (D,),
+                     b + "norm2.w": (D,), b + "norm2.b": (D,), b + "mlp.fc1.w": (D, F),
+                     b + "mlp.fc1.b": (F,), b + "mlp.fc2.w": (F, D), b + "mlp.fc2.b": (D,)})
+    assert {k: v.shape for k, v in m.params.items()} == want
+    assert all(v.dtype == np.float32 for v in m.params.values())
+    assert m.grads.keys() == m.params.keys()
+
+
+def test_init_statistics():
+    m = ViT(ViTConfig(dim=128, depth=1), seed=3)
+    w = m.params["blocks.0.mlp.fc1.w"]
+    assert abs(w.std() - 0.0176) < 0.002                  # std of N(0, .02^2) truncated at 2 std
+    assert np.abs(w).max() <= 0.04 + 1e-7
+    assert (m.params["blocks.0.attn.qkv.b"] == 0).all() and (m.params["norm.w"] == 1).all()
+    same = ViT(ViTConfig(dim=128, depth=1), seed=3)
+    assert all((same.params[k] == v).all() for k, v in m.params.items())
+
+
+def test_forward_shapes_and_attention(xp):
+    cfg = ViTConfig(**SMALL)
+    m = ViT(cfg)
+    x = randn(xp, 2, 2, 8, 8)
+    logits, attn = m.forward(x, return_attention=True)
+    assert logits.shape == (2, 3) and len(attn) == 2
+    assert attn[0].shape == (2, 2, 5, 5)
+    np.testing.assert_allclose(backend.to_numpy(attn[1].sum(-1)), 1.0, rtol=1e-12)
+
+
+def test_eval_caches_nothing_and_backward_needs_train(xp):
+    m = ViT(ViTConfig(**SMALL))
+    x = randn(xp, 2, 2, 8, 8)
+    m.forward(x, train=False)
+    assert m._caches is None
+    with pytest.raises(ValueError, match="forward\\(x, train=True\\)"):
+        m.backward(xp.zeros((2, 3)))
+    m.forward(x, train=True)
+    with pytest.raises(ValueError, match="expected \\(2, 3\\)"):
+        m.backward(xp.zeros((2, 4)))
+    m.forward(x, train=True)
+    m.backward(xp.ones((2, 3)))
+    with pytest.raises(ValueError, match="uses them up"):
+        m.backward(xp.ones((2, 3)))
+
+
+def test_eval_is_deterministic_train_with_dropout_is_not():
+    m = ViT(ViTConfig(**SMALL, dropout=0.5))
+    x = randn(np, 2, 2, 8, 8)
+    assert (m.forward(x) == m.forward(x)).all()
+    assert not (m.forward(x, train=True) == m.forward(x, train=True)).all()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(dim=10, heads=4), "dim=10 is not divisible by heads=4"),
+    (dict(image_size=28, patch_size=5), "not divisible by patch_size=5"),
+    (dict(pool="max"), "pool='max' is not one of"),
+    (dict(gelu="relu"), "gelu='relu'"),
+    (dict(dropout=1.0), "dropout=1.0 must be in"),
+    (dict(depth=0), "depth must be a positive integer"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ViTConfig(**kwargs)
+
+
+@pytest.mark.parametrize("x,err,match", [
+    (np.zeros((1, 28, 28), np.float32), ValueError, "ndim 4"),
+    (np.zeros((2, 3, 28, 28), np.float32), ValueError, "expected 1 channel"),
+    (np.zeros((2, 1, 32, 32), np.float32), ValueError, "expected 28x28 images, got 32x32"),
+    (np.zeros((2, 1, 28, 28), np.uint8), TypeError, "got uint8; convert"),
+    (np.zeros((2, 1, 28, 28), np.float16), TypeError, "got float16"),
+    (np.full((2, 1, 28, 28), np.nan, np.float32), ValueError, "NaN or inf"),
+    (np.full((2, 1, 28, 28), np.inf, np.float32), ValueError, "NaN or inf"),
+    ([[1.0]], TypeError, "expected an array"),
+])
+def test_bad_input(x, err, match):
+    with pytest.raises(err, match=match):
+        ViT(ViTConfig(depth=1)).forward(x)
+
+
+def test_float64_input_is_cast_to_model_dtype():
+    m = ViT(ViTConfig(depth=1))
+    assert m.forward(np.zeros((2, 1, 28, 28))).dtype == np.float32
+
+
+def test_gpu_request_without_cupy_is_clear(monkeypatch):
+    if backend.gpu_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="pip install|GPU"):
+        backend.use("gpu")
+    assert backend.xp() is np
+    with pytest.raises(ValueError, match="unknown backend"):
+        backend.use("tpu")
