@@ -18,6 +18,8 @@ from .layers.block import block_attention, block_backward, block_forward
 
 __all__ = ["ViT", "ViTConfig", "init_params", "trunc_normal"]
 
+MIN_CHUNK = 16      # smallest batch chunk worth a worker thread (see ViT._chunks)
+
 
 def trunc_normal(rng: np.random.Generator, shape, std: float = 0.02) -> np.ndarray:
     """Normal(0, std^2) truncated to [-2 std, 2 std] by redrawing the outliers (host, float64)."""
@@ -76,6 +78,8 @@ class ViT:
         if not isinstance(config, ViTConfig):
             raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}")
         self.config = config
+        if backend.xp() is np:
+            backend.tune_host_allocator()                 # see its docstring: ~2x per step
         self.params = init_params(config, seed)
         xp = backend.xp_of(self.params["head.w"])
         self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
@@ -90,13 +94,34 @@ class ViT:
     # ---- forward --------------------------------------------------------------------------
     def forward(self, x, train: bool = False, return_attention: bool = False):
         """Logits (B, K); with return_attention also each block's attention (B, H, N, N).
-        train=True applies dropout/drop path and keeps what backward needs; False caches nothing."""
+        train=True applies dropout/drop path and keeps what backward needs; False caches nothing.
+        On NumPy a large batch is split into chunks run by worker threads (backend.workers())."""
         x = self.check_input(x)
-        rng = self.rng if train else None
-        feats, caches, attn = self.forward_features(x, rng, return_attention)
-        logits, head_caches = self.forward_head(feats, rng)
-        self._caches = (caches, head_caches) if train else None
-        return (logits, attn) if return_attention else logits
+        xp = backend.xp_of(x)
+        chunks = self._chunks(x.shape[0]) if xp is np else [slice(None)]
+        rngs = [None] * len(chunks)
+        if train:                                         # one generator per chunk, drawn from self.rng
+            rngs = [self.rng] if len(chunks) == 1 else \
+                [backend.rng(int(s)) for s in self.rng.integers(2 ** 63, size=len(chunks))]
+
+        def run(i):
+            feats, caches, attn = self.forward_features(x[chunks[i]], rngs[i], return_attention)
+            logits, head_caches = self.forward_head(feats, rngs[i])
+            return logits, (caches, head_caches), attn
+
+        out = backend.parallel_map(run, list(range(len(chunks))))
+        self._caches = [(chunks[i], o[1]) for i, o in enumerate(out)] if train else None
+        logits = out[0][0] if len(out) == 1 else xp.concatenate([o[0] for o in out])
+        if not return_attention:
+            return logits
+        attn = [xp.concatenate(layer) for layer in zip(*[o[2] for o in out])]   # depth x (B, H, N, N)
+        return logits, attn
+
+    def _chunks(self, B: int) -> list:
+        """Batch slices for the worker threads: at most backend.workers(), each >= MIN_CHUNK."""
+        n = max(1, min(backend.workers(), B // MIN_CHUNK))
+        edges = [B * i // n for i in range(n + 1)]
+        return [slice(edges[i], edges[i + 1]) for i in range(n)]
 
     def forward_features(self, x, rng=None, return_attention: bool = False):
         """Images (B, C, S, S) -> tokens after the last block (B, N, D), with the caches."""
@@ -106,8 +131,8 @@ class ViT:
         t, _ = pos_embed_forward(t, p["pos_embed"] if self.pos_table is None else self.pos_table)
         t, m_emb = dropout_forward(t, cfg.dropout, rng)                       # (B, N, D)
         caches, attn = [c_patch, m_emb], []
-        for i in range(cfg.depth):
-            t, c = block_forward(t, self._block_params(i), cfg.heads, cfg.gelu, cfg.eps,
+        for i, bp in enumerate(self.block_params()):
+            t, c = block_forward(t, bp, cfg.heads, cfg.gelu, cfg.eps,
                                  cfg.dropout, cfg.attn_dropout, self.drop_path_rates[i], rng)
             caches.append(c)
             if return_attention:
@@ -136,37 +161,44 @@ class ViT:
         if self._caches is None:
             raise ValueError("backward() needs the caches of a forward(x, train=True); call it "
                              "first (an eval forward caches nothing, and each backward uses them up)")
-        caches, head_caches = self._caches
-        B, K = head_caches[0][0], self.config.num_classes
+        B = sum(c[1][1][0][0] for c in self._caches)
+        K = self.config.num_classes
         if getattr(dlogits, "shape", None) != (B, K):
             raise ValueError(f"dlogits has shape {getattr(dlogits, 'shape', None)}, expected "
                              f"({B}, {K}) like the logits of the last forward")
-        self._caches = None
-        dt = self.backward_head(dlogits, head_caches)                         # (B, N, D)
-        g, cfg = self.grads, self.config
-        for i in reversed(range(cfg.depth)):
+        caches, self._caches = self._caches, None
+        out = backend.parallel_map(lambda c: self.backward_chunk(dlogits[c[0]], *c[1]), caches)
+        for k in self.grads:                              # sum the chunks' parameter gradients
+            self.grads[k] = out[0][1][k]
+            for o in out[1:]:
+                self.grads[k] += o[1][k]
+        return out[0][0] if len(out) == 1 else backend.xp_of(dlogits).concatenate([o[0] for o in out])
+
+    def backward_chunk(self, dlogits, caches, head_caches):
+        """Backward of one forward_features + forward_head: returns dx and a dict of grads."""
+        g = {}
+        dt = self.backward_head(dlogits, head_caches, g)                      # (B, N, D)
+        for i in reversed(range(self.config.depth)):
             dt, gb = block_backward(dt, caches[2 + i])
-            for k, v in gb.items():
-                g[f"blocks.{i}.{k}"] = v
+            g.update((f"blocks.{i}.{k}", v) for k, v in gb.items())
         dt = dropout_backward(dt, caches[1])
         dt, dpos = pos_embed_backward(dt)
         if self.pos_table is None:
             g["pos_embed"] = dpos
         dt, g["cls_token"] = cls_backward(dt)
         dx, g["patch_embed.w"], g["patch_embed.b"] = patch_embed_backward(dt, caches[0])
-        return dx
+        return dx, g
 
-    def backward_head(self, dlogits, head_caches):
-        """dlogits (B, K) -> dtokens (B, N, D); fills the head, pre-logits and norm grads."""
+    def backward_head(self, dlogits, head_caches, g: dict):
+        """dlogits (B, K) -> dtokens (B, N, D); puts the head, pre-logits and norm grads in g."""
         (B, N, D), c_norm, c_pre, c_head = head_caches
-        g, cfg = self.grads, self.config
         xp = backend.xp_of(dlogits)
         dh, g["head.w"], g["head.b"] = linear_backward(dlogits, c_head)
         if c_pre is not None:
             dh = tanh_backward(dh, c_pre[1])
             dh, g["pre_logits.w"], g["pre_logits.b"] = linear_backward(dh, c_pre[0])
         dt = xp.zeros((B, N, D), dtype=dlogits.dtype)                         # (B, N, D)
-        if cfg.pool == "cls":
+        if self.config.pool == "cls":
             dt[:, 0], g["norm.w"], g["norm.b"] = layernorm_backward(dh, c_norm)
         else:
             dnorm = xp.zeros_like(dt)
@@ -175,9 +207,10 @@ class ViT:
         return dt
 
     # ---- helpers --------------------------------------------------------------------------
-    def _block_params(self, i: int) -> dict:
-        prefix = f"blocks.{i}."
-        return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+    def block_params(self) -> list:
+        """Per block, a dict of its params by short name (views into self.params)."""
+        return [{k[len(f"blocks.{i}."):]: v for k, v in self.params.items()
+                 if k.startswith(f"blocks.{i}.")} for i in range(self.config.depth)]
 
     def zero_grad(self) -> None:
         for v in self.grads.values():

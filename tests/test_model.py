@@ -164,3 +164,39 @@ def test_gpu_request_without_cupy_is_clear(monkeypatch):
     assert backend.xp() is np
     with pytest.raises(ValueError, match="unknown backend"):
         backend.use("tpu")
+
+
+@pytest.fixture
+def chunked(monkeypatch):
+    """Force the NumPy batch split into worker threads even for tiny batches."""
+    import minivit.model
+    monkeypatch.setattr(minivit.model, "MIN_CHUNK", 1)
+    backend.set_workers(2)
+    yield
+    backend.set_workers(None)
+
+
+def test_chunked_equals_whole_batch(chunked):
+    if backend.workers() < 2:
+        pytest.skip("per-thread BLAS control unavailable: the batch is never split")
+    cfg = ViTConfig(**SMALL, pool="mean")
+    x, dl = randn(np, 5, 2, 8, 8), randn(np, 5, 3, seed=2)
+    m = ViT(cfg)
+    randomize(m)
+    assert len(m._chunks(5)) == 2
+    logits, attn = m.forward(x, train=True, return_attention=True)
+    dx = m.backward(dl)
+    grads = {k: v.copy() for k, v in m.grads.items()}
+    backend.set_workers(1)
+    logits1, attn1 = m.forward(x, train=True, return_attention=True)
+    dx1 = m.backward(dl)
+    np.testing.assert_allclose(logits, logits1, rtol=1e-13)
+    np.testing.assert_allclose(attn[1], attn1[1], rtol=1e-13)
+    np.testing.assert_allclose(dx, dx1, rtol=1e-12, atol=1e-15)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], m.grads[k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+def test_chunked_grads_with_dropout(chunked):
+    check_model(np, ViTConfig(**SMALL, dropout=0.2, attn_dropout=0.1, drop_path=0.2), B=4,
+                seed_masks=3)
