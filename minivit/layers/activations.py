@@ -15,14 +15,28 @@ def gelu_tanh_forward(x):
     """y = 0.5 x (1 + t), t = tanh(u), u = c (x + a x^3), c = sqrt(2/pi), a = 0.044715.
     d: dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2)."""
     xp = backend.xp_of(x)
-    t = xp.tanh(_C * (x + _A * (x * x * x)))              # (...), x*x*x: x**3 is slow in float32
-    return 0.5 * x * (1.0 + t), (x, t)
+    t = x * x                                             # (...), in place from here on
+    t *= _A * _C
+    t += _C
+    t *= x                                                # u = c (x + a x^3)
+    xp.tanh(t, out=t)
+    y = t + 1.0
+    y *= x
+    y *= 0.5
+    return y, (x, t)
 
 
 def gelu_tanh_backward(dy, cache):
     x, t = cache
-    dudx = _C * (1.0 + 3.0 * _A * (x * x))
-    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dudx)
+    g = x * x
+    g *= 3.0 * _A * _C
+    g += _C                                               # du/dx = c (1 + 3 a x^2)
+    g *= 1.0 - t * t
+    g *= x
+    g += 1.0 + t
+    g *= 0.5                                              # 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx
+    g *= dy
+    return g
 
 
 def gelu_erf_forward(x):

@@ -4,19 +4,22 @@ from __future__ import annotations
 from .. import backend
 from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
+from .reduce import row_max, row_sum
 
 
 def softmax_forward(s):
     """p = exp(s - max s) / sum exp(s - max s) over the last axis (the shift keeps exp finite).
     d: ds = p * (dp - sum(dp * p))."""
-    xp = backend.xp_of(s)
-    e = xp.exp(s - s.max(-1, keepdims=True))
-    e /= e.sum(-1, keepdims=True)
+    e = s - row_max(s)
+    backend.xp_of(s).exp(e, out=e)
+    e /= row_sum(e)
     return e, e
 
 
 def softmax_backward(dp, p):
-    return p * (dp - (dp * p).sum(-1, keepdims=True))
+    ds = dp - row_sum(dp * p)
+    ds *= p
+    return ds
 
 
 def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None):

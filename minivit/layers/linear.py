@@ -1,6 +1,8 @@
 """Linear layer, y = x @ w + b, applied to the last axis of any (..., Din) input."""
 from __future__ import annotations
 
+from .reduce import col_sum
+
 
 def linear_forward(x, w, b):
     """y = x @ w + b, with x (..., Din), w (Din, Dout), b (Dout,).
@@ -16,5 +18,5 @@ def linear_backward(dy, cache):
     dy2 = dy.reshape(-1, dy.shape[-1])                    # (M, Dout)
     dx = (dy2 @ w.T).reshape(x_shape)                     # (..., Din)
     dw = x2.T @ dy2                                       # (Din, Dout)
-    db = dy2.sum(0)                                       # (Dout,)
+    db = col_sum(dy2)                                     # (Dout,)
     return dx, dw, db
