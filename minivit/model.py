@@ -104,8 +104,11 @@ class ViT:
             rngs = [self.rng] if len(chunks) == 1 else \
                 [backend.rng(int(s)) for s in self.rng.integers(2 ** 63, size=len(chunks))]
 
+        cls_only = self.config.pool == "cls" and not return_attention
+
         def run(i):
-            feats, caches, attn = self.forward_features(x[chunks[i]], rngs[i], return_attention)
+            feats, caches, attn = self.forward_features(x[chunks[i]], rngs[i], return_attention,
+                                                        cls_only)
             logits, head_caches = self.forward_head(feats, rngs[i])
             return logits, (caches, head_caches), attn
 
@@ -123,8 +126,9 @@ class ViT:
         edges = [B * i // n for i in range(n + 1)]
         return [slice(edges[i], edges[i + 1]) for i in range(n)]
 
-    def forward_features(self, x, rng=None, return_attention: bool = False):
-        """Images (B, C, S, S) -> tokens after the last block (B, N, D), with the caches."""
+    def forward_features(self, x, rng=None, return_attention: bool = False, cls_only: bool = False):
+        """Images (B, C, S, S) -> tokens after the last block (B, N, D), with the caches.
+        cls_only: the last block computes only the CLS row (B, 1, D): all that CLS pooling reads."""
         cfg, p = self.config, self.params
         t, c_patch = patch_embed_forward(x, p["patch_embed.w"], p["patch_embed.b"], cfg.patch_size)
         t, _ = cls_forward(t, p["cls_token"])                                 # (B, N, D)
@@ -132,8 +136,8 @@ class ViT:
         t, m_emb = dropout_forward(t, cfg.dropout, rng)                       # (B, N, D)
         caches, attn = [c_patch, m_emb], []
         for i, bp in enumerate(self.block_params()):
-            t, c = block_forward(t, bp, cfg.heads, cfg.gelu, cfg.eps,
-                                 cfg.dropout, cfg.attn_dropout, self.drop_path_rates[i], rng)
+            t, c = block_forward(t, bp, cfg.heads, cfg.gelu, cfg.eps, cfg.dropout, cfg.attn_dropout,
+                                 self.drop_path_rates[i], rng, cls_only and i == cfg.depth - 1)
             caches.append(c)
             if return_attention:
                 attn.append(block_attention(c))

@@ -238,3 +238,27 @@ def test_block(xp, rates):
     names = ["x"] + list(p)
     check_grads(lambda: float((fwd(x)[0] * dy).sum()), [x] + list(p.values()),
                 [dx] + [g[k] for k in p], names, tol=TOL)
+
+
+def test_attention_first_query_only(xp):
+    """queries=1 gives exactly the CLS row of full attention, and its gradients check."""
+    B, N, H, Dh = 2, 5, 2, 3
+    qkv = randn(xp, B, N, 3 * H * Dh)
+    full, _ = attention_forward(qkv, H)
+    first, _ = attention_forward(qkv, H, queries=1)
+    assert first.shape == (B, 1, H * Dh)
+    np.testing.assert_allclose(backend.to_numpy(first), backend.to_numpy(full[:, :1]), rtol=1e-13)
+    check_pair(lambda a: attention_forward(a, H, queries=1), attention_backward, (qkv,),
+               randn(xp, B, 1, H * Dh, seed=16), ["qkv"])
+
+
+def test_block_cls_only(xp):
+    B, N, D, H, F = 3, 4, 6, 2, 8
+    p, x, dy = _block_params(xp, D, F), randn(xp, B, N, D), randn(xp, B, 1, D, seed=17)
+    fwd = lambda x_: block_forward(x_, p, H, "erf", 1e-6, cls_only=True)
+    y, cache = fwd(x)
+    np.testing.assert_allclose(backend.to_numpy(y), backend.to_numpy(block_forward(x, p, H, "erf")[0][:, :1]),
+                               rtol=1e-13)
+    dx, g = block_backward(dy, cache)
+    check_grads(lambda: float((fwd(x)[0] * dy).sum()), [x] + list(p.values()),
+                [dx] + [g[k] for k in p], ["x"] + list(p), tol=TOL)

@@ -30,28 +30,31 @@ def mlp_backward(dy, cache):
 
 
 def block_forward(x, p: dict, heads: int, gelu: str = "tanh", eps: float = 1e-6,
-                  dropout: float = 0.0, attn_dropout: float = 0.0, drop_path: float = 0.0, rng=None):
+                  dropout: float = 0.0, attn_dropout: float = 0.0, drop_path: float = 0.0, rng=None,
+                  cls_only: bool = False):
     """Pre-norm encoder block on x (B, N, D), p holding this block's params by short name:
         x = x + drop_path(drop(mhsa(norm1(x))))
         x = x + drop_path(mlp(norm2(x)))
+    cls_only: return only the CLS row (B, 1, D), exactly; its attention still reads every token.
     d: each residual passes dx straight through and adds its branch's input gradient."""
     h, c_n1 = layernorm_forward(x, p["norm1.w"], p["norm1.b"], eps)            # (B, N, D)
     a, c_att = mhsa_forward(h, p["attn.qkv.w"], p["attn.qkv.b"], p["attn.proj.w"],
-                            p["attn.proj.b"], heads, attn_dropout, rng)        # (B, N, D)
+                            p["attn.proj.b"], heads, attn_dropout, rng,
+                            1 if cls_only else None)                           # (B, N|1, D)
     a, m_a = dropout_forward(a, dropout, rng)
     a, m_pa = drop_path_forward(a, drop_path, rng)
-    x = x + a                                                                  # (B, N, D)
+    x = (x[:, :1] if cls_only else x) + a                                      # (B, N|1, D)
     h, c_n2 = layernorm_forward(x, p["norm2.w"], p["norm2.b"], eps)            # (B, N, D)
     m, c_mlp = mlp_forward(h, p["mlp.fc1.w"], p["mlp.fc1.b"], p["mlp.fc2.w"], p["mlp.fc2.b"],
                            gelu, dropout, rng)                                 # (B, N, D)
     m, m_pm = drop_path_forward(m, drop_path, rng)
-    x = x + m                                                                  # (B, N, D)
-    return x, (c_n1, c_att, m_a, m_pa, c_n2, c_mlp, m_pm)
+    x = x + m                                                                  # (B, N|1, D)
+    return x, (c_n1, c_att, m_a, m_pa, c_n2, c_mlp, m_pm, cls_only)
 
 
 def block_backward(dx, cache) -> tuple:
     """Returns dx and a dict of this block's grads by short name."""
-    c_n1, c_att, m_a, m_pa, c_n2, c_mlp, m_pm = cache
+    c_n1, c_att, m_a, m_pa, c_n2, c_mlp, m_pm, cls_only = cache
     g = {}
     dm = drop_path_backward(dx, m_pm)
     dh, g["mlp.fc1.w"], g["mlp.fc1.b"], g["mlp.fc2.w"], g["mlp.fc2.b"] = mlp_backward(dm, c_mlp)
@@ -60,6 +63,9 @@ def block_backward(dx, cache) -> tuple:
     da = dropout_backward(drop_path_backward(dx, m_pa), m_a)
     dh, g["attn.qkv.w"], g["attn.qkv.b"], g["attn.proj.w"], g["attn.proj.b"] = mhsa_backward(da, c_att)
     dh, g["norm1.w"], g["norm1.b"] = layernorm_backward(dh, c_n1)
+    if cls_only:                                          # the residual reached the CLS row only
+        dh[:, :1] += dx
+        return dh, g
     return dx + dh, g
 
 
