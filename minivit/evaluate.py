@@ -15,12 +15,11 @@ from . import backend
 def predict(model, images: np.ndarray, batch_size: int = 500, mean: float = 0.0,
             std: float = 1.0) -> np.ndarray:
     """Class predictions (M,) for uint8 images (M, H, W) or (M, C, H, W), in eval mode."""
+    from .data import normalize
     preds = []
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
-        x = x[:, None] if x.ndim == 3 else x                                  # (b, C, H, W)
-        x = backend.asarray((x.astype(model.config.dtype) / 255.0 - mean) / std)
-        preds.append(backend.to_numpy(model.forward(x).argmax(1)))
+        x = normalize(backend.asarray(images[i:i + batch_size]), model.config.dtype, mean, std)
+        preds.append(backend.to_numpy(model.forward(x).argmax(1)))          # (b,)
     return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 
 

@@ -77,12 +77,12 @@ def make_optimizer(model: ViT, opts: TrainOptions):
     raise ValueError(f"unknown optimizer {opts.optimizer!r}; use 'adamw' or 'sgd'")
 
 
-def batches(data: Dataset, opts: TrainOptions, epoch: int, dtype: str):
-    """This epoch's shuffled training batches: (x (B, C, H, W) normalized, y (B,)) on the backend."""
+def batches(data: Dataset, opts: TrainOptions, epoch: int, start: int, dtype: str):
+    """This epoch's shuffled training batches from index `start` on: (x (B, C, H, W), y (B,))."""
     from .data import iterate_batches
     return iterate_batches(data.x_train, data.y_train, opts.batch_size, shuffle=True,
                            seed=opts.seed, epoch=epoch, drop_last=True, augment=opts.augment,
-                           dtype=dtype, mean=data.mean, std=data.std)
+                           dtype=dtype, mean=data.mean, std=data.std).batches(start)
 
 
 def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Optional[str] = None,
@@ -127,9 +127,7 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
             t_epoch = time.perf_counter()
             bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{opts.epochs}",
                        unit="batch", disable=quiet, dynamic_ncols=True, leave=True)
-            for i, (x, y) in enumerate(batches(data, opts, epoch, model.config.dtype)):
-                if i < skip:
-                    continue
+            for x, y in batches(data, opts, epoch, skip, model.config.dtype):
                 lr = warmup_cosine(step, total, opts.lr, warmup, opts.min_lr)
                 logits = model.forward(x, train=True)
                 loss, cache = cross_entropy_forward(logits, y, opts.smoothing)
