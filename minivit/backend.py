@@ -35,13 +35,15 @@ def _import_cupy():
     return cupy
 
 
-def use(name: str) -> None:
-    """Select the backend for new arrays: 'numpy'/'cpu' or 'cupy'/'gpu'."""
+def use(name: str, tf32: bool = False) -> None:
+    """Select the backend for new arrays: 'numpy'/'cpu' or 'cupy'/'gpu'.
+    tf32=True lets cuBLAS run float32 matmuls on TF32 tensor cores (faster, ~1e-3 relative)."""
     global _xp
     if name in ("numpy", "cpu"):
         _xp = np
     elif name in ("cupy", "gpu", "cuda"):
         _xp = _import_cupy()
+        set_tf32(tf32)
     else:
         raise ValueError(f"unknown backend {name!r}; use 'cpu' (NumPy) or 'gpu' (CuPy)")
 
@@ -74,6 +76,28 @@ def tune_host_allocator() -> bool:
         return False
     _allocator_tuned = ok
     return ok
+
+
+def cupy():
+    """The cupy module (imported on first use); for the GPU kernels in layers/fused.py."""
+    return _import_cupy()
+
+
+def set_tf32(enabled: bool) -> None:
+    """Opt in (or out) of TF32 tensor-core matmuls for float32 on the GPU (Ampere and newer).
+
+    CuPy reads CUPY_TF32 when it first multiplies float32 matrices; after that the compute type
+    is changed through CuPy's own setter where this CuPy version has one."""
+    import os
+    os.environ["CUPY_TF32"] = "1" if enabled else "0"
+    if _cupy is None:
+        return
+    try:
+        from cupy._core import _routines_linalg as linalg
+        linalg.set_compute_type(np.dtype("float32"), linalg.COMPUTE_TYPE_TF32 if enabled
+                                else linalg.COMPUTE_TYPE_DEFAULT)
+    except (ImportError, AttributeError):
+        pass              # older CuPy: CUPY_TF32 takes effect if no float32 matmul ran yet
 
 
 def xp():

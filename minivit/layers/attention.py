@@ -1,7 +1,10 @@
 """Multi-head self-attention: fused qkv projection, scaled dot-product core, output projection."""
 from __future__ import annotations
 
+import numpy as np
+
 from .. import backend
+from . import fused
 from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .reduce import row_max, row_sum
@@ -10,13 +13,18 @@ from .reduce import row_max, row_sum
 def softmax_forward(s):
     """p = exp(s - max s) / sum exp(s - max s) over the last axis (the shift keeps exp finite).
     d: ds = p * (dp - sum(dp * p))."""
-    e = s - row_max(s)
-    backend.xp_of(s).exp(e, out=e)
+    if backend.xp_of(s) is not np:                        # GPU: exp(s - max) in one fused pass
+        e = fused.softmax_exp(s, s.max(-1, keepdims=True))
+    else:
+        e = s - row_max(s)
+        np.exp(e, out=e)
     e /= row_sum(e)
     return e, e
 
 
 def softmax_backward(dp, p):
+    if backend.xp_of(p) is not np:
+        return fused.softmax_dx(dp, p, (dp * p).sum(-1, keepdims=True))
     ds = dp - row_sum(dp * p)
     ds *= p
     return ds

@@ -1,0 +1,67 @@
+"""Fused CuPy kernels for the elementwise parts of GELU, LayerNorm and softmax.
+
+On the GPU every NumPy-style expression launches one kernel and writes one temporary, so a
+chain like GELU's backward (eight operations) is memory-bound eight times over. Each kernel
+here does the whole chain in one pass. The NumPy formulas in activations.py, norm.py and
+attention.py remain the reference: tests/test_fused.py compares each kernel with them on a GPU.
+Kernels are compiled on first use through backend.cupy() (this module does not import cupy).
+"""
+from __future__ import annotations
+
+import math
+
+from .. import backend
+
+_cache = {}
+
+
+def _elementwise(name: str, in_params: str, out_params: str, body: str):
+    if name not in _cache:
+        _cache[name] = backend.cupy().ElementwiseKernel(in_params, out_params, body,
+                                                        "minivit_" + name)
+    return _cache[name]
+
+
+_C = repr(math.sqrt(2.0 / math.pi))
+_A = "0.044715"
+
+
+def gelu_tanh_forward(x):
+    """y = 0.5 x (1 + t), t = tanh(c (x + a x^3)); returns y and t (the cache)."""
+    k = _elementwise("gelu_tanh_fwd", "T x", "T y, T t",
+                     f"T u = ({_C}) * (x + {_A} * x * x * x); t = tanh(u); y = 0.5 * x * (1 + t);")
+    return k(x)
+
+
+def gelu_tanh_backward(dy, x, t):
+    """dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2))."""
+    k = _elementwise("gelu_tanh_bwd", "T dy, T x, T t", "T dx",
+                     f"dx = dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * ({_C}) "
+                     f"* (1 + 3 * {_A} * x * x));")
+    return k(dy, x, t)
+
+
+def layernorm_affine(x, mu, rstd, w, b):
+    """xhat = (x - mu) rstd and y = xhat w + b in one pass; mu, rstd (..., 1); w, b (D,)."""
+    k = _elementwise("ln_affine", "T x, T mu, T rstd, T w, T b", "T xhat, T y",
+                     "xhat = (x - mu) * rstd; y = xhat * w + b;")
+    return k(x, mu, rstd, w, b)
+
+
+def layernorm_dx(g, xhat, rstd, mean_g, mean_gx):
+    """dx = rstd (g - mean(g) - xhat mean(g xhat))."""
+    k = _elementwise("ln_dx", "T g, T xhat, T rstd, T mg, T mgx", "T dx",
+                     "dx = rstd * (g - mg - xhat * mgx);")
+    return k(g, xhat, rstd, mean_g, mean_gx)
+
+
+def softmax_exp(s, m):
+    """e = exp(s - m), m the row maximum (..., 1)."""
+    k = _elementwise("softmax_exp", "T s, T m", "T e", "e = exp(s - m);")
+    return k(s, m)
+
+
+def softmax_dx(dp, p, dot):
+    """ds = p (dp - dot), dot = sum(dp p) over the row (..., 1)."""
+    k = _elementwise("softmax_dx", "T dp, T p, T dot", "T ds", "ds = p * (dp - dot);")
+    return k(dp, p, dot)
