@@ -46,7 +46,7 @@ def relerr(a, b) -> float:
 
 def randomize(model: ViT, seed: int) -> None:
     """Make biases, LN params and CLS/pos tables random; rescale minivit's init weight matrices to
-    std ~ 1/sqrt(fan_in) (qkv 2x) so GELU, softmax and tanh work away from their linear regions."""
+    std 1/sqrt(fan_in) so GELU, softmax and tanh work away from their linear regions."""
     rng = np.random.default_rng(seed)
     for k, v in model.params.items():
         shape = v.shape
@@ -56,8 +56,7 @@ def randomize(model: ViT, seed: int) -> None:
         elif k.endswith(".b") or k in ("cls_token", "pos_embed"):
             new = 0.2 * rng.standard_normal(shape)
         elif old.std() > 0:                                   # a weight matrix (fan_in, fan_out)
-            gain = 1.0 if k.endswith("attn.qkv.w") else 1.0
-            new = old * (gain / (old.std() * math.sqrt(shape[0])))
+            new = old / (old.std() * math.sqrt(shape[0]))
         else:                                                 # an all-zero init (e.g. a zero head)
             new = rng.standard_normal(shape) / math.sqrt(shape[0])
         v[...] = backend.xp_of(v).asarray(new, dtype=v.dtype)
@@ -135,7 +134,7 @@ def test_attention_probs_match_torch(name, overrides, batch, smoothing):
         assert a.shape == (batch, cfg.heads, N, N), f"{name}: layer {i} attention shape {a.shape}"
         err = relerr(a, ref)
         assert err < TOL, f"{name}: layer {i} attention rel err {err:.3e}"
-        assert np.abs(ref - 1.0 / N).max() > 1e-3, "attention is near uniform; the check would be weak"
+        assert np.abs(ref - 1.0 / N).max() > 0.05, "attention is near uniform; the check would be weak"
 
 
 def test_torch_patch_embed_is_the_spec_patchify():

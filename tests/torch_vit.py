@@ -71,7 +71,7 @@ class Block(nn.Module):
 
 
 class TorchViT(nn.Module):
-    """Reference ViT: conv patch embed, CLS + position table, pre-norm blocks, LN, pool, [tanh pre-logits], head."""
+    """Reference ViT: conv patch embed, CLS + positions, pre-norm blocks, LN, pool, [pre-logits], head."""
 
     def __init__(self, config, dtype: torch.dtype = torch.float64):
         super().__init__()
