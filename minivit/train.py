@@ -10,7 +10,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -120,6 +122,7 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
                                "class_names": data.class_names, "mean": data.mean, "std": data.std})
 
     t_start, images_seen, train_time = time.perf_counter(), 0, 0.0
+    stop = _GracefulInterrupt()
     try:
         for epoch in range(step // steps_per_epoch, opts.epochs):
             skip = step - epoch * steps_per_epoch                 # batches done before a resume
@@ -147,6 +150,9 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
                                 lr=f"{lr:.2e}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+                if stop.requested and step % steps_per_epoch:    # Ctrl-C: stop on this step
+                    bar.close()
+                    stop.save_and_exit(save, step, out_dir)
             bar.close()
             epoch_time = time.perf_counter() - t_epoch
             train_time += epoch_time
@@ -168,8 +174,10 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
                 best = test_acc
                 save("best.npz")
             save("last.npz")
+            if stop.requested:
+                stop.save_and_exit(save, step, out_dir)
     except KeyboardInterrupt:
-        save("last.npz")
+        save("last.npz", rng_state)
         print(f"\ninterrupted at step {step}: saved {os.path.join(out_dir, 'last.npz')}; continue "
               f"with the same command plus --resume {os.path.join(out_dir, 'last.npz')}",
               file=sys.stderr)
@@ -185,6 +193,37 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
             "epochs": opts.epochs, "steps": step, "wall_s": round(wall, 1),
             "train_images_per_s": round(images_seen / max(train_time, 1e-9), 1),
             "out": out_dir}
+
+
+class _GracefulInterrupt:
+    """The first Ctrl-C asks the loop to stop after the current step (and save); a second one
+    raises KeyboardInterrupt at once. Only installed in the main thread."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: saving a checkpoint after this step (press again to quit at once)",
+              file=sys.stderr)
+
+    @staticmethod
+    def save_and_exit(save, step: int, out_dir: str) -> None:
+        save("last.npz")
+        last = os.path.join(out_dir, "last.npz")
+        print(f"\ninterrupted at step {step}: saved {last}; continue with the same command "
+              f"plus --resume {last}", file=sys.stderr)
+        raise SystemExit(130)
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 def plot_curves(history: list, path: str) -> bool:

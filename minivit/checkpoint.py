@@ -1,0 +1,123 @@
+"""Checkpoints: one .npz holding the params, the optimizer state and a JSON header.
+
+    params/<name>     every model parameter (host arrays)
+    opt.<...>         the optimizer's state_dict(), when an optimizer is saved
+    meta              JSON (as uint8 bytes): format version, model config, optimizer class and
+                      hyperparameters, step, epoch, RNG state, extra
+No object arrays, so np.load(allow_pickle=False) reads it. Written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import backend
+from .config import ViTConfig
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: the message names the file, the problem and the fix."""
+
+
+def atomic_write(path: str, write) -> None:
+    """Call write(fileobj) on a temporary file beside path, then rename it over path: a crash
+    leaves the old file (or none), never half of a new one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(path: str, model, optimizer=None, step: int = 0, epoch: int = 0,
+                    rng_state=None, extra=None) -> None:
+    """Write model params, optimizer state and metadata to path (.npz), atomically."""
+    meta = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(),
+            "step": int(step), "epoch": int(epoch), "rng_state": rng_state, "extra": extra or {},
+            "optimizer": None if optimizer is None else
+            {"class": type(optimizer).__name__, **optimizer.hyperparameters()}}
+    arrays = {f"params/{k}": backend.to_numpy(v) for k, v in model.params.items()}
+    if optimizer is not None:
+        arrays.update(optimizer.state_dict())
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def read_checkpoint(path: str) -> tuple:
+    """(meta dict, {name: array}) from a checkpoint file, with clear errors for a bad file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} is truncated or not a minivit checkpoint ({e}); use the "
+                              f"other checkpoint of the run (last.npz / best.npz) or train again") from e
+    if "meta" not in arrays:
+        raise CheckpointError(f"{path} has no 'meta' entry: it is not a minivit checkpoint "
+                              f"(for Google ViT .npz files use minivit.io.load_google_npz)")
+    try:
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: its 'meta' header is corrupt ({e})") from e
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {meta.get('format_version')}, this "
+                              f"minivit reads version {FORMAT_VERSION}; use a matching minivit")
+    return meta, arrays
+
+
+def load_checkpoint(path: str, model=None, optimizer=None) -> dict:
+    """Load a checkpoint into model (built from the file's config when None) and optimizer.
+    Everything is validated before anything is copied: a bad file never loads in part.
+    Returns the metadata, with 'model' set to the model."""
+    from .model import ViT
+
+    meta, arrays = read_checkpoint(path)
+    try:
+        cfg = ViTConfig.from_dict(meta["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: its model config is invalid ({e})") from e
+    if model is None:
+        model = ViT(cfg)
+    elif model.config != cfg:
+        diff = {k: (v, getattr(model.config, k)) for k, v in cfg.to_dict().items()
+                if getattr(model.config, k) != v}
+        raise CheckpointError(f"{path} holds a model with another config (field: (checkpoint, "
+                              f"model)) {diff}; build the model from the checkpoint "
+                              f"(load_checkpoint(path)) or with the same settings")
+    params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+    missing, extra = sorted(set(model.params) - set(params)), sorted(set(params) - set(model.params))
+    wrong = [f"{k}: {params[k].shape} vs {tuple(v.shape)}" for k, v in model.params.items()
+             if k in params and tuple(params[k].shape) != tuple(v.shape)]
+    if missing or extra or wrong:
+        raise CheckpointError(f"{path} does not fit the model: missing {missing}, unexpected "
+                              f"{extra}, wrong shapes {wrong}; it was written by another model "
+                              f"or edited by hand")
+    opt_arrays = {k: v for k, v in arrays.items() if k.startswith("opt.")}
+    if optimizer is not None:
+        if meta["optimizer"] is None or meta["optimizer"]["class"] != type(optimizer).__name__:
+            raise CheckpointError(f"{path} holds optimizer state of "
+                                  f"{(meta['optimizer'] or {}).get('class')}, not "
+                                  f"{type(optimizer).__name__}; resume with the same --optimizer")
+        try:
+            optimizer.load_state_dict(opt_arrays)          # validates before it copies
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from e
+    for k, v in model.params.items():
+        v[...] = backend.asarray(params[k], dtype=v.dtype)
+    meta["model"] = model
+    return meta

@@ -1,0 +1,165 @@
+"""Optimizers and schedules working on the flat params/grads dicts, on either backend.
+
+An optimizer loops over keys only: it never needs to know which layer a key belongs to.
+Parameters are updated in place, so the model sees the new values without a copy.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend
+
+# Keys that never get weight decay: biases, LayerNorm parameters and the embeddings.
+_NO_DECAY_EXACT = {"cls_token", "pos_embed"}
+
+
+def decays(name: str) -> bool:
+    """Whether weight decay applies: only the weight matrices of linear layers."""
+    if name in _NO_DECAY_EXACT or name.endswith(".b"):
+        return False
+    leaf = name.rsplit(".", 2)[-2] if name.count(".") else name
+    return not leaf.startswith("norm")
+
+
+class Optimizer:
+    """Shared bookkeeping: learning rate, step count, frozen keys, state (de)serialization."""
+
+    state_names: tuple = ()
+
+    def __init__(self, params: dict, lr: float, weight_decay: float, frozen=()):
+        if lr <= 0 or not math.isfinite(lr):
+            raise ValueError(f"lr must be a positive number, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        unknown = sorted(set(frozen) - set(params))
+        if unknown:
+            raise ValueError(f"frozen names {unknown} are not parameters of this model")
+        self.params, self.lr, self.weight_decay = params, float(lr), float(weight_decay)
+        self.frozen = set(frozen)
+        self.t = 0
+        self.state = {s: {k: backend.xp_of(v).zeros_like(v) for k, v in params.items()
+                          if k not in self.frozen} for s in self.state_names}
+
+    def step(self, grads: dict, lr: float = None) -> None:
+        """One update of every trainable parameter from grads (same keys as params)."""
+        self.t += 1
+        lr = self.lr if lr is None else float(lr)
+        for k, p in self.params.items():
+            if k not in self.frozen:
+                self.update(k, p, grads[k], lr)
+
+    def update(self, k: str, p, g, lr: float) -> None:
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict:
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
+    def state_dict(self) -> dict:
+        """Host arrays: 'opt.<state>.<param name>' for each buffer, plus 'opt.t'."""
+        d = {f"opt.{s}.{k}": backend.to_numpy(v) for s, buf in self.state.items()
+             for k, v in buf.items()}
+        d["opt.t"] = np.asarray(self.t, dtype=np.int64)
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore from state_dict(); every key and shape must match (nothing partial)."""
+        want = set(self.state_dict())
+        missing, extra = sorted(want - set(d)), sorted(set(d) - want)
+        if missing or extra:
+            raise ValueError(f"optimizer state does not match this {type(self).__name__}: "
+                             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                             f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}; was it "
+                             f"saved by another optimizer or model?")
+        bad = [k for s, buf in self.state.items() for k, v in buf.items()
+               if tuple(d[f"opt.{s}.{k}"].shape) != tuple(v.shape)]
+        if bad:
+            raise ValueError(f"optimizer state has wrong shapes for {bad[:5]}")
+        for s, buf in self.state.items():
+            for k, v in buf.items():
+                v[...] = backend.asarray(d[f"opt.{s}.{k}"], dtype=v.dtype)
+        self.t = int(d["opt.t"])
+
+
+class SGD(Optimizer):
+    """buf = momentum * buf + (g + wd * p);  p -= lr * buf  (Nesterov: p -= lr * (g' + m * buf)).
+    The weight decay is the classic coupled L2 term, applied to decayed keys only."""
+
+    state_names = ("momentum",)
+
+    def __init__(self, params: dict, lr: float, momentum: float = 0.9, nesterov: bool = False,
+                 weight_decay: float = 0.0, frozen=()):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        super().__init__(params, lr, weight_decay, frozen)
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+
+    def update(self, k, p, g, lr):
+        if self.weight_decay and decays(k):
+            g = g + self.weight_decay * p
+        if self.momentum:
+            buf = self.state["momentum"][k]
+            buf *= self.momentum
+            buf += g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p -= lr * g
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class AdamW(Optimizer):
+    """m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p -= lr * wd * p (decayed keys only);
+    p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)   (Loshchilov & Hutter; torch.optim.AdamW)."""
+
+    state_names = ("m", "v")
+
+    def __init__(self, params: dict, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.05, frozen=()):
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        super().__init__(params, lr, weight_decay, frozen)
+        self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
+
+    def update(self, k, p, g, lr):
+        b1, b2 = self.betas
+        m, v = self.state["m"][k], self.state["v"][k]
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        if self.weight_decay and decays(k):
+            p *= 1.0 - lr * self.weight_decay
+        step_size = lr / (1.0 - b1 ** self.t)
+        denom = backend.xp_of(v).sqrt(v / (1.0 - b2 ** self.t))
+        denom += self.eps
+        p -= step_size * (m / denom)
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps}
+
+
+def warmup_cosine(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0,
+                  min_lr: float = 0.0) -> float:
+    """Learning rate of update number `step` (0-based):
+    linear warmup lr = base_lr (step + 1) / warmup_steps for step < warmup_steps, then
+    lr = min_lr + (base_lr - min_lr) (1 + cos(pi s)) / 2, s = (step - warmup) / (total - warmup)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    s = min((step - warmup_steps) / span, 1.0)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * s))
+
+
+def clip_grad_norm(grads: dict, max_norm: float) -> float:
+    """Scale all grads in place so their global L2 norm is at most max_norm; return the norm
+    before clipping (NaN or inf is returned as is, and nothing is scaled)."""
+    total = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+    if math.isfinite(total) and total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for g in grads.values():
+            g *= scale
+    return total

@@ -1,0 +1,128 @@
+"""End to end: the trainer learns a small synthetic task, leaves every promised file, resumes
+exactly (also after Ctrl-C), and the evaluation CLI reads its checkpoint."""
+import hashlib
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from minivit import data, train
+from minivit.evaluate import confusion_matrix, report
+
+from test_data import idx_bytes
+
+TINY = ["--model", "tiny", "--batch-size", "50", "--quiet", "--warmup-epochs", "0.5",
+        "--lr", "3e-3", "--workers", "2"]
+
+
+def synthetic_mnist(n_train=1000, n_test=200, seed=0) -> dict:
+    """28x28 uint8 'digits': class k is a bright bar on row band k (plus noise): learnable."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for k in range(10):
+            x[y == k, 2 + 2 * k:4 + 2 * k, 4:24] = 255
+        return x, y
+    xtr, ytr = make(n_train)
+    xte, yte = make(n_test)
+    return {"train-images-idx3-ubyte": xtr, "train-labels-idx1-ubyte": ytr,
+            "t10k-images-idx3-ubyte": xte, "t10k-labels-idx1-ubyte": yte}
+
+
+@pytest.fixture
+def mnist_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name, arr in synthetic_mnist().items():
+        raw = idx_bytes(arr)
+        (folder / name).write_bytes(raw)
+        monkeypatch.setitem(data.MNIST_FILES, name, hashlib.sha256(raw).hexdigest())
+    monkeypatch.setattr(data, "_urlopen", None)           # any download attempt would fail
+    return str(folder)
+
+
+def final_params(out):
+    with np.load(os.path.join(out, "last.npz"), allow_pickle=False) as f:
+        return {k: f[k] for k in f.files if k.startswith("params/")}
+
+
+def test_train_learns_and_writes_outputs(mnist_dir, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    summary = train.main(TINY + ["--data", mnist_dir, "--out", out, "--epochs", "5",
+                                 "--no-augment"])        # shifts would blur the 2-pixel bars
+    assert summary["test_acc"] > 0.9                      # chance is 0.1
+    for name in ("last.npz", "best.npz", "metrics.jsonl", "config.json"):
+        assert os.path.exists(os.path.join(out, name)), name
+    lines = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert [l["epoch"] for l in lines] == [1, 2, 3, 4, 5]
+    assert {"train_loss", "train_acc", "test_acc", "images_per_s", "lr"} <= set(lines[0])
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["model"]["dim"] == 32 and cfg["train"]["epochs"] == 5
+    try:
+        import matplotlib  # noqa: F401
+        assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
+    except ImportError:
+        assert "matplotlib is not installed" in capsys.readouterr().out
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(printed[-1])["test_acc"] == summary["test_acc"]   # the JSON summary line
+    assert not [f for f in os.listdir(out) if ".tmp" in f]              # no temporary files left
+
+
+@pytest.mark.parametrize("stop_at", [20, 27])            # 20 steps per epoch: end, mid-epoch
+def test_ctrl_c_saves_and_resume_is_exact(mnist_dir, tmp_path, monkeypatch, capsys, stop_at):
+    """k steps straight == stop (Ctrl-C) after some steps + resume from last.npz, bit for bit,
+    with dropout and drop path on (so the generator state must be restored too)."""
+    straight, cut = str(tmp_path / "a"), str(tmp_path / "b")
+    args = TINY + ["--data", mnist_dir, "--epochs", "2", "--dropout", "0.1", "--drop-path", "0.1"]
+    train.main(args + ["--out", straight])
+
+    from minivit import optim
+    real_step, calls = optim.AdamW.step, {"n": 0}
+
+    def interrupt(self, grads, lr=None):
+        calls["n"] += 1
+        if calls["n"] == stop_at:                         # a real Ctrl-C, in the middle of a step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, grads, lr)
+    monkeypatch.setattr(optim.AdamW, "step", interrupt)
+    with pytest.raises(SystemExit) as e:
+        train.main(args + ["--out", cut])
+    assert e.value.code == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(optim.AdamW, "step", real_step)
+    train.main(args + ["--out", cut, "--resume", os.path.join(cut, "last.npz")])
+    a, b = final_params(straight), final_params(cut)
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    metrics = [json.loads(l) for l in open(os.path.join(cut, "metrics.jsonl"))]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+
+
+def test_evaluate_cli(mnist_dir, tmp_path, capsys):
+    from minivit import evaluate
+    out = str(tmp_path / "run")
+    summary = train.main(TINY + ["--data", mnist_dir, "--out", out, "--epochs", "1"])
+    capsys.readouterr()
+    result = evaluate.main(["--checkpoint", os.path.join(out, "last.npz"), "--data", mnist_dir])
+    text = capsys.readouterr().out
+    assert "confusion matrix" in text and "per-class accuracy" in text
+    assert result["test_acc"] == pytest.approx(summary["test_acc"])
+
+
+def test_confusion_matrix_and_report():
+    cm = confusion_matrix(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 0]), 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    text = report(cm, ["a", "b", "c"])
+    assert "accuracy 0.6000 on 5 images" in text and "a: 0.5000" in text
+
+
+def test_batch_larger_than_data_is_clear(mnist_dir, tmp_path):
+    with pytest.raises(ValueError, match="batch"):
+        train.main(TINY[:-6] + ["--batch-size", "5000", "--data", mnist_dir, "--out",
+                                str(tmp_path / "x"), "--epochs", "1"])
