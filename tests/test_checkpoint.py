@@ -1,0 +1,146 @@
+"""Checkpoints: round trip, exact resume, atomic writes and a clear error for every bad file."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minivit import ViT, ViTConfig, backend
+from minivit import checkpoint as ckpt
+from minivit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minivit.layers import cross_entropy_backward, cross_entropy_forward
+from minivit.optim import AdamW, SGD
+
+CFG = dict(image_size=8, patch_size=4, in_channels=1, dim=8, depth=2, heads=2, num_classes=3)
+
+
+def train_steps(model, opt, k, seed=0):
+    rng = np.random.default_rng(seed)
+    for _ in range(k):
+        x = backend.asarray(rng.standard_normal((4, 1, 8, 8)).astype(model.config.dtype))
+        y = backend.asarray(rng.integers(0, 3, 4))
+        loss, cache = cross_entropy_forward(model.forward(x, train=True), y)
+        model.backward(cross_entropy_backward(cache))
+        opt.step(model.grads)
+
+
+def test_round_trip(tmp_path, xp):
+    m = ViT(ViTConfig(**CFG), seed=1)
+    opt = AdamW(m.params, lr=1e-2)
+    train_steps(m, opt, 2)
+    path = str(tmp_path / "c.npz")
+    save_checkpoint(path, m, opt, step=2, epoch=0, rng_state=m.rng.bit_generator.state,
+                    extra={"note": "hi"})
+    with np.load(path, allow_pickle=False) as f:                  # no pickle anywhere
+        assert "meta" in f.files and "params/head.w" in f.files and "opt.t" in f.files
+    meta = load_checkpoint(path)
+    m2 = meta["model"]
+    assert m2.config == m.config and meta["step"] == 2 and meta["extra"] == {"note": "hi"}
+    for k, v in m.params.items():
+        assert (backend.to_numpy(m2.params[k]) == backend.to_numpy(v)).all()
+    opt2 = AdamW(m2.params, lr=1e-2)
+    load_checkpoint(path, m2, opt2)
+    assert opt2.t == 2
+    assert meta["rng_state"] == json.loads(json.dumps(m.rng.bit_generator.state))
+
+
+def test_resume_is_exact(tmp_path):
+    """k steps straight == k/2 steps + save + load into a fresh model and optimizer + k/2 steps."""
+    cfg = ViTConfig(**CFG, dropout=0.1, drop_path=0.1)
+    a = ViT(cfg, seed=3)
+    oa = AdamW(a.params, lr=1e-2)
+    train_steps(a, oa, 4, seed=0)
+    train_steps(a, oa, 4, seed=1)
+
+    b = ViT(cfg, seed=3)
+    ob = AdamW(b.params, lr=1e-2)
+    train_steps(b, ob, 4, seed=0)
+    path = str(tmp_path / "half.npz")
+    save_checkpoint(path, b, ob, step=4, rng_state=b.rng.bit_generator.state)
+    c = ViT(cfg, seed=99)                                         # a different init and rng
+    oc = AdamW(c.params, lr=1e-2)
+    meta = load_checkpoint(path, c, oc)
+    c.rng.bit_generator.state = meta["rng_state"]
+    train_steps(c, oc, 4, seed=1)
+    for k in a.params:
+        assert (a.params[k] == c.params[k]).all(), k
+
+
+def test_atomic_write_keeps_old_file(tmp_path, monkeypatch):
+    m = ViT(ViTConfig(**CFG))
+    path = str(tmp_path / "c.npz")
+    save_checkpoint(path, m, step=1)
+    good = open(path, "rb").read()
+
+    def crash(f, **arrays):
+        f.write(b"half a file")
+        raise OSError("disk full")
+    monkeypatch.setattr(ckpt.np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, m, step=2)
+    assert open(path, "rb").read() == good
+    assert os.listdir(tmp_path) == ["c.npz"]                      # no temporary left behind
+
+
+def bad_file(tmp_path, mutate):
+    m = ViT(ViTConfig(**CFG))
+    path = str(tmp_path / "c.npz")
+    save_checkpoint(path, m, AdamW(m.params, lr=1e-3))
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    mutate(arrays)
+    np.savez(path, **arrays)
+    return path, m
+
+
+def set_meta(arrays, **changes):
+    meta = json.loads(arrays["meta"].tobytes())
+    meta.update(changes)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: a.pop("params/head.b"), r"missing \['head.b'\]"),
+    (lambda a: a.update({"params/extra.w": np.zeros(2)}), r"unexpected \['extra.w'\]"),
+    (lambda a: a.update({"params/head.w": np.zeros((9, 3), np.float32)}), "wrong shapes"),
+    (lambda a: set_meta(a, format_version=99), "format version 99"),
+    (lambda a: a.pop("meta"), "not a minivit checkpoint"),
+    (lambda a: a.update({"meta": np.frombuffer(b"{not json", np.uint8)}), "corrupt"),
+])
+def test_bad_checkpoints(tmp_path, mutate, match):
+    path, m = bad_file(tmp_path, mutate)
+    before = {k: v.copy() for k, v in m.params.items()}
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path, m)
+    assert all((m.params[k] == before[k]).all() for k in before)   # never a partial load
+
+
+def test_other_config_is_clear(tmp_path):
+    m = ViT(ViTConfig(**CFG))
+    path = str(tmp_path / "c.npz")
+    save_checkpoint(path, m)
+    other = ViT(ViTConfig(**{**CFG, "dim": 12}))
+    with pytest.raises(CheckpointError, match=r"another config.*'dim': \(8, 12\)"):
+        load_checkpoint(path, other)
+
+
+def test_wrong_optimizer_is_clear(tmp_path):
+    m = ViT(ViTConfig(**CFG))
+    path = str(tmp_path / "c.npz")
+    save_checkpoint(path, m, AdamW(m.params, lr=1e-3))
+    with pytest.raises(CheckpointError, match="--optimizer"):
+        load_checkpoint(path, m, SGD(m.params, lr=0.1))
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9, 0.999])
+def test_truncated_and_garbage_files(tmp_path, keep):
+    m = ViT(ViTConfig(**CFG))
+    path = str(tmp_path / "c.npz")
+    save_checkpoint(path, m)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match="truncated or not a minivit checkpoint"):
+        load_checkpoint(path)
+    open(path, "wb").write(b"garbage" * 10)
+    with pytest.raises(CheckpointError, match="truncated or not a minivit checkpoint"):
+        load_checkpoint(path)
