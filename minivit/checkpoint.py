@@ -76,10 +76,18 @@ def read_checkpoint(path: str) -> tuple:
     try:
         meta = json.loads(arrays.pop("meta").tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: its 'meta' header is corrupt ({e})") from e
+        raise CheckpointError(f"{path}: its 'meta' header is corrupt ({e}); use the other "
+                              f"checkpoint of the run or train again") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its 'meta' header is corrupt (a JSON "
+                              f"{type(meta).__name__}, not an object); it is not a minivit checkpoint")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {meta.get('format_version')}, this "
                               f"minivit reads version {FORMAT_VERSION}; use a matching minivit")
+    missing = sorted({"config", "step", "epoch", "optimizer"} - set(meta))
+    if missing:
+        raise CheckpointError(f"{path}: its 'meta' header lacks {missing}; the file was edited "
+                              f"or written by another program")
     return meta, arrays
 
 
@@ -106,10 +114,12 @@ def load_checkpoint(path: str, model=None, optimizer=None) -> dict:
     missing, extra = sorted(set(model.params) - set(params)), sorted(set(params) - set(model.params))
     wrong = [f"{k}: {params[k].shape} vs {tuple(v.shape)}" for k, v in model.params.items()
              if k in params and tuple(params[k].shape) != tuple(v.shape)]
-    if missing or extra or wrong:
+    dtypes = [f"{k}: {params[k].dtype} vs {np.dtype(v.dtype)}" for k, v in model.params.items()
+              if k in params and params[k].dtype != np.dtype(v.dtype)]
+    if missing or extra or wrong or dtypes:
         raise CheckpointError(f"{path} does not fit the model: missing {missing}, unexpected "
-                              f"{extra}, wrong shapes {wrong}; it was written by another model "
-                              f"or edited by hand")
+                              f"{extra}, wrong shapes (file vs model) {wrong}, wrong dtypes "
+                              f"{dtypes}; it was written by another model or edited by hand")
     opt_arrays = {k: v for k, v in arrays.items() if k.startswith("opt.")}
     if optimizer is not None:
         if meta["optimizer"] is None or meta["optimizer"]["class"] != type(optimizer).__name__:

@@ -72,10 +72,21 @@ class Optimizer:
                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                              f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}; was it "
                              f"saved by another optimizer or model?")
-        bad = [k for s, buf in self.state.items() for k, v in buf.items()
+        bad = [f"{k}: {tuple(d[f'opt.{s}.{k}'].shape)} vs {tuple(v.shape)}"
+               for s, buf in self.state.items() for k, v in buf.items()
                if tuple(d[f"opt.{s}.{k}"].shape) != tuple(v.shape)]
         if bad:
-            raise ValueError(f"optimizer state has wrong shapes for {bad[:5]}")
+            raise ValueError(f"optimizer state has wrong shapes (saved vs now) {bad[:5]}; "
+                             f"it was saved for another model")
+        bad = [f"{k}: {np.dtype(d[f'opt.{s}.{k}'].dtype)} vs {np.dtype(v.dtype)}"
+               for s, buf in self.state.items() for k, v in buf.items()
+               if np.dtype(d[f"opt.{s}.{k}"].dtype) != np.dtype(v.dtype)]
+        t = np.asarray(d["opt.t"])
+        if t.shape != () or t.dtype.kind not in "iu":
+            bad.append(f"opt.t: {t.dtype} {t.shape} vs an integer scalar")
+        if bad:
+            raise ValueError(f"optimizer state has wrong dtypes (saved vs now) {bad[:5]}; "
+                             f"build the model with the dtype it was saved with")
         for s, buf in self.state.items():
             for k, v in buf.items():
                 v[...] = backend.asarray(d[f"opt.{s}.{k}"], dtype=v.dtype)
@@ -155,11 +166,15 @@ def warmup_cosine(step: int, total_steps: int, base_lr: float, warmup_steps: int
 
 
 def clip_grad_norm(grads: dict, max_norm: float) -> float:
-    """Scale all grads in place so their global L2 norm is at most max_norm; return the norm
-    before clipping (NaN or inf is returned as is, and nothing is scaled)."""
+    """norm = sqrt(sum_k ||g_k||^2); if norm > max_norm: g_k *= max_norm / norm (in place), so
+    the clipped norm is max_norm exactly (torch adds 1e-6 to the denominator; we do not).
+    Returns the norm before clipping. A NaN or inf norm is returned as is and nothing is scaled:
+    the caller decides (skip the step, lower the learning rate, or stop)."""
+    if max_norm < 0 or not math.isfinite(max_norm):
+        raise ValueError(f"max_norm must be a finite number >= 0, got {max_norm}")
     total = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
     if math.isfinite(total) and total > max_norm:
-        scale = max_norm / (total + 1e-6)
+        scale = max_norm / total
         for g in grads.values():
             g *= scale
     return total

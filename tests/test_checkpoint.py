@@ -41,6 +41,11 @@ def test_round_trip(tmp_path, xp):
     opt2 = AdamW(m2.params, lr=1e-2)
     load_checkpoint(path, m2, opt2)
     assert opt2.t == 2
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s1.keys() == s2.keys() and all((s1[k] == s2[k]).all() for k in s1)
+    assert meta["optimizer"] == {"class": "AdamW", "lr": 1e-2, "weight_decay": 0.05,
+                                 "betas": [0.9, 0.999], "eps": 1e-8}
+    assert meta["format_version"] == ckpt.FORMAT_VERSION and meta["epoch"] == 0
     assert meta["rng_state"] == json.loads(json.dumps(m.rng.bit_generator.state))
 
 
@@ -99,20 +104,32 @@ def set_meta(arrays, **changes):
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
 
 
+def drop_meta_key(meta_bytes, key):
+    meta = json.loads(meta_bytes.tobytes())
+    del meta[key]
+    return np.frombuffer(json.dumps(meta).encode(), np.uint8)
+
+
 @pytest.mark.parametrize("mutate,match", [
     (lambda a: a.pop("params/head.b"), r"missing \['head.b'\]"),
     (lambda a: a.update({"params/extra.w": np.zeros(2)}), r"unexpected \['extra.w'\]"),
     (lambda a: a.update({"params/head.w": np.zeros((9, 3), np.float32)}), "wrong shapes"),
+    (lambda a: a.update({"params/head.b": np.zeros(3, np.float64)}), r"head.b: float64 vs float32"),
+    (lambda a: a.update({"opt.v.head.b": np.zeros(5, np.float32)}), "wrong shapes"),
+    (lambda a: a.update({"meta": np.frombuffer(b"[1, 2]", np.uint8)}), "not an object"),
+    (lambda a: a.update(meta=drop_meta_key(a["meta"], "config")), r"lacks \['config'\]"),
     (lambda a: set_meta(a, format_version=99), "format version 99"),
     (lambda a: a.pop("meta"), "not a minivit checkpoint"),
     (lambda a: a.update({"meta": np.frombuffer(b"{not json", np.uint8)}), "corrupt"),
 ])
 def test_bad_checkpoints(tmp_path, mutate, match):
     path, m = bad_file(tmp_path, mutate)
+    opt = AdamW(m.params, lr=1e-3)
     before = {k: v.copy() for k, v in m.params.items()}
     with pytest.raises(CheckpointError, match=match):
-        load_checkpoint(path, m)
+        load_checkpoint(path, m, opt)
     assert all((m.params[k] == before[k]).all() for k in before)   # never a partial load
+    assert opt.t == 0 and all((v == 0).all() for v in opt.state_dict().values())
 
 
 def test_other_config_is_clear(tmp_path):

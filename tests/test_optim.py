@@ -43,6 +43,27 @@ def test_sgd_by_hand(xp):
                                np.array([0.1, -0.2]) - 0.1 * 1 - 0.1 * 1.9, rtol=1e-15)
 
 
+def test_plain_sgd_by_hand(xp):
+    p = {"a.w": xp.asarray([1.0, -2.0]), "a.b": xp.asarray([0.5])}
+    opt = SGD(p, lr=0.1, momentum=0.0, weight_decay=0.5)
+    for _ in range(2):                                     # w -= lr (g + wd w); b -= lr g
+        opt.step({"a.w": xp.asarray([0.2, 0.4]), "a.b": xp.asarray([1.0])})
+    w1 = np.array([1.0, -2.0]) - 0.1 * (np.array([0.2, 0.4]) + 0.5 * np.array([1.0, -2.0]))
+    w2 = w1 - 0.1 * (np.array([0.2, 0.4]) + 0.5 * w1)
+    np.testing.assert_allclose(backend.to_numpy(p["a.w"]), w2, rtol=1e-15)
+    np.testing.assert_allclose(backend.to_numpy(p["a.b"]), [0.5 - 0.2], rtol=1e-15)
+    assert opt.t == 2
+
+
+def test_float32_stays_float32(xp):
+    p = {"a.w": xp.ones((2, 2), dtype=xp.float32), "a.b": xp.ones(2, dtype=xp.float32)}
+    ids = {k: id(v) for k, v in p.items()}
+    for opt in (AdamW(p, lr=0.1), SGD(p, lr=0.1, nesterov=True, weight_decay=0.1)):
+        opt.step({k: xp.full(v.shape, 0.5, dtype=xp.float32) for k, v in p.items()})
+        assert all(v.dtype == xp.float32 and id(v) == ids[k] for k, v in p.items())
+        assert all(v.dtype == np.float32 for v in opt.state_dict().values() if v.ndim)
+
+
 def test_nesterov_by_hand(xp):
     p = {"x.w": xp.asarray([2.0])}
     opt = SGD(p, lr=0.5, momentum=0.5, nesterov=True)
@@ -70,7 +91,7 @@ def test_adamw_by_hand(xp):
     assert opt.t == 3
 
 
-@pytest.mark.parametrize("kind", ["adamw", "sgd", "nesterov"])
+@pytest.mark.parametrize("kind", ["adamw", "sgd", "nesterov", "plain"])
 def test_against_torch_optim(kind):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
@@ -85,8 +106,9 @@ def test_against_torch_optim(kind):
         ours = AdamW(params, lr=0.01, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.1)
         theirs = torch.optim.AdamW(groups, lr=0.01, betas=(0.8, 0.95), eps=1e-7)
     else:
-        ours = SGD(params, lr=0.05, momentum=0.9, nesterov=kind == "nesterov", weight_decay=0.1)
-        theirs = torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=kind == "nesterov")
+        mom = 0.0 if kind == "plain" else 0.9
+        ours = SGD(params, lr=0.05, momentum=mom, nesterov=kind == "nesterov", weight_decay=0.1)
+        theirs = torch.optim.SGD(groups, lr=0.05, momentum=mom, nesterov=kind == "nesterov")
     for step in range(6):
         g = {k: rng.standard_normal(v.shape) for k, v in params.items()}
         for k, t in tparams.items():
@@ -127,6 +149,14 @@ def test_state_dict_round_trip_continues_identically(xp):
         ob.load_state_dict({k: v for k, v in state.items() if k != "opt.t"})
     with pytest.raises(ValueError, match="unexpected"):
         SGD(b, lr=0.1).load_state_dict(state)
+    k = "opt.m.blocks.0.mlp.fc1.b"
+    for bad, match in [({k: np.zeros(3)}, "wrong shapes"),
+                       ({k: np.zeros(2, np.float32)}, "wrong dtypes"),
+                       ({"opt.t": np.zeros(2, np.int64)}, "opt.t")]:
+        snapshot = ob.state_dict()
+        with pytest.raises(ValueError, match=match):
+            ob.load_state_dict({**state, **bad})
+        assert all((ob.state_dict()[n] == v).all() for n, v in snapshot.items())  # untouched
 
 
 def test_warmup_cosine_values():
@@ -143,11 +173,17 @@ def test_clip_grad_norm(xp):
     g = {"a": xp.asarray([3.0, 0.0]), "b": xp.asarray([[4.0]])}
     assert clip_grad_norm(g, 10.0) == pytest.approx(5.0)
     assert float(g["a"][0]) == 3.0                         # below the limit: untouched
-    assert clip_grad_norm(g, 1.0) == pytest.approx(5.0)
+    assert clip_grad_norm(g, 1.0) == pytest.approx(5.0, rel=1e-15)
+    np.testing.assert_allclose(backend.to_numpy(g["a"]), [0.6, 0.0], rtol=1e-15)
+    np.testing.assert_allclose(backend.to_numpy(g["b"]), [[0.8]], rtol=1e-15)
     total = math.sqrt(float((g["a"] ** 2).sum() + (g["b"] ** 2).sum()))
-    assert total == pytest.approx(1.0, rel=1e-5)
+    assert total == pytest.approx(1.0, rel=1e-15)          # max_norm exactly
     g["a"][0] = np.nan
-    assert math.isnan(clip_grad_norm(g, 1.0))
+    before = backend.to_numpy(g["b"]).copy()
+    assert math.isnan(clip_grad_norm(g, 1.0))              # returned for the trainer to act on
+    assert (backend.to_numpy(g["b"]) == before).all()      # and nothing scaled
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_grad_norm(g, -1.0)
 
 
 def test_bad_hyperparameters():
