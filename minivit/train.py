@@ -139,8 +139,9 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
                         f"loss became {loss} at step {step}; lower --lr (now {opts.lr}) or keep "
                         f"--clip on; the last good checkpoint is {out_dir}/last.npz")
                 model.backward(cross_entropy_backward(cache))
-                if opts.clip:
-                    clip_grad_norm(model.grads, opts.clip)
+                if opts.clip:                             # over the trainable gradients only
+                    clip_grad_norm({k: g for k, g in model.grads.items() if k not in opt.frozen},
+                                   opts.clip)
                 opt.step(model.grads, lr=lr)
                 step += 1
                 loss_sum += loss * len(y)

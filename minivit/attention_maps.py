@@ -1,0 +1,68 @@
+"""Where the CLS token looks: per-layer CLS attention and attention rollout (Abnar & Zuidema
+2020, "Quantifying Attention Flow in Transformers"). examples/attention_maps.py draws them.
+
+    logits, attn = model.forward(x, return_attention=True)   # depth x (B, H, N, N)
+    R = attention_rollout(attn)                               # (B, N, N), rows sum to 1
+    maps = cls_maps(R, grid)                                  # (B, g, g): CLS row over patches
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .finetune import interp_matrix
+
+__all__ = ["attention_rollout", "cls_maps", "upsample", "attention_maps"]
+
+
+def attention_rollout(attn: list, add_identity: bool = True):
+    """R = A'_L @ ... @ A'_1 with A'_l = rownorm(mean_h A_l + I) (the residual path as identity).
+    Each A'_l is row-stochastic, so every row of R sums to 1. attn: depth x (B, H, N, N)."""
+    if not attn:
+        raise ValueError("attention_rollout needs at least one layer's attention (B, H, N, N)")
+    xp = backend.xp_of(attn[0])
+    B, H, N, _ = attn[0].shape
+    eye = xp.eye(N, dtype=attn[0].dtype)                              # (N, N)
+    R = xp.broadcast_to(eye, (B, N, N)).copy()                        # (B, N, N)
+    for a in attn:
+        if a.shape != (B, H, N, N):
+            raise ValueError(f"every layer's attention must be {(B, H, N, N)}, got {a.shape}")
+        A = a.mean(1)                                                 # (B, N, N)
+        if add_identity:
+            A = A + eye
+        A = A / A.sum(-1, keepdims=True)                              # (B, N, N) rows sum to 1
+        R = A @ R                                                     # later layers on the left
+    return R
+
+
+def cls_maps(A, grid: int):
+    """The CLS query row over the patch tokens, as a grid: A (B, N, N) -> (B, g, g); a
+    per-head A (B, H, N, N) is averaged over heads first."""
+    if A.ndim == 4:
+        A = A.mean(1)                                                 # (B, N, N)
+    B, N, _ = A.shape
+    if N != grid * grid + 1:
+        raise ValueError(f"attention over N={N} tokens does not fit a {grid}x{grid} grid plus "
+                         f"CLS (N = {grid * grid + 1}); pass the model's grid")
+    return A[:, 0, 1:].reshape(B, grid, grid)                         # (B, g, g)
+
+
+def upsample(maps: np.ndarray, size: int) -> np.ndarray:
+    """(B, g, g) -> (B, S, S) bilinear with pixel centres aligned, on the host."""
+    maps = backend.to_numpy(maps).astype(np.float64)
+    W = interp_matrix(maps.shape[-1], size, "bilinear", align_corners=False)   # (S, g)
+    return np.einsum("ai,bij,cj->bac", W, maps, W)                    # (B, S, S)
+
+
+def attention_maps(model, x) -> dict:
+    """Eval forward of normalized images x (B, C, S, S); host float64 arrays:
+    'layers' (B, L, g, g) each layer's CLS attention (mean over heads), 'rollout' (B, g, g),
+    'probs' (B, K)."""
+    logits, attn = model.forward(x, return_attention=True)
+    attn = [backend.to_numpy(a).astype(np.float64) for a in attn]     # L x (B, H, N, N)
+    g = model.config.grid
+    layers = np.stack([cls_maps(a, g) for a in attn], axis=1)         # (B, L, g, g)
+    rollout = cls_maps(attention_rollout(attn), g)                    # (B, g, g)
+    z = backend.to_numpy(logits).astype(np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    return {"layers": layers, "rollout": rollout, "probs": p / p.sum(1, keepdims=True)}
