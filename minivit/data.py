@@ -14,7 +14,6 @@ import gzip
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.request
 import zlib
 from typing import Callable, Iterator, NamedTuple, Sequence, Union
@@ -131,25 +130,13 @@ def _find(data_dir: str, name: str) -> str | None:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    """Write to a temp file in the same folder, then os.replace onto path."""
-    folder = os.path.dirname(path) or "."
+    """checkpoint.atomic_write, with an error that says where to put the data instead."""
+    from .checkpoint import atomic_write
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                                   suffix=".tmp")
+        atomic_write(path, lambda f: f.write(data))
     except OSError as e:
-        raise DataError(f"cannot write into {folder} ({e}); pass --data DIR (or set "
-                        f"MINIVIT_DATA=DIR) to a writable folder") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        raise DataError(f"cannot write into {os.path.dirname(path) or '.'} ({e}); pass --data DIR "
+                        f"(or set MINIVIT_DATA=DIR) to a writable folder") from e
 
 
 def _download(name: str, data_dir: str, mirrors: Sequence[str], fetch: Callable,

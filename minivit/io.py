@@ -27,18 +27,17 @@ and hybrid R50+ViT files; minivit's fixed 'sincos' table has no place in this la
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 
 import numpy as np
 
 from . import backend
+from .checkpoint import atomic_write
 from .config import ViTConfig
 from .finetune import set_image_size
 from .model import ViT
@@ -281,16 +280,33 @@ def save_google_npz(model: ViT, path) -> None:
                          "learned position table, and minivit's fixed 'sincos' table has none")
     host = {k: backend.to_numpy(v) for k, v in model.params.items()}
     arrays = to_google(host, cfg)
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(os.fspath(path), lambda f: np.savez(f, **arrays))
+
+
+def main(argv=None) -> None:
+    """python -m minivit.io export CHECKPOINT OUT.npz | info FILE.npz"""
+    import argparse
+    import json
+
+    from .checkpoint import load_checkpoint
+    ap = argparse.ArgumentParser(prog="python -m minivit.io",
+                                 description="Convert minivit checkpoints to the Google ViT .npz "
+                                             "layout, or describe a Google .npz.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="write a minivit checkpoint's weights as a Google .npz")
+    ex.add_argument("checkpoint")
+    ex.add_argument("out")
+    info = sub.add_parser("info", help="print the config inferred from a Google .npz")
+    info.add_argument("npz")
+    args = ap.parse_args(argv)
+    if args.cmd == "export":
+        model = load_checkpoint(args.checkpoint)["model"]
+        save_google_npz(model, args.out)
+        print(f"wrote {args.out} ({model.num_params():,} parameters, "
+              f"{len(read_google_npz(args.out))} arrays)")
+    else:
+        print(json.dumps(google_config(read_google_npz(args.npz)).to_dict(), indent=2))
+
+
+if __name__ == "__main__":
+    main()
