@@ -309,7 +309,8 @@ def main(argv=None) -> dict:
                         seed=args.seed)
     x_train, y_train, x_test, y_test = load_mnist(args.data)
     data = Dataset(x_train[:args.limit_train], y_train[:args.limit_train],
-                   x_test[:args.limit_test], y_test[:args.limit_test], MNIST_MEAN, MNIST_STD)
+                   x_test[:args.limit_test], y_test[:args.limit_test], MNIST_MEAN, MNIST_STD,
+                   [str(k) for k in range(10)])
     model = ViT(cfg, seed=args.seed)
     print(f"minivit: ViT patch {cfg.patch_size}, dim {cfg.dim}, depth {cfg.depth}, heads "
           f"{cfg.heads}, {model.num_params():,} parameters, on {backend.name()} "
