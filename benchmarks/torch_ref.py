@@ -66,19 +66,10 @@ class Block(nn.Module):
 
 
 def sincos_2d(grid: int, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Fixed (1, 1 + grid^2, dim) table, row 0 (CLS) zero; patch (r, c) gets
-    [sin(r w), cos(r w), sin(c w), cos(c w)], w_k = 10000^(-k / (dim/4)) (as minivit's)."""
-    if dim % 4:
-        raise ValueError(f"pos_embed='sincos' needs dim divisible by 4, got dim={dim}; "
-                         f"use a dim divisible by 4 or pos_embed='learned'")
-    d4 = dim // 4
-    omega = 1.0 / 10000.0 ** (torch.arange(d4, dtype=torch.float64) / d4)       # (d4,)
-    r, c = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    r = r.reshape(-1, 1) * omega                                    # (P, d4)
-    c = c.reshape(-1, 1) * omega                                    # (P, d4)
-    table = torch.cat([r.sin(), r.cos(), c.sin(), c.cos()], dim=1)  # (P, D)
-    table = torch.cat([torch.zeros(1, dim, dtype=torch.float64), table])[None]   # (1, N, D)
-    return table.to(dtype or torch.get_default_dtype())
+    """minivit's fixed (1, 1 + grid^2, dim) sin-cos table as a tensor (a timing reference needs
+    the same values, not a second derivation: tests/torch_vit.py has the independent one)."""
+    from minivit.layers import sincos_2d as table
+    return torch.from_numpy(table(grid, dim, "float64")).to(dtype or torch.get_default_dtype())
 
 
 class TorchViT(nn.Module):
