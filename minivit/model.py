@@ -108,12 +108,12 @@ class ViT:
 
         def run(i):
             feats, caches, attn = self.forward_features(x[chunks[i]], rngs[i], return_attention,
-                                                        cls_only)
+                                                        cls_only, keep_caches=train)
             logits, head_caches = self.forward_head(feats, rngs[i])
-            return logits, (caches, head_caches), attn
+            return logits, (chunks[i], caches, head_caches if train else None), attn
 
         out = backend.parallel_map(run, list(range(len(chunks))))
-        self._caches = [(chunks[i], o[1]) for i, o in enumerate(out)] if train else None
+        self._caches = (x.shape[0], [o[1] for o in out]) if train else None
         logits = out[0][0] if len(out) == 1 else xp.concatenate([o[0] for o in out])
         if not return_attention:
             return logits
@@ -126,8 +126,10 @@ class ViT:
         edges = [B * i // n for i in range(n + 1)]
         return [slice(edges[i], edges[i + 1]) for i in range(n)]
 
-    def forward_features(self, x, rng=None, return_attention: bool = False, cls_only: bool = False):
-        """Images (B, C, S, S) -> tokens after the last block (B, N, D), with the caches.
+    def forward_features(self, x, rng=None, return_attention: bool = False, cls_only: bool = False,
+                         keep_caches: bool = True):
+        """Images (B, C, S, S) -> tokens after the last block (B, N, D), with the caches
+        (None unless keep_caches: then each layer's intermediates are freed as soon as possible).
         cls_only: the last block computes only the CLS row (B, 1, D): all that CLS pooling reads."""
         cfg, p = self.config, self.params
         t, c_patch = patch_embed_forward(x, p["patch_embed.w"], p["patch_embed.b"], cfg.patch_size)
@@ -138,10 +140,11 @@ class ViT:
         for i, bp in enumerate(self.block_params()):
             t, c = block_forward(t, bp, cfg.heads, cfg.gelu, cfg.eps, cfg.dropout, cfg.attn_dropout,
                                  self.drop_path_rates[i], rng, cls_only and i == cfg.depth - 1)
-            caches.append(c)
+            if keep_caches:
+                caches.append(c)
             if return_attention:
                 attn.append(block_attention(c))
-        return t, caches, attn
+        return t, caches if keep_caches else None, attn
 
     def forward_head(self, t, rng=None):
         """Tokens (B, N, D) -> final LayerNorm -> pool -> [pre-logits] -> logits (B, K).
@@ -165,13 +168,14 @@ class ViT:
         if self._caches is None:
             raise ValueError("backward() needs the caches of a forward(x, train=True); call it "
                              "first (an eval forward caches nothing, and each backward uses them up)")
-        B = sum(c[1][1][0][0] for c in self._caches)
+        B, chunk_caches = self._caches
         K = self.config.num_classes
         if getattr(dlogits, "shape", None) != (B, K):
             raise ValueError(f"dlogits has shape {getattr(dlogits, 'shape', None)}, expected "
                              f"({B}, {K}) like the logits of the last forward")
-        caches, self._caches = self._caches, None
-        out = backend.parallel_map(lambda c: self.backward_chunk(dlogits[c[0]], *c[1]), caches)
+        self._caches = None
+        out = backend.parallel_map(lambda c: self.backward_chunk(dlogits[c[0]], c[1], c[2]),
+                                   chunk_caches)
         for k in self.grads:                              # sum the chunks' parameter gradients
             self.grads[k] = out[0][1][k]
             for o in out[1:]:

@@ -105,6 +105,7 @@ def test_eval_caches_nothing_and_backward_needs_train(xp):
     x = randn(xp, 2, 2, 8, 8)
     m.forward(x, train=False)
     assert m._caches is None
+    assert m.forward_features(x, keep_caches=False)[1] is None   # intermediates freed as it goes
     with pytest.raises(ValueError, match="forward\\(x, train=True\\)"):
         m.backward(xp.zeros((2, 3)))
     m.forward(x, train=True)
