@@ -177,12 +177,12 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
             save("last.npz")
             if stop.requested:
                 stop.save_and_exit(save, step, out_dir)
-    except KeyboardInterrupt:
-        save("last.npz", rng_state)
-        print(f"\ninterrupted at step {step}: saved {os.path.join(out_dir, 'last.npz')}; continue "
-              f"with the same command plus --resume {os.path.join(out_dir, 'last.npz')}",
-              file=sys.stderr)
+    except KeyboardInterrupt:                             # a second Ctrl-C: stop mid-step
+        print(f"\nstopped mid-step without saving; {out_dir}/last.npz (if any) holds the end of "
+              f"the last finished epoch: resume from it with --resume", file=sys.stderr)
         raise SystemExit(130)
+    finally:
+        stop.restore()
 
     plot_curves(history, os.path.join(out_dir, "curves.png"))
     preds = predict(model, data.x_test, opts.eval_batch_size, data.mean, data.std)

@@ -126,3 +126,25 @@ def test_batch_larger_than_data_is_clear(mnist_dir, tmp_path):
     with pytest.raises(ValueError, match="batch"):
         train.main(TINY[:-6] + ["--batch-size", "5000", "--data", mnist_dir, "--out",
                                 str(tmp_path / "x"), "--epochs", "1"])
+
+
+def test_second_ctrl_c_quits_without_a_half_saved_step(mnist_dir, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    handler = signal.getsignal(signal.SIGINT)
+    from minivit import optim
+    real_step, calls = optim.AdamW.step, {"n": 0}
+
+    def hard_interrupt(self, grads, lr=None):
+        calls["n"] += 1
+        if calls["n"] == 25:                              # mid epoch 2: two Ctrl-C in a row
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, grads, lr)
+    monkeypatch.setattr(optim.AdamW, "step", hard_interrupt)
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + ["--data", mnist_dir, "--out", out, "--epochs", "2"])
+    assert e.value.code == 130
+    assert "without saving" in capsys.readouterr().err
+    from minivit.checkpoint import read_checkpoint
+    assert read_checkpoint(os.path.join(out, "last.npz"))[0]["step"] == 20   # end of epoch 1
+    assert signal.getsignal(signal.SIGINT) is handler    # the trainer's handler is gone again
