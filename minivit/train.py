@@ -109,7 +109,7 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
         step, best = int(meta["step"]), float(meta["extra"].get("best_acc", -1.0))
         history = list(meta["extra"].get("history", []))
         if meta.get("rng_state") is not None:
-            model.rng.bit_generator.state = meta["rng_state"]
+            set_rng_state(model.rng, meta["rng_state"])
         print(f"resumed from {resume} at step {step} (epoch {step // steps_per_epoch})")
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(run_config or {"model": model.config.to_dict(),
@@ -117,7 +117,7 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
 
     def save(name: str) -> None:
         save_checkpoint(os.path.join(out_dir, name), model, opt, step=step,
-                        epoch=step // steps_per_epoch, rng_state=model.rng.bit_generator.state,
+                        epoch=step // steps_per_epoch, rng_state=rng_state(model.rng),
                         extra={"best_acc": best, "history": history,
                                "class_names": data.class_names, "mean": data.mean, "std": data.std})
 
@@ -194,6 +194,23 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
             "epochs": opts.epochs, "steps": step, "wall_s": round(wall, 1),
             "train_images_per_s": round(images_seen / max(train_time, 1e-9), 1),
             "out": out_dir}
+
+
+def rng_state(rng):
+    """The dropout generator's state as JSON-able data, or None where the backend has none to
+    give (CuPy's generators: a resumed GPU run with dropout then draws fresh masks)."""
+    try:
+        return rng.bit_generator.state
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+def set_rng_state(rng, state) -> None:
+    try:
+        rng.bit_generator.state = state
+    except (AttributeError, NotImplementedError, TypeError, ValueError) as e:
+        print(f"note: could not restore the dropout generator ({e}); masks will differ from an "
+              f"uninterrupted run", file=sys.stderr)
 
 
 class _GracefulInterrupt:
