@@ -11,4 +11,5 @@ in --out (runs/finetune); classify new images with python -m minivit.predict --c
 from minivit.finetune_cli import main
 
 if __name__ == "__main__":
-    main()
+    from minivit.cli import run
+    run(main)

@@ -11,4 +11,5 @@ the run leaves last.npz, best.npz, metrics.jsonl, config.json and curves.png in 
 from minivit.train import main
 
 if __name__ == "__main__":
-    main()
+    from minivit.cli import run
+    run(main)

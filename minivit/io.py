@@ -309,4 +309,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from minivit.cli import run
+    run(main)

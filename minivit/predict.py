@@ -133,4 +133,5 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    from minivit.cli import run
+    run(main)

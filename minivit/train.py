@@ -343,4 +343,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from minivit.cli import run
+    run(main)

@@ -148,3 +148,18 @@ def test_second_ctrl_c_quits_without_a_half_saved_step(mnist_dir, tmp_path, monk
     from minivit.checkpoint import read_checkpoint
     assert read_checkpoint(os.path.join(out, "last.npz"))[0]["step"] == 20   # end of epoch 1
     assert signal.getsignal(signal.SIGINT) is handler    # the trainer's handler is gone again
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
+    from minivit.cli import run
+    empty = str(tmp_path / "none")
+    monkeypatch.setattr(data, "_urlopen", None)           # no network: every mirror fails
+    monkeypatch.delenv("MINIVIT_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as e:
+        run(train.main, ["--data", empty, "--out", str(tmp_path / "o"), "--quiet"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: could not download" in err and "--data DIR" in err and "Traceback" not in err
+    monkeypatch.setenv("MINIVIT_DEBUG", "1")
+    with pytest.raises(data.DataError):
+        run(train.main, ["--data", empty, "--out", str(tmp_path / "o"), "--quiet"])
