@@ -93,7 +93,7 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
     from tqdm import tqdm
 
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .optim import clip_grad_norm, warmup_cosine
+    from .optim import warmup_cosine
 
     os.makedirs(out_dir, exist_ok=True)
     opt = make_optimizer(model, opts)
@@ -121,7 +121,7 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
                         extra={"best_acc": best, "history": history,
                                "class_names": data.class_names, "mean": data.mean, "std": data.std})
 
-    t_start, images_seen, train_time = time.perf_counter(), 0, 0.0
+    t_start, images_seen, train_time, preds = time.perf_counter(), 0, 0.0, None
     stop = _GracefulInterrupt()
     try:
         for epoch in range(step // steps_per_epoch, opts.epochs):
@@ -132,20 +132,10 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
                        unit="batch", disable=quiet, dynamic_ncols=True, leave=True)
             for x, y in batches(data, opts, epoch, skip, model.config.dtype):
                 lr = warmup_cosine(step, total, opts.lr, warmup, opts.min_lr)
-                logits = model.forward(x, train=True)
-                loss, cache = cross_entropy_forward(logits, y, opts.smoothing)
-                if not np.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss} at step {step}; lower --lr (now {opts.lr}) or keep "
-                        f"--clip on; the last good checkpoint is {out_dir}/last.npz")
-                model.backward(cross_entropy_backward(cache))
-                if opts.clip:                             # over the trainable gradients only
-                    clip_grad_norm({k: g for k, g in model.grads.items() if k not in opt.frozen},
-                                   opts.clip)
-                opt.step(model.grads, lr=lr)
+                loss, hits = train_step(model, opt, x, y, lr, opts)
                 step += 1
                 loss_sum += loss * len(y)
-                correct += int((logits.argmax(1) == y).sum())
+                correct += hits
                 seen += len(y)
                 elapsed = time.perf_counter() - t_epoch
                 bar.update(1)
@@ -185,7 +175,8 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
         stop.restore()
 
     plot_curves(history, os.path.join(out_dir, "curves.png"))
-    preds = predict(model, data.x_test, opts.eval_batch_size, data.mean, data.std)
+    if preds is None:                                     # resumed after the last epoch
+        preds = predict(model, data.x_test, opts.eval_batch_size, data.mean, data.std)
     cm = confusion_matrix(data.y_test, preds, model.config.num_classes)
     if not quiet:
         print(report(cm, data.class_names))
@@ -194,6 +185,22 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
             "epochs": opts.epochs, "steps": step, "wall_s": round(wall, 1),
             "train_images_per_s": round(images_seen / max(train_time, 1e-9), 1),
             "out": out_dir}
+
+
+def train_step(model: ViT, opt, x, y, lr: float, opts: TrainOptions) -> tuple:
+    """One update: forward, loss, backward, clip the trainable gradients, optimizer step.
+    Returns the loss and how many of the batch's predictions were right."""
+    from .optim import clip_grad_norm
+    logits = model.forward(x, train=True)                                   # (B, K)
+    loss, cache = cross_entropy_forward(logits, y, opts.smoothing)
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"the loss became {loss}; lower --lr (now {opts.lr}) or keep "
+                                 f"--clip on, and resume from the last good last.npz")
+    model.backward(cross_entropy_backward(cache))
+    if opts.clip:
+        clip_grad_norm({k: g for k, g in model.grads.items() if k not in opt.frozen}, opts.clip)
+    opt.step(model.grads, lr=lr)
+    return loss, int((logits.argmax(1) == y).sum())
 
 
 def rng_state(rng):

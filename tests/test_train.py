@@ -163,3 +163,13 @@ def test_cli_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MINIVIT_DEBUG", "1")
     with pytest.raises(data.DataError):
         run(train.main, ["--data", empty, "--out", str(tmp_path / "o"), "--quiet"])
+
+
+def test_diverging_loss_stops_with_advice():
+    from minivit import ViT, ViTConfig
+    model = ViT(ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, num_classes=3))
+    model.params["head.b"][...] = np.inf                  # logits inf - inf = nan
+    opts = train.TrainOptions()
+    opt = train.make_optimizer(model, opts)
+    with pytest.raises(FloatingPointError, match="lower --lr"):
+        train.train_step(model, opt, np.zeros((2, 1, 8, 8), np.float32), np.array([0, 1]), 1e-3, opts)
