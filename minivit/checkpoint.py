@@ -63,7 +63,7 @@ def save_checkpoint(path: str, model, optimizer=None, step: int = 0, epoch: int 
 def read_checkpoint(path: str) -> tuple:
     """(meta dict, {name: array}) from a checkpoint file, with clear errors for a bad file."""
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:   # closed on errors too
             arrays = {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise

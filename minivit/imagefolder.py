@@ -65,7 +65,8 @@ def read_image(path, image_size: Optional[int] = None) -> np.ndarray:
 def _read_npy(path: str) -> np.ndarray:
     """A .npy image (see the module docstring for the accepted layouts) -> uint8 (C, H, W)."""
     try:
-        arr = np.load(path, allow_pickle=False)
+        with open(path, "rb") as fh:                  # closed on errors too
+            arr = np.load(fh, allow_pickle=False)
     except Exception as e:                         # ValueError, OSError, EOFError, ...
         raise ImageFolderError(f"cannot read {path} as a .npy image ({type(e).__name__}: {e}); "
                                f"the file is damaged or not a NumPy array: re-save it with "

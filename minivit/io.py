@@ -121,30 +121,37 @@ def to_google(params: dict, cfg: ViTConfig) -> dict[str, np.ndarray]:
 def read_google_npz(path) -> dict[str, np.ndarray]:
     """All arrays of an .npz (never unpickling), with an 'opt/target/' or 'params/' prefix
     stripped; with 'opt/target/', the optimizer state under 'opt/' is skipped."""
+    with open(path, "rb") as fh:                          # closed on every error path too
+        arrays = _read_npz_arrays(fh, os.fspath(path))
+    return _strip_prefix(arrays)
+
+
+def _read_npz_arrays(fh, path: str) -> dict[str, np.ndarray]:
+    """The arrays of an open .npz file, with an error that says what is wrong with it."""
     try:
-        f = np.load(path, allow_pickle=False)
+        f = np.load(fh, allow_pickle=False)
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise ValueError(f"cannot read {os.fspath(path)!r} as an .npz archive ({e}); the file is "
+        raise ValueError(f"cannot read {path!r} as an .npz archive ({e}); the file is "
                          f"not a NumPy .npz, or it is truncated/corrupted: download it again"
                          ) from e
     if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ValueError(f"{os.fspath(path)!r} holds a single array, not an .npz archive of named "
+        raise ValueError(f"{path!r} holds a single array, not an .npz archive of named "
                          f"parameters; pass the checkpoint's .npz file")
     try:
         with f:
             arrays = {k: f[k] for k in f.files}
     except ValueError as e:
         if "allow_pickle" not in str(e):
-            raise ValueError(f"{os.fspath(path)!r} is a damaged .npz archive ({e}); download or "
+            raise ValueError(f"{path!r} is a damaged .npz archive ({e}); download or "
                              f"save it again") from e
-        raise ValueError(f"{os.fspath(path)!r} holds object (pickled) arrays, which are never "
+        raise ValueError(f"{path!r} holds object (pickled) arrays, which are never "
                          f"loaded (unsafe); a vit_jax checkpoint holds only float arrays") from e
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise ValueError(f"{os.fspath(path)!r} is a damaged .npz archive ({type(e).__name__}: "
+        raise ValueError(f"{path!r} is a damaged .npz archive ({type(e).__name__}: "
                          f"{e}); download or save it again") from e
-    return _strip_prefix(arrays)
+    return arrays
 
 
 def _strip_prefix(arrays: dict) -> dict:

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import pathlib
 import re
 import sys
 
@@ -328,7 +329,7 @@ def test_finetune_head_only_from_google_npz(tmp_path, capsys):
     assert tuned.params["head.w"].shape == (16, 3) and np.abs(tuned.params["head.w"]).max() > 0
     assert meta["extra"]["class_names"] == ["c0", "c1", "c2"]
     assert meta["extra"]["mean"] == pytest.approx(channel_stats(load_image_folder(data).x_train)[0])
-    cfg = json.load(open(os.path.join(out, "config.json")))
+    cfg = json.loads(pathlib.Path(out, "config.json").read_text())
     assert sorted(cfg["train"]["frozen"]) == sorted(frozen)
     img = os.path.join(data, "c1", "0.npy")
     res = predict.main(["--checkpoint", os.path.join(out, "best.npz"), "--top-k", "2", img])

@@ -1,6 +1,7 @@
 """Checkpoints: round trip, exact resume, atomic writes and a clear error for every bad file."""
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_atomic_write_keeps_old_file(tmp_path, monkeypatch):
     m = ViT(ViTConfig(**CFG))
     path = str(tmp_path / "c.npz")
     save_checkpoint(path, m, step=1)
-    good = open(path, "rb").read()
+    good = pathlib.Path(path).read_bytes()
 
     def crash(f, **arrays):
         f.write(b"half a file")
@@ -83,7 +84,7 @@ def test_atomic_write_keeps_old_file(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt.np, "savez", crash)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, m, step=2)
-    assert open(path, "rb").read() == good
+    assert pathlib.Path(path).read_bytes() == good
     assert os.listdir(tmp_path) == ["c.npz"]                      # no temporary left behind
 
 
@@ -154,10 +155,10 @@ def test_truncated_and_garbage_files(tmp_path, keep):
     m = ViT(ViTConfig(**CFG))
     path = str(tmp_path / "c.npz")
     save_checkpoint(path, m)
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[:int(len(data) * keep)])
+    data = pathlib.Path(path).read_bytes()
+    pathlib.Path(path).write_bytes(data[:int(len(data) * keep)])
     with pytest.raises(CheckpointError, match="truncated or not a minivit checkpoint"):
         load_checkpoint(path)
-    open(path, "wb").write(b"garbage" * 10)
+    pathlib.Path(path).write_bytes(b"garbage" * 10)
     with pytest.raises(CheckpointError, match="truncated or not a minivit checkpoint"):
         load_checkpoint(path)
