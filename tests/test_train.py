@@ -174,3 +174,12 @@ def test_diverging_loss_stops_with_advice():
     opt = train.make_optimizer(model, opts)
     with pytest.raises(FloatingPointError, match="lower --lr"), np.errstate(invalid="ignore"):
         train.train_step(model, opt, np.zeros((2, 1, 8, 8), np.float32), np.array([0, 1]), 1e-3, opts)
+
+
+def test_plot_without_matplotlib_says_so(tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    history = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_acc": 0.6}]
+    assert train.plot_curves(history, str(tmp_path / "curves.png")) is False
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert not (tmp_path / "curves.png").exists()
