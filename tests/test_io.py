@@ -5,7 +5,6 @@ hand, a NumPy forward pass reads the Google-named arrays directly with Flax's se
 (HWIO conv over NHWC, DenseGeneral kernels (D, H, Dh) / (H, Dh, D)), and a PyTorch ViT
 (tests/torch_vit.py) is filled from the Google names by its own mapping.
 """
-import dataclasses
 import math
 import types
 
