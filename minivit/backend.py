@@ -179,7 +179,7 @@ def erf_python(x) -> np.ndarray:
 # ---- CPU parallelism: the batch split across worker threads ---------------------------------
 # NumPy runs elementwise work on one core. The model therefore splits a large batch into
 # chunks run by worker threads (NumPy releases the GIL inside large operations), each worker
-# limited to one BLAS thread so that the cores are not oversubscribed.
+# limited to its share of the cores as BLAS threads so that the cores are not oversubscribed.
 
 _workers = None   # None: decided from the core count on first use
 _pool = None
@@ -229,13 +229,16 @@ def workers() -> int:
 
 
 def parallel_map(fn, items: list) -> list:
-    """[fn(item) for item in items], run on the worker threads (each with one BLAS thread)."""
+    """[fn(item) for item in items], run on the worker threads; each worker gets an equal share
+    of the cores as BLAS threads (one each on a machine with as many cores as workers)."""
     global _pool
     if len(items) == 1:
         return [fn(items[0])]
     if _pool is None or _pool._max_workers < len(items):
+        import os
         from concurrent.futures import ThreadPoolExecutor
         setter = _openblas_local_setter()
+        blas_threads = max(1, (os.cpu_count() or 1) // len(items))
         _pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="minivit",
-                                   initializer=lambda: setter(1))
+                                   initializer=lambda: setter(blas_threads))
     return list(_pool.map(fn, items))
