@@ -207,8 +207,10 @@ def rng_state(rng):
     """The dropout generator's state as JSON-able data, or None where the backend has none to
     give (CuPy's generators: a resumed GPU run with dropout then draws fresh masks)."""
     try:
-        return rng.bit_generator.state
-    except (AttributeError, NotImplementedError):
+        state = rng.bit_generator.state
+        json.dumps(state)                                 # it goes into the checkpoint's header
+        return state
+    except (AttributeError, NotImplementedError, TypeError, ValueError):
         return None
 
 
