@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend
+from .evaluate import softmax
 from .finetune import interp_matrix
 
 __all__ = ["attention_rollout", "cls_maps", "upsample", "attention_maps"]
@@ -63,6 +64,4 @@ def attention_maps(model, x) -> dict:
     g = model.config.grid
     layers = np.stack([cls_maps(a, g) for a in attn], axis=1)         # (B, L, g, g)
     rollout = cls_maps(attention_rollout(attn), g)                    # (B, g, g)
-    z = backend.to_numpy(logits).astype(np.float64)
-    p = np.exp(z - z.max(1, keepdims=True))
-    return {"layers": layers, "rollout": rollout, "probs": p / p.sum(1, keepdims=True)}
+    return {"layers": layers, "rollout": rollout, "probs": softmax(backend.to_numpy(logits))}

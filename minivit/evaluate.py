@@ -12,15 +12,27 @@ import numpy as np
 from . import backend
 
 
+def logits_of(model, images: np.ndarray, batch_size: int = 500, mean=0.0, std=1.0) -> np.ndarray:
+    """Host logits (M, K) of uint8 images (M, H, W) or (M, C, H, W), in eval mode, in batches."""
+    from .data import normalize
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(backend.asarray(images[i:i + batch_size]), model.config.dtype, mean, std)
+        out.append(backend.to_numpy(model.forward(x)))                     # (b, K)
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_classes))
+
+
 def predict(model, images: np.ndarray, batch_size: int = 500, mean: float = 0.0,
             std: float = 1.0) -> np.ndarray:
     """Class predictions (M,) for uint8 images (M, H, W) or (M, C, H, W), in eval mode."""
-    from .data import normalize
-    preds = []
-    for i in range(0, len(images), batch_size):
-        x = normalize(backend.asarray(images[i:i + batch_size]), model.config.dtype, mean, std)
-        preds.append(backend.to_numpy(model.forward(x).argmax(1)))          # (b,)
-    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    return logits_of(model, images, batch_size, mean, std).argmax(1)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """p = exp(z - max z) / sum exp(z - max z) per row, in float64 (host)."""
+    z = logits.astype(np.float64) - logits.max(1, keepdims=True)        # (M, K)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)                                  # (M, K)
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:

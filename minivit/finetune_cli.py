@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--std", type=float, nargs="+", default=None, help="see --mean")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--tf32", action="store_true", help="GPU: TF32 tensor-core matmuls")
     ap.add_argument("--workers", type=int, default=None,
                     help="CPU worker threads the batch is split over (default: one per core)")
     ap.add_argument("--out", default="runs/finetune", help="output folder")
@@ -105,7 +106,7 @@ def load_data(args, model: ViT) -> Dataset:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    backend.use(args.device)
+    backend.use(args.device, tf32=args.tf32)
     if args.workers is not None:
         backend.set_workers(args.workers)
     model = load_source(args)

@@ -19,7 +19,8 @@ import sys
 import numpy as np
 
 from . import backend
-from .data import MNIST_MEAN, MNIST_STD, normalize
+from .data import MNIST_MEAN, MNIST_STD
+from .evaluate import logits_of, softmax
 from .imagefolder import ImageFolderError, convert_channels, read_image
 
 GOOGLE_MEAN = GOOGLE_STD = 0.5      # vit_jax scales pixels to [-1, 1]
@@ -89,20 +90,9 @@ def load_images(paths: list, cfg, resize: bool) -> np.ndarray:
     return np.stack(out)                                              # (M, C, S, S)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """p = exp(z - max z) / sum exp(z - max z) per row, in float64."""
-    z = logits.astype(np.float64) - logits.max(1, keepdims=True)     # (M, K)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)                                # (M, K)
-
-
 def predict_probs(model, images: np.ndarray, mean, std, batch_size: int = 64) -> np.ndarray:
     """Class probabilities (M, K) of uint8 images (M, C, S, S), in eval mode."""
-    probs = []
-    for i in range(0, len(images), batch_size):
-        x = normalize(backend.asarray(images[i:i + batch_size]), model.config.dtype, mean, std)
-        probs.append(softmax(backend.to_numpy(model.forward(x))))    # (b, K)
-    return np.concatenate(probs)
+    return softmax(logits_of(model, images, batch_size, mean, std))
 
 
 def format_result(path: str, top: list) -> str:
