@@ -72,8 +72,10 @@ def test_gelu_values(xp):
 def test_softmax(xp):
     s = randn(xp, 2, 3, 4, 5, scale=2.0)
     check_pair(softmax_forward, softmax_backward, (s,), randn(xp, 2, 3, 4, 5, seed=3), ["s"])
-    p, _ = softmax_forward(xp.asarray([[1000.0, 0.0, -1000.0]]))   # stable for huge scores
-    np.testing.assert_allclose(backend.to_numpy(p), [[1.0, 0.0, 0.0]])
+    p, _ = softmax_forward(s)                             # normalizes down the first axis
+    np.testing.assert_allclose(backend.to_numpy(p.sum(0)), np.ones((3, 4, 5)), rtol=1e-14)
+    p, _ = softmax_forward(xp.asarray([[1000.0], [0.0], [-1000.0]]))   # stable for huge scores
+    np.testing.assert_allclose(backend.to_numpy(p), [[1.0], [0.0], [0.0]])
 
 
 def test_attention_core(xp):

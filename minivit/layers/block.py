@@ -71,4 +71,4 @@ def block_backward(dx, cache) -> tuple:
 
 def block_attention(cache):
     """The attention probabilities (B, H, N, N) held in a block's cache."""
-    return cache[1][1][3]
+    return cache[1][1][3].transpose(1, 2, 3, 0)            # stored keys first
