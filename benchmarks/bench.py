@@ -325,9 +325,10 @@ def bench_step(impl, what: str, cfg: ViTConfig, args) -> dict:
 def _layer_specs(cfg: ViTConfig, model: ViT) -> list:
     """(name, calls per step, make(b) -> inputs, fwd(*inputs) -> (out, cache), bwd(dout, cache))
     for each layer the breakdown times; per-block layers are called `depth` times a step."""
-    from minivit.layers import (attention_backward, attention_forward, layernorm_backward,
-                                layernorm_forward, linear_backward, linear_forward,
-                                patch_embed_backward, patch_embed_forward)
+    from minivit.layers import (attention_backward, attention_forward, fold_affine_backward,
+                                fold_affine_forward, layernorm_backward, layernorm_forward,
+                                linear_backward, linear_forward, normalize_backward,
+                                normalize_forward, patch_embed_backward, patch_embed_forward)
     from minivit.layers.block import mlp_backward, mlp_forward
     p, bp = model.params, {k[len("blocks.0."):]: v for k, v in model.params.items()
                            if k.startswith("blocks.0.")}
@@ -354,21 +355,36 @@ def _layer_specs(cfg: ViTConfig, model: ViT) -> list:
             dh = dn
         return layernorm_backward(dh, c_norm)
 
+    def folded(norm: str, lin: str, fwd, bwd):
+        """A block's layer whose first linear `lin` carries LayerNorm `norm`'s affine, as in
+        block_forward: (fwd, bwd) of the folded weights and the layer."""
+        def f(h):
+            (w, b), c_fold = fold_affine_forward(bp[norm + ".w"], bp[norm + ".b"],
+                                                 bp[lin + ".w"], bp[lin + ".b"])
+            y, cache = fwd(h, w, b)
+            return y, (c_fold, cache)
+
+        def b_(dy, cache):
+            grads = bwd(dy, cache[1])
+            return grads[:1] + fold_affine_backward(grads[1], grads[2], cache[0]) + grads[3:]
+        return f, b_
+
+    qkv = folded("norm1", "attn.qkv", linear_forward, linear_backward)
+    mlp = folded("norm2", "mlp.fc1",
+                 lambda h, w, b: mlp_forward(h, w, b, bp["mlp.fc2.w"], bp["mlp.fc2.b"], cfg.gelu),
+                 mlp_backward)
     return [
         ("patch embed", 1, lambda b: (rand(b, C, S, S),),
          lambda x: patch_embed_forward(x, p["patch_embed.w"], p["patch_embed.b"], cfg.patch_size),
          patch_embed_backward),
-        ("layernorm (2/block)", 2 * L, lambda b: (rand(b, N, D),),
-         lambda h: layernorm_forward(h, bp["norm1.w"], bp["norm1.b"], cfg.eps), layernorm_backward),
-        ("qkv linear", L, lambda b: (rand(b, N, D),),
-         lambda h: linear_forward(h, bp["attn.qkv.w"], bp["attn.qkv.b"]), linear_backward),
+        ("layernorm normalize (2/block)", 2 * L, lambda b: (rand(b, N, D),),
+         lambda x: normalize_forward(x, cfg.eps), normalize_backward),
+        ("qkv linear (+norm1 affine)", L, lambda b: (rand(b, N, D),)) + qkv,
         ("attention core", L, lambda b: (rand(b, N, 3 * D),),
          lambda qkv: attention_forward(qkv, cfg.heads), attention_backward),
         ("attn out proj", L, lambda b: (rand(b, N, D),),
          lambda o: linear_forward(o, bp["attn.proj.w"], bp["attn.proj.b"]), linear_backward),
-        ("mlp (fc1+gelu+fc2)", L, lambda b: (rand(b, N, D),),
-         lambda h: mlp_forward(h, bp["mlp.fc1.w"], bp["mlp.fc1.b"], bp["mlp.fc2.w"],
-                               bp["mlp.fc2.b"], cfg.gelu), mlp_backward),
+        ("mlp (+norm2 affine)", L, lambda b: (rand(b, N, D),)) + mlp,
         ("head (norm+linear)", 1, lambda b: (rand(b, N, D),), head_fwd, head_bwd),
         ("loss (cross-entropy)", 1,
          lambda b: (rand(b, K), backend.asarray(rng.integers(0, K, b))),

@@ -10,7 +10,9 @@ from minivit.layers import (attention_backward, attention_forward, cls_backward,
                             cross_entropy_backward, cross_entropy_forward, drop_path_backward,
                             drop_path_forward, dropout_backward, dropout_forward,
                             gelu_erf_backward, gelu_erf_forward, gelu_tanh_backward,
-                            gelu_tanh_forward, layernorm_backward, layernorm_forward,
+                            gelu_tanh_forward, fold_affine_backward, fold_affine_forward,
+                            layernorm_backward, layernorm_forward, normalize_backward,
+                            normalize_forward,
                             linear_backward, linear_forward, mhsa_backward, mhsa_forward,
                             patch_embed_backward, patch_embed_forward, patchify,
                             pos_embed_backward, pos_embed_forward, sincos_2d, softmax_backward,
@@ -43,6 +45,34 @@ def test_layernorm(xp):
     x += randn(xp, 2, 5, 1, seed=5)                       # per-token offsets, non-degenerate
     check_pair(lambda *a: layernorm_forward(*a, eps=1e-6), layernorm_backward, (x, w, b),
                randn(xp, 2, 5, 8, seed=1), ["x", "w", "b"])
+
+
+def test_normalize(xp):
+    x = randn(xp, 2, 5, 8, scale=3.0) + randn(xp, 2, 5, 1, seed=5)
+    check_pair(normalize_forward, normalize_backward, (x,), randn(xp, 2, 5, 8, seed=1), ["x"])
+
+
+def test_fold_affine(xp):
+    """LayerNorm then linear equals normalize then the folded linear, and the fold's
+    backward gives the LayerNorm and linear grads (checked through the composite)."""
+    x, w, b = randn(xp, 2, 5, 8, scale=3.0), randn(xp, 8, seed=1), randn(xp, 8, seed=2)
+    W, c, dz = randn(xp, 8, 6, seed=3), randn(xp, 6, seed=4), randn(xp, 2, 5, 6, seed=5)
+
+    def folded(x_, w_, b_, W_, c_):
+        h, c_norm = normalize_forward(x_)
+        (W2, c2), c_fold = fold_affine_forward(w_, b_, W_, c_)
+        z, c_lin = linear_forward(h, W2, c2)
+        return z, (c_norm, c_fold, c_lin)
+
+    def folded_backward(dz_, cache):
+        c_norm, c_fold, c_lin = cache
+        dh, dW2, dc2 = linear_backward(dz_, c_lin)
+        return (normalize_backward(dh, c_norm),) + fold_affine_backward(dW2, dc2, c_fold)
+
+    plain = linear_forward(layernorm_forward(x, w, b)[0], W, c)[0]
+    np.testing.assert_allclose(backend.to_numpy(folded(x, w, b, W, c)[0]), backend.to_numpy(plain),
+                               rtol=1e-12, atol=1e-13)
+    check_pair(folded, folded_backward, (x, w, b, W, c), dz, ["x", "w", "b", "W", "c"])
 
 
 def test_layernorm_normalizes(xp):

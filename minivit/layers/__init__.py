@@ -6,4 +6,5 @@ from .dropout import drop_path_backward, drop_path_forward, dropout_backward, dr
 from .embed import cls_backward, cls_forward, patch_embed_backward, patch_embed_forward, patchify, pos_embed_backward, pos_embed_forward, sincos_2d, unpatchify
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
-from .norm import layernorm_backward, layernorm_forward
+from .norm import (fold_affine_backward, fold_affine_forward, layernorm_backward, layernorm_forward,
+                   normalize_backward, normalize_forward)

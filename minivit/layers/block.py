@@ -5,7 +5,7 @@ from .activations import GELU
 from .attention import mhsa_backward, mhsa_forward
 from .dropout import drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
-from .norm import layernorm_backward, layernorm_forward
+from .norm import fold_affine_backward, fold_affine_forward, normalize_backward, normalize_forward
 
 
 def mlp_forward(x, w1, b1, w2, b2, gelu: str = "tanh", dropout: float = 0.0, rng=None):
@@ -35,34 +35,41 @@ def block_forward(x, p: dict, heads: int, gelu: str = "tanh", eps: float = 1e-6,
     """Pre-norm encoder block on x (B, N, D), p holding this block's params by short name:
         x = x + drop_path(drop(mhsa(norm1(x))))
         x = x + drop_path(mlp(norm2(x)))
+    Each LayerNorm's affine is folded into the qkv and fc1 weights (norm.py): the branches read
+    normalize(x) and the folded weights, which is the same function.
     cls_only: return only the CLS row (B, 1, D), exactly; its attention still reads every token.
     d: each residual passes dx straight through and adds its branch's input gradient."""
-    h, c_n1 = layernorm_forward(x, p["norm1.w"], p["norm1.b"], eps)            # (B, N, D)
-    a, c_att = mhsa_forward(h, p["attn.qkv.w"], p["attn.qkv.b"], p["attn.proj.w"],
-                            p["attn.proj.b"], heads, attn_dropout, rng,
-                            1 if cls_only else None)                           # (B, N|1, D)
+    h, c_n1 = normalize_forward(x, eps)                                        # (B, N, D)
+    (qkv_w, qkv_b), c_f1 = fold_affine_forward(p["norm1.w"], p["norm1.b"], p["attn.qkv.w"],
+                                               p["attn.qkv.b"])
+    a, c_att = mhsa_forward(h, qkv_w, qkv_b, p["attn.proj.w"], p["attn.proj.b"], heads,
+                            attn_dropout, rng, 1 if cls_only else None)        # (B, N|1, D)
     a, m_a = dropout_forward(a, dropout, rng)
     a, m_pa = drop_path_forward(a, drop_path, rng)
     x = (x[:, :1] if cls_only else x) + a                                      # (B, N|1, D)
-    h, c_n2 = layernorm_forward(x, p["norm2.w"], p["norm2.b"], eps)            # (B, N, D)
-    m, c_mlp = mlp_forward(h, p["mlp.fc1.w"], p["mlp.fc1.b"], p["mlp.fc2.w"], p["mlp.fc2.b"],
-                           gelu, dropout, rng)                                 # (B, N, D)
+    h, c_n2 = normalize_forward(x, eps)                                        # (B, N|1, D)
+    (fc1_w, fc1_b), c_f2 = fold_affine_forward(p["norm2.w"], p["norm2.b"], p["mlp.fc1.w"],
+                                               p["mlp.fc1.b"])
+    m, c_mlp = mlp_forward(h, fc1_w, fc1_b, p["mlp.fc2.w"], p["mlp.fc2.b"], gelu, dropout, rng)
     m, m_pm = drop_path_forward(m, drop_path, rng)
     x = x + m                                                                  # (B, N|1, D)
-    return x, (c_n1, c_att, m_a, m_pa, c_n2, c_mlp, m_pm, cls_only)
+    return x, (c_n1, c_f1, c_att, m_a, m_pa, c_n2, c_f2, c_mlp, m_pm, cls_only)
 
 
 def block_backward(dx, cache) -> tuple:
     """Returns dx and a dict of this block's grads by short name."""
-    c_n1, c_att, m_a, m_pa, c_n2, c_mlp, m_pm, cls_only = cache
+    c_n1, c_f1, c_att, m_a, m_pa, c_n2, c_f2, c_mlp, m_pm, cls_only = cache
     g = {}
     dm = drop_path_backward(dx, m_pm)
-    dh, g["mlp.fc1.w"], g["mlp.fc1.b"], g["mlp.fc2.w"], g["mlp.fc2.b"] = mlp_backward(dm, c_mlp)
-    dh, g["norm2.w"], g["norm2.b"] = layernorm_backward(dh, c_n2)
-    dx = dx + dh
+    dh, dfc1_w, dfc1_b, g["mlp.fc2.w"], g["mlp.fc2.b"] = mlp_backward(dm, c_mlp)
+    g["norm2.w"], g["norm2.b"], g["mlp.fc1.w"], g["mlp.fc1.b"] = \
+        fold_affine_backward(dfc1_w, dfc1_b, c_f2)
+    dx = dx + normalize_backward(dh, c_n2)
     da = dropout_backward(drop_path_backward(dx, m_pa), m_a)
-    dh, g["attn.qkv.w"], g["attn.qkv.b"], g["attn.proj.w"], g["attn.proj.b"] = mhsa_backward(da, c_att)
-    dh, g["norm1.w"], g["norm1.b"] = layernorm_backward(dh, c_n1)
+    dh, dqkv_w, dqkv_b, g["attn.proj.w"], g["attn.proj.b"] = mhsa_backward(da, c_att)
+    g["norm1.w"], g["norm1.b"], g["attn.qkv.w"], g["attn.qkv.b"] = \
+        fold_affine_backward(dqkv_w, dqkv_b, c_f1)
+    dh = normalize_backward(dh, c_n1)
     if cls_only:                                          # the residual reached the CLS row only
         dh[:, :1] += dx
         return dh, g
@@ -71,4 +78,4 @@ def block_backward(dx, cache) -> tuple:
 
 def block_attention(cache):
     """The attention probabilities (B, H, N, N) held in a block's cache."""
-    return cache[1][1][3].transpose(1, 2, 3, 0)            # stored keys first
+    return cache[2][1][3].transpose(1, 2, 3, 0)            # stored keys first
