@@ -2,6 +2,9 @@
 
 An optimizer loops over keys only: it never needs to know which layer a key belongs to.
 Parameters are updated in place, so the model sees the new values without a copy.
+Its state (momentum, Adam moments) lives in one flat vector per buffer, and state[name][key] is
+a view into it: AdamW's arithmetic then runs once over every parameter (a dozen large operations
+instead of a dozen small ones per key: 80 keys for the MNIST model, ~1,000 calls or GPU kernels).
 """
 from __future__ import annotations
 
@@ -39,8 +42,27 @@ class Optimizer:
         self.params, self.lr, self.weight_decay = params, float(lr), float(weight_decay)
         self.frozen = set(frozen)
         self.t = 0
-        self.state = {s: {k: backend.xp_of(v).zeros_like(v) for k, v in params.items()
-                          if k not in self.frozen} for s in self.state_names}
+        self.keys = [k for k in params if k not in self.frozen]      # the trainable keys
+        self.flat, self.state = {}, {}
+        for s in self.state_names:                        # one flat buffer, a view per key
+            self.flat[s] = self.flatten(params)
+            self.flat[s][...] = 0
+            self.state[s] = self.unflatten(self.flat[s], params)
+
+    def flatten(self, arrays: dict):
+        """The trainable entries of arrays (params or grads), raveled into one new (P,) vector."""
+        xp = backend.xp_of(self.params[self.keys[0]]) if self.keys else np
+        return xp.concatenate([arrays[k].ravel() for k in self.keys]) if self.keys else \
+            np.zeros(0)
+
+    def unflatten(self, flat, like: dict) -> dict:
+        """Views of the (P,) vector flat, one per trainable key, shaped like like[key]."""
+        views, i = {}, 0
+        for k in self.keys:
+            n = like[k].size
+            views[k] = flat[i:i + n].reshape(like[k].shape)
+            i += n
+        return views
 
     def step(self, grads: dict, lr: float = None) -> None:
         """One update of every trainable parameter from grads (same keys as params)."""
@@ -135,19 +157,32 @@ class AdamW(Optimizer):
         super().__init__(params, lr, weight_decay, frozen)
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
 
-    def update(self, k, p, g, lr):
+    def step(self, grads: dict, lr: float = None) -> None:
+        """The update above on the flat vectors (module docstring), then p -= its share per key."""
+        self.t += 1
+        if not self.keys:
+            return
+        lr = self.lr if lr is None else float(lr)
         b1, b2 = self.betas
-        m, v = self.state["m"][k], self.state["v"][k]
+        m, v = self.flat["m"], self.flat["v"]             # (P,)
+        g = self.flatten(grads)                           # (P,), a copy, reused as scratch below
         m *= b1
         m += (1.0 - b1) * g
+        g *= g
+        g *= 1.0 - b2
         v *= b2
-        v += (1.0 - b2) * (g * g)
-        if self.weight_decay and decays(k):
-            p *= 1.0 - lr * self.weight_decay
-        step_size = lr / (1.0 - b1 ** self.t)
-        denom = backend.xp_of(v).sqrt(v / (1.0 - b2 ** self.t))
-        denom += self.eps
-        p -= step_size * (m / denom)
+        v += g
+        xp = backend.xp_of(v)
+        delta = xp.multiply(v, 1.0 / (1.0 - b2 ** self.t), out=g)
+        xp.sqrt(delta, out=delta)
+        delta += self.eps                                 # sqrt(v / (1 - b2^t)) + eps
+        xp.divide(m, delta, out=delta)
+        delta *= lr / (1.0 - b1 ** self.t)                # lr m_hat / (sqrt(v_hat) + eps)
+        for k, d in self.unflatten(delta, self.params).items():
+            p = self.params[k]
+            if self.weight_decay and decays(k):
+                p *= 1.0 - lr * self.weight_decay
+            p -= d
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps}
