@@ -19,6 +19,8 @@ from .layers.block import block_attention, block_backward, block_forward
 __all__ = ["ViT", "ViTConfig", "init_params", "trunc_normal"]
 
 MIN_CHUNK = 16      # smallest batch chunk worth a worker thread (see ViT._chunks)
+BLOCK_KEYS = ("norm1.w", "norm1.b", "attn.qkv.w", "attn.qkv.b", "attn.proj.w", "attn.proj.b",
+              "norm2.w", "norm2.b", "mlp.fc1.w", "mlp.fc1.b", "mlp.fc2.w", "mlp.fc2.b")
 
 
 def trunc_normal(rng: np.random.Generator, shape, std: float = 0.02) -> np.ndarray:
@@ -217,8 +219,8 @@ class ViT:
     # ---- helpers --------------------------------------------------------------------------
     def block_params(self) -> list:
         """Per block, a dict of its params by short name (views into self.params)."""
-        return [{k[len(f"blocks.{i}."):]: v for k, v in self.params.items()
-                 if k.startswith(f"blocks.{i}.")} for i in range(self.config.depth)]
+        p = self.params
+        return [{k: p[f"blocks.{i}.{k}"] for k in BLOCK_KEYS} for i in range(self.config.depth)]
 
     def zero_grad(self) -> None:
         for v in self.grads.values():
