@@ -207,8 +207,11 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     the caller decides (skip the step, lower the learning rate, or stop)."""
     if max_norm < 0 or not math.isfinite(max_norm):
         raise ValueError(f"max_norm must be a finite number >= 0, got {max_norm}")
-    total = math.sqrt(float(sum((g * g).sum().astype("float64")            # one device sync
-                                for g in grads.values())))
+    if not grads:
+        return 0.0
+    flat = backend.xp_of(next(iter(grads.values()))).concatenate(
+        [g.ravel() for g in grads.values()])             # (P,): one dot, not a sum per key
+    total = math.sqrt(float(flat @ flat))                 # one device sync
     if math.isfinite(total) and total > max_norm:
         scale = max_norm / total
         for g in grads.values():

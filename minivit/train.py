@@ -138,9 +138,10 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
                 correct += hits
                 seen += len(y)
                 elapsed = time.perf_counter() - t_epoch
-                bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                lr=f"{lr:.2e}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+                                lr=f"{lr:.2e}", img_s=f"{seen / max(elapsed, 1e-9):.0f}",
+                                refresh=False)            # drawn by update, at most 10 times a second
+                bar.update(1)
                 if stop.requested and step % steps_per_epoch:    # Ctrl-C: stop on this step
                     bar.close()
                     stop.save_and_exit(save, step, out_dir)
