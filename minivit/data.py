@@ -250,18 +250,17 @@ def _float_dtype(dtype) -> np.dtype:
 def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
     """Shift each image of uint8 (B, C, H, W) by its own (dy, dx) in [-s, s]^2, zero-filled.
 
-    Pad by s, then crop with per-image index arrays (no loop over images)."""
+    Pad by s; every H x W crop of the padded image is a view (sliding windows), and one indexed
+    copy takes each image's own crop (no loop over images)."""
     B, C, H, W = x.shape
     s = int(max_shift)
     if s <= 0:
         return x
     pad = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)))                 # (B, C, H+2s, W+2s)
+    crops = np.lib.stride_tricks.sliding_window_view(pad, (H, W), axis=(2, 3))
+    #       (B, C, 2s+1, 2s+1, H, W): crops[b, c, i, j] = the image shifted by (s - i, s - j)
     off = rng.integers(0, 2 * s + 1, size=(2, B))                     # crop corner, (2, B)
-    rows = off[0][:, None] + np.arange(H)                             # (B, H)
-    cols = off[1][:, None] + np.arange(W)                             # (B, W)
-    b = np.arange(B)[:, None, None, None]
-    c = np.arange(C)[None, :, None, None]
-    return pad[b, c, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+    return crops[np.arange(B), :, off[0], off[1]]                     # (B, C, H, W)
 
 
 class BatchIterator:
