@@ -43,17 +43,17 @@ class Optimizer:
         self.frozen = set(frozen)
         self.t = 0
         self.keys = [k for k in params if k not in self.frozen]      # the trainable keys
-        self.flat, self.state = {}, {}
-        for s in self.state_names:                        # one flat buffer, a view per key
-            self.flat[s] = self.flatten(params)
-            self.flat[s][...] = 0
-            self.state[s] = self.unflatten(self.flat[s], params)
+        trainable = [params[k] for k in self.keys]
+        xp = backend.xp_of(trainable[0]) if trainable else np
+        dtype = np.result_type(*[p.dtype for p in trainable]) if trainable else np.float32
+        size = sum(p.size for p in trainable)
+        self.flat = {s: xp.zeros(size, dtype=dtype) for s in self.state_names}
+        self.state = {s: self.unflatten(buf, params) for s, buf in self.flat.items()}
 
     def flatten(self, arrays: dict):
-        """The trainable entries of arrays (params or grads), raveled into one new (P,) vector."""
-        xp = backend.xp_of(self.params[self.keys[0]]) if self.keys else np
-        return xp.concatenate([arrays[k].ravel() for k in self.keys]) if self.keys else \
-            np.zeros(0)
+        """The trainable entries of arrays (e.g. the grads), raveled into one new (P,) vector."""
+        xp = backend.xp_of(arrays[self.keys[0]])
+        return xp.concatenate([arrays[k].ravel() for k in self.keys])
 
     def unflatten(self, flat, like: dict) -> dict:
         """Views of the (P,) vector flat, one per trainable key, shaped like like[key]."""

@@ -130,6 +130,24 @@ def test_lr_override_and_frozen(xp):
         AdamW(p, frozen={"nope"})
 
 
+def test_state_is_one_flat_vector_per_buffer(xp):
+    """The moments of every trainable key are views into one flat vector; frozen keys have none."""
+    p = tiny(xp)
+    opt = AdamW(p, lr=0.1, frozen={"blocks.0.norm1.w"})
+    assert set(opt.state["m"]) == {"blocks.0.mlp.fc1.w", "blocks.0.mlp.fc1.b"}
+    assert opt.flat["m"].shape == (6,) and opt.flat["v"].shape == (6,)
+    opt.step(grads_of(p, scale=2.0))
+    flat_m = backend.to_numpy(opt.flat["m"])
+    np.testing.assert_array_equal(flat_m[:4], backend.to_numpy(opt.state["m"]["blocks.0.mlp.fc1.w"]).ravel())
+    np.testing.assert_array_equal(flat_m[4:], backend.to_numpy(opt.state["m"]["blocks.0.mlp.fc1.b"]))
+    np.testing.assert_allclose(flat_m, 0.1 * 2.0 * np.array([-1, 0, 1, -1, -1, 0]),
+                               rtol=1e-15)                # (1 - b1) g after one step
+    empty = AdamW(p, lr=0.1, frozen=set(p))               # nothing to train: a step changes nothing
+    before = {k: backend.to_numpy(v).copy() for k, v in p.items()}
+    empty.step(grads_of(p))
+    assert all((backend.to_numpy(p[k]) == before[k]).all() for k in p)
+
+
 def test_state_dict_round_trip_continues_identically(xp):
     a, b = tiny(xp), tiny(xp)
     oa = AdamW(a, lr=0.1)

@@ -2,8 +2,9 @@
 
 The attention scores are stored keys first, (N, B, H, Q): s[b, h, i, j] lives at st[j, b, h, i].
 Softmax then normalizes down the first axis, where NumPy's max and sum run as a few vectorized
-operations across rows B*H*Q long instead of one short reduction per row (5x faster here), and
-the batched matmuls read and write that layout through strided views at no extra cost.
+operations across rows B*H*Q long instead of one short reduction per row (about 5x faster for
+those two on the MNIST shapes; the whole softmax about 2.5x). The batched matmuls read and write
+that layout through strided views: NumPy hands the strides to BLAS, CuPy copies where it must.
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ def attention_backward(dout, cache):
     xp.matmul(dst.transpose(1, 2, 0, 3), q, out=dk)                     # dS^T q
     xp.matmul(a_drop.transpose(1, 2, 0, 3), do, out=dv)                 # A^T dout
     return dqkv.reshape(B, N, 3 * H * Dh)                 # (B, N, 3D)
+
+
 def mhsa_forward(x, qkv_w, qkv_b, proj_w, proj_b, heads: int, attn_dropout: float = 0.0, rng=None,
                  queries=None):
     """y = concat_h(softmax(q_h k_h^T / sqrt(Dh)) v_h) @ proj_w + proj_b, [q|k|v] = x @ qkv_w + qkv_b.

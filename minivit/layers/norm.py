@@ -4,8 +4,9 @@
 
 In the encoder block each LayerNorm feeds a linear layer, and there the affine part is folded
 into that layer's weights (fold_affine_*): (xhat * w + b) @ W + c = xhat @ W' + c'. The result
-is the same; what goes away are two full-size products in the forward pass and three in the
-backward, which on NumPy cost more than the small (D, F) products that replace them.
+is the same; what goes away are two full-size (..., D) operations in the forward pass and four
+in the backward (dy * w, dy * xhat and their two column sums), which on NumPy cost more than the
+small (D, F) operations on the weights that replace them.
 """
 from __future__ import annotations
 
