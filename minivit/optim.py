@@ -47,12 +47,19 @@ class Optimizer:
         xp = backend.xp_of(trainable[0]) if trainable else np
         dtype = np.result_type(*[p.dtype for p in trainable]) if trainable else np.float32
         size = sum(p.size for p in trainable)
+        self.state_shapes = {k: tuple(params[k].shape) for k in self.keys}
         self.flat = {s: xp.zeros(size, dtype=dtype) for s in self.state_names}
         self.state = {s: self.unflatten(buf, params) for s, buf in self.flat.items()}
 
     def flatten(self, arrays: dict):
         """The trainable entries of arrays (e.g. the grads), raveled into one new (P,) vector."""
         xp = backend.xp_of(arrays[self.keys[0]])
+        changed = [k for k in self.keys if arrays[k].shape != self.state_shapes[k]]
+        if changed:
+            raise ValueError(f"{changed[:3]} changed shape since this {type(self).__name__} was "
+                             f"built (now {tuple(arrays[changed[0]].shape)}, then "
+                             f"{self.state_shapes[changed[0]]}); build the optimizer after "
+                             f"changing the model (e.g. after replace_head or set_image_size)")
         return xp.concatenate([arrays[k].ravel() for k in self.keys])
 
     def unflatten(self, flat, like: dict) -> dict:

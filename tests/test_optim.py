@@ -148,6 +148,14 @@ def test_state_is_one_flat_vector_per_buffer(xp):
     assert all((backend.to_numpy(p[k]) == before[k]).all() for k in p)
 
 
+def test_a_parameter_that_changed_shape_is_named(xp):
+    p = tiny(xp)
+    opt = AdamW(p, lr=0.1)
+    p["blocks.0.mlp.fc1.b"] = xp.zeros(3)                 # e.g. a new head after the optimizer
+    with pytest.raises(ValueError, match=r"fc1.b.*changed shape.*build the optimizer after"):
+        opt.step(grads_of(p))
+
+
 def test_state_dict_round_trip_continues_identically(xp):
     a, b = tiny(xp), tiny(xp)
     oa = AdamW(a, lr=0.1)
