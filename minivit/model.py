@@ -94,9 +94,14 @@ class ViT:
         self._caches = None                               # set by a training forward only
 
     # ---- forward --------------------------------------------------------------------------
-    def forward(self, x, train: bool = False, return_attention: bool = False):
+    def forward(self, x, train: bool = False, return_attention: bool = False,
+                backbone_grads: bool = True):
         """Logits (B, K); with return_attention also each block's attention (B, H, N, N).
         train=True applies dropout/drop path and keeps what backward needs; False caches nothing.
+        backbone_grads=False (with train=True) is for a frozen backbone, e.g. head-only
+        fine-tuning: only the head's caches are kept, and backward then fills the gradients of
+        head_keys() alone (the rest are zero) and returns None instead of dL/dx: a backward that
+        costs next to nothing.
         On NumPy a large batch is split into chunks run by worker threads (backend.workers())."""
         x = self.check_input(x)
         xp = backend.xp_of(x)
@@ -110,7 +115,7 @@ class ViT:
 
         def run(i):
             feats, caches, attn = self.forward_features(x[chunks[i]], rngs[i], return_attention,
-                                                        cls_only, keep_caches=train)
+                                                        cls_only, train and backbone_grads)
             logits, head_caches = self.forward_head(feats, rngs[i])
             return logits, (chunks[i], caches, head_caches if train else None), attn
 
@@ -179,15 +184,23 @@ class ViT:
         out = backend.parallel_map(lambda c: self.backward_chunk(dlogits[c[0]], c[1], c[2]),
                                    chunk_caches)
         for k in self.grads:                              # sum the chunks' parameter gradients
+            if k not in out[0][1]:                        # a frozen backbone (backbone_grads=False)
+                self.grads[k][...] = 0
+                continue
             self.grads[k] = out[0][1][k]
             for o in out[1:]:
                 self.grads[k] += o[1][k]
-        return out[0][0] if len(out) == 1 else backend.xp_of(dlogits).concatenate([o[0] for o in out])
+        if out[0][0] is None or len(out) == 1:
+            return out[0][0]
+        return backend.xp_of(dlogits).concatenate([o[0] for o in out])
 
     def backward_chunk(self, dlogits, caches, head_caches):
-        """Backward of one forward_features + forward_head: returns dx and a dict of grads."""
+        """Backward of one forward_features + forward_head: returns dx and a dict of grads
+        (None and the head's grads alone when the forward kept no backbone caches)."""
         g = {}
         dt = self.backward_head(dlogits, head_caches, g)                      # (B, N, D)
+        if caches is None:
+            return None, g
         for i in reversed(range(self.config.depth)):
             dt, gb = block_backward(dt, caches[2 + i])
             g.update((f"blocks.{i}.{k}", v) for k, v in gb.items())
@@ -221,6 +234,10 @@ class ViT:
         """Per block, a dict of its params by short name (views into self.params)."""
         p = self.params
         return [{k: p[f"blocks.{i}.{k}"] for k in BLOCK_KEYS} for i in range(self.config.depth)]
+
+    def head_keys(self) -> list:
+        """The parameters after the blocks: final norm, [pre-logits], head."""
+        return [k for k in self.params if k.startswith(("norm.", "pre_logits.", "head."))]
 
     def zero_grad(self) -> None:
         for v in self.grads.values():

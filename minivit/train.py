@@ -192,7 +192,8 @@ def train_step(model: ViT, opt, x, y, lr: float, opts: TrainOptions) -> tuple:
     """One update: forward, loss, backward, clip the trainable gradients, optimizer step.
     Returns the loss and how many of the batch's predictions were right."""
     from .optim import clip_grad_norm
-    logits = model.forward(x, train=True)                                   # (B, K)
+    backbone = not set(model.params).difference(model.head_keys()) <= opt.frozen
+    logits = model.forward(x, train=True, backbone_grads=backbone)          # (B, K)
     loss, cache = cross_entropy_forward(logits, y, opts.smoothing)
     if not np.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss}; lower --lr (now {opts.lr}) or keep "

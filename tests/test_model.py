@@ -4,9 +4,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from minivit import ViT, ViTConfig, backend
+from minivit import ViT, ViTConfig, backend, train
 from minivit.gradcheck import check_grads
 from minivit.layers import cross_entropy_backward, cross_entropy_forward
+from minivit.optim import AdamW, clip_grad_norm
 
 from conftest import randn
 
@@ -201,3 +202,43 @@ def test_chunked_equals_whole_batch(chunked):
 def test_chunked_grads_with_dropout(chunked):
     check_model(np, ViTConfig(**SMALL, dropout=0.2, attn_dropout=0.1, drop_path=0.2), B=4,
                 seed_masks=3)
+
+
+def test_frozen_backbone_backward(xp):
+    """backbone_grads=False: the same logits and head gradients as a full backward (dropout
+    masks included), zeros for the rest, no dx; and the trainer takes this path by itself when
+    the optimizer freezes everything but the head, reaching the same parameters."""
+    cfg = ViTConfig(**{**SMALL, "representation_size": 5, "dropout": 0.2, "drop_path": 0.1})
+    full, head = ViT(cfg, seed=0), ViT(cfg, seed=0)
+    randomize(full), randomize(head)
+    x = randn(xp, 32, cfg.in_channels, cfg.image_size, cfg.image_size, seed=1)  # 2 chunks on NumPy
+    labels = xp.asarray(np.arange(32) % cfg.num_classes)
+    z_full = full.forward(x, train=True)
+    z_head = head.forward(x, train=True, backbone_grads=False)
+    np.testing.assert_array_equal(backend.to_numpy(z_full), backend.to_numpy(z_head))
+    d = cross_entropy_backward(cross_entropy_forward(z_full, labels, 0.1)[1])
+    assert full.backward(d) is not None and head.backward(d) is None
+    assert set(head.head_keys()) == {"norm.w", "norm.b", "pre_logits.w", "pre_logits.b",
+                                     "head.w", "head.b"}
+    for k in full.params:
+        expect = full.grads[k] if k in head.head_keys() else 0 * full.grads[k]
+        np.testing.assert_array_equal(backend.to_numpy(head.grads[k]), backend.to_numpy(expect))
+        assert k in head.head_keys() or float(abs(full.grads[k]).max()) > 0
+
+    frozen = set(full.params) - set(full.head_keys())
+    opts = train.TrainOptions(lr=1e-2, clip=1.0, smoothing=0.1)
+    for model in (full, head):
+        model.rng = backend.rng(3)
+    opt_full = AdamW(full.params, lr=1e-2, frozen=frozen)
+    opt_head = AdamW(head.params, lr=1e-2, frozen=frozen)
+    for _ in range(2):
+        logits = full.forward(x, train=True)              # the general path, by hand
+        full.backward(cross_entropy_backward(cross_entropy_forward(logits, labels, 0.1)[1]))
+        clip_grad_norm({k: g for k, g in full.grads.items() if k not in frozen}, 1.0)
+        opt_full.step(full.grads, lr=1e-2)
+        train.train_step(head, opt_head, x, labels, 1e-2, opts)
+    k = "blocks.0.attn.qkv.w"                             # train_step took backbone_grads=False
+    assert float(abs(head.grads[k]).max()) == 0 and float(abs(full.grads[k]).max()) > 0
+    for k in full.params:
+        np.testing.assert_array_equal(backend.to_numpy(head.params[k]),
+                                      backend.to_numpy(full.params[k]))
