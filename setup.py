@@ -12,6 +12,7 @@ setup(
     extras_require={
         "test": ["pytest>=7"],
         "gpu": ["cupy-cuda12x"],
+        "gpu-cuda13": ["cupy-cuda13x"],
         "torch": ["torch==2.13.0"],
         "plot": ["matplotlib>=3.5"],
         "images": ["pillow>=9"],

@@ -17,7 +17,8 @@ Method (benchmarks/README.md has the long form):
   NumPy loads), alternating minivit, torch, minivit, torch for --rounds, and reports the median
   of the rounds and the minivit/torch throughput ratio from that one sitting.
 - Peak memory: the process's max RSS on the CPU (each measurement is its own process under
-  --impl all); on the GPU the high water of CuPy's memory pool / torch.cuda.max_memory_allocated.
+  --impl all); on the GPU the high water of the memory each library's caching allocator holds:
+  CuPy's pool total_bytes() / torch.cuda.max_memory_reserved() (both include cached free blocks).
 """
 from __future__ import annotations
 
@@ -293,11 +294,12 @@ class TorchBench:
 
     def reset_memory(self) -> None:
         if self.gpu:
+            self.torch.cuda.empty_cache()                    # like CuPy's free_all_blocks
             self.torch.cuda.reset_peak_memory_stats()
 
     def memory(self) -> dict:
-        if self.gpu:
-            return {"gpu_peak_mb": self.torch.cuda.max_memory_allocated() / 2 ** 20}
+        if self.gpu:                                         # reserved, as CuPy's pool total
+            return {"gpu_peak_mb": self.torch.cuda.max_memory_reserved() / 2 ** 20}
         return {"peak_rss_mb": rss_peak_mb()}
 
     def matmul_peak(self, n: int, reps: int) -> float:

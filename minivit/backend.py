@@ -21,8 +21,8 @@ def _import_cupy():
     except ImportError as e:
         raise RuntimeError(
             "the GPU backend needs CuPy, which is not installed; install it with "
-            "`pip install -e .[gpu]` (CuPy for CUDA 12) or a cupy-cudaXXx wheel matching "
-            "your CUDA driver, or run on the CPU with --device cpu") from e
+            "`pip install -e .[gpu]` (CuPy for CUDA 12), `.[gpu-cuda13]` (CUDA 13) or the "
+            "cupy-cudaXXx wheel matching your CUDA driver, or run on the CPU with --device cpu") from e
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # cupy raises its own CUDARuntimeError when no driver is present
@@ -35,15 +35,17 @@ def _import_cupy():
     return cupy
 
 
-def use(name: str, tf32: bool = False) -> None:
+def use(name: str, tf32: bool | None = None) -> None:
     """Select the backend for new arrays: 'numpy'/'cpu' or 'cupy'/'gpu'.
-    tf32=True lets cuBLAS run float32 matmuls on TF32 tensor cores (faster, ~1e-3 relative)."""
+    tf32=True lets cuBLAS run float32 matmuls on TF32 tensor cores (faster, ~1e-3 relative;
+    see set_tf32), False turns that off, None leaves CuPy's own default (the CUPY_TF32 variable)."""
     global _xp
     if name in ("numpy", "cpu"):
         _xp = np
     elif name in ("cupy", "gpu", "cuda"):
         _xp = _import_cupy()
-        set_tf32(tf32)
+        if tf32 is not None:
+            set_tf32(tf32)
     else:
         raise ValueError(f"unknown backend {name!r}; use 'cpu' (NumPy) or 'gpu' (CuPy)")
 
@@ -87,7 +89,9 @@ def set_tf32(enabled: bool) -> None:
     """Opt in (or out) of TF32 tensor-core matmuls for float32 on the GPU (Ampere and newer).
 
     CuPy reads CUPY_TF32 when it first multiplies float32 matrices; after that the compute type
-    is changed through CuPy's own setter where this CuPy version has one."""
+    is changed through CuPy's own setter where this CuPy version has one. CuPy applies it to its
+    2-D matmuls (every linear layer here); its batched matmuls (attention's q k^T and A v) do not
+    consult it and stay float32."""
     import os
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
     if _cupy is None:

@@ -131,6 +131,6 @@ def load_checkpoint(path: str, model=None, optimizer=None) -> dict:
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}") from e
     for k, v in model.params.items():
-        v[...] = backend.asarray(params[k], dtype=v.dtype)
+        v[...] = backend.xp_of(v).asarray(params[k], dtype=v.dtype)   # onto the model's device
     meta["model"] = model
     return meta

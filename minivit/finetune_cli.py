@@ -106,7 +106,7 @@ def load_data(args, model: ViT) -> Dataset:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    backend.use(args.device, tf32=args.tf32)
+    backend.use(args.device, tf32=True if args.tf32 else None)   # None: CuPy's default
     if args.workers is not None:
         backend.set_workers(args.workers)
     model = load_source(args)

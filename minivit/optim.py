@@ -118,7 +118,7 @@ class Optimizer:
                              f"build the model with the dtype it was saved with")
         for s, buf in self.state.items():
             for k, v in buf.items():
-                v[...] = backend.asarray(d[f"opt.{s}.{k}"], dtype=v.dtype)
+                v[...] = backend.xp_of(v).asarray(d[f"opt.{s}.{k}"], dtype=v.dtype)
         self.t = int(d["opt.t"])
 
 

@@ -217,7 +217,11 @@ def rng_state(rng):
 
 
 def set_rng_state(rng, state) -> None:
+    """Restore rng_state(); only NumPy generators have a settable state (CuPy's `state` is a
+    method, which an assignment would silently replace), so others get a note instead."""
     try:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"a {type(rng).__module__} generator has no settable state")
         rng.bit_generator.state = state
     except (AttributeError, NotImplementedError, TypeError, ValueError) as e:
         print(f"note: could not restore the dropout generator ({e}); masks will differ from an "
@@ -324,7 +328,7 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     from .data import MNIST_MEAN, MNIST_STD, load_mnist
 
-    backend.use(args.device, tf32=args.tf32)
+    backend.use(args.device, tf32=True if args.tf32 else None)   # None: CuPy's default
     if args.workers is not None:
         backend.set_workers(args.workers)
     preset = PRESETS[args.preset]

@@ -19,8 +19,12 @@ def both(fn, *host_arrays):
     cp = backend.cupy()
     cpu = fn(*host_arrays)
     gpu = fn(*[cp.asarray(a) for a in host_arrays])
-    to_host = lambda r: tuple(backend.to_numpy(v) for v in r) if isinstance(r, tuple) else backend.to_numpy(r)
-    return cpu, to_host(gpu)
+    return cpu, _to_host(gpu)
+
+
+def _to_host(r):
+    """NumPy copies of a result that may be an array or (nested) tuples of arrays."""
+    return tuple(_to_host(v) for v in r) if isinstance(r, tuple) else backend.to_numpy(r)
 
 
 def close(a, b, dtype):

@@ -183,3 +183,25 @@ def test_plot_without_matplotlib_says_so(tmp_path, monkeypatch, capsys):
     assert train.plot_curves(history, str(tmp_path / "curves.png")) is False
     assert "matplotlib is not installed" in capsys.readouterr().out
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_rng_state_only_restored_into_numpy_generators(capsys):
+    """CuPy's bit_generator.state is a method: assigning a dict to it would break every later
+    draw, so a generator that is not NumPy's gets a note and is left untouched."""
+    np_rng = np.random.default_rng(0)
+    state = train.rng_state(np_rng)
+    first = np_rng.random()
+    train.set_rng_state(np_rng, state)
+    assert np_rng.random() == first                       # restored
+
+    class MethodState:                                    # the shape of CuPy's bit generator
+        def state(self):
+            return 123
+
+    class OtherGenerator:
+        bit_generator = MethodState()
+
+    other = OtherGenerator()
+    train.set_rng_state(other, state)
+    assert other.bit_generator.state() == 123             # still a method
+    assert "could not restore the dropout generator" in capsys.readouterr().err

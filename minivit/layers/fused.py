@@ -1,5 +1,7 @@
 """Fused CuPy kernels for the elementwise parts of GELU, LayerNorm and softmax.
 
+Constants are cast to the kernel's type T, so float32 kernels never compute in double (which
+runs at a fraction of the float32 rate on many GPUs).
 On the GPU every NumPy-style expression launches one kernel and writes one temporary, so a
 chain like GELU's backward (eight operations) is memory-bound eight times over. Each kernel
 here does the whole chain in one pass. The NumPy formulas in activations.py, norm.py and
@@ -29,15 +31,16 @@ _A = "0.044715"
 def gelu_tanh_forward(x):
     """y = 0.5 x (1 + t), t = tanh(c (x + a x^3)); returns y and t (the cache)."""
     k = _elementwise("gelu_tanh_fwd", "T x", "T y, T t",
-                     f"T u = ({_C}) * (x + {_A} * x * x * x); t = tanh(u); y = 0.5 * x * (1 + t);")
+                     f"T u = (T)({_C}) * (x + (T){_A} * x * x * x); t = tanh(u); "
+                     f"y = (T)0.5 * x * ((T)1 + t);")
     return k(x)
 
 
 def gelu_tanh_backward(dy, x, t):
     """dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2))."""
     k = _elementwise("gelu_tanh_bwd", "T dy, T x, T t", "T dx",
-                     f"dx = dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * ({_C}) "
-                     f"* (1 + 3 * {_A} * x * x));")
+                     f"dx = dy * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * (T)({_C}) "
+                     f"* ((T)1 + (T)3 * (T){_A} * x * x));")
     return k(dy, x, t)
 
 
