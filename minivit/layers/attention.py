@@ -26,7 +26,7 @@ def softmax_forward(s):
         e /= e.sum(0, keepdims=True)
         return e, e
     e = s.reshape(s.shape[0], -1)                         # (N, R) view (a copy if s is strided)
-    e = e - e.max(0)
+    e = e - e.max(0)                                      # (N, R)
     np.exp(e, out=e)
     e /= col_sum(e)
     e = e.reshape(s.shape)
@@ -38,7 +38,7 @@ def softmax_backward(dp, p):
         return fused.softmax_dx(dp, p, (dp * p).sum(0, keepdims=True))
     N = p.shape[0]
     dp2, p2 = dp.reshape(N, -1), p.reshape(N, -1)         # (N, R)
-    ds = dp2 - col_sum(dp2 * p2)
+    ds = dp2 - col_sum(dp2 * p2)                          # (N, R)
     ds *= p2
     return ds.reshape(p.shape)
 
@@ -59,7 +59,7 @@ def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, quer
     xp.matmul(k, (q * scale).swapaxes(-1, -2), out=st.transpose(1, 2, 0, 3))   # s^T = k q^T
     a, _ = softmax_forward(st)                            # (N, B, H, Q) probabilities, keys first
     a_drop, mask = dropout_forward(a, attn_dropout, rng)
-    out = xp.empty((B, Q, heads, Dh), dtype=qkv.dtype)
+    out = xp.empty((B, Q, heads, Dh), dtype=qkv.dtype)   # (B, Q, H, Dh): heads side by side
     xp.matmul(a_drop.transpose(1, 2, 3, 0), v, out=out.transpose(0, 2, 1, 3))  # A v, (B, H, Q, Dh)
     return out.reshape(B, Q, heads * Dh), (q, k, v, a, a_drop, mask, scale)
 

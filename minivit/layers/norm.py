@@ -66,7 +66,7 @@ def fold_affine_forward(w, b, W, c):
     """The affine of a LayerNorm folded into the linear (W (D, F), c (F,)) that reads it:
         (xhat * w + b) @ W + c = xhat @ W' + c',   W' = w[:, None] * W,   c' = b @ W + c.
     d: dW = w[:, None] * dW' + b[:, None] * dc';  dw = sum_j W * dW';  db = W @ dc';  dc = dc'."""
-    return (w[:, None] * W, b @ W + c), (w, b, W)
+    return (w[:, None] * W, b @ W + c), (w, b, W)        # (D, F), (F,)
 
 
 def fold_affine_backward(dW2, dc2, cache):
@@ -74,4 +74,4 @@ def fold_affine_backward(dW2, dc2, cache):
     w, b, W = cache
     dW = w[:, None] * dW2                                 # (D, F)
     dW += b[:, None] * dc2                                # c' = b @ W + c also depends on W
-    return row_sum(W * dW2)[:, 0], W @ dc2, dW, dc2
+    return row_sum(W * dW2)[:, 0], W @ dc2, dW, dc2       # (D,) (D,) (D, F) (F,)
