@@ -20,7 +20,7 @@ from . import backend
 from .finetune import frozen_keys, replace_head, set_image_size
 from .imagefolder import load_image_folder
 from .model import ViT
-from .train import Dataset, TrainOptions, fit
+from .train import Dataset, TrainOptions, fit, use_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,9 +106,7 @@ def load_data(args, model: ViT) -> Dataset:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    backend.use(args.device, tf32=True if args.tf32 else None)   # None: CuPy's default
-    if args.workers is not None:
-        backend.set_workers(args.workers)
+    use_device(args)
     model = load_source(args)
     data = load_data(args, model)
     K = len(data.class_names)

@@ -324,13 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def use_device(args) -> None:
+    """A CLI's --device, --tf32 and --workers: the backend, TF32 (only when asked; otherwise
+    CuPy's default) and the number of CPU worker threads."""
+    backend.use(args.device, tf32=True if args.tf32 else None)
+    if args.workers is not None:
+        backend.set_workers(args.workers)
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     from .data import MNIST_MEAN, MNIST_STD, load_mnist
 
-    backend.use(args.device, tf32=True if args.tf32 else None)   # None: CuPy's default
-    if args.workers is not None:
-        backend.set_workers(args.workers)
+    use_device(args)
     preset = PRESETS[args.preset]
     cfg = ViTConfig(**MODELS[args.model or preset["model"]], image_size=28, in_channels=1,
                     num_classes=10, dropout=args.dropout, drop_path=args.drop_path)
