@@ -697,15 +697,16 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
         print()
         print(f"minivit per-layer breakdown, ms per step (median of {args.layer_reps} calls x "
               f"calls per step)")
-        print(f"{'layer':22} {'calls':>5} {'fwd ms':>8} {'bwd ms':>8} {'total':>8} {'share':>6}")
+        w = max(22, max(len(r["layer"]) for r in layers))          # name column width
+        print(f"{'layer':{w}} {'calls':>5} {'fwd ms':>8} {'bwd ms':>8} {'total':>8} {'share':>6}")
         fmt = lambda v: f"{v:8.3f}" if v is not None else f"{'-':>8}"
         for r in layers:
-            print(f"{r['layer']:22} {r['calls']:5d} {fmt(r['fwd_ms'])} {fmt(r['bwd_ms'])} "
+            print(f"{r['layer']:{w}} {r['calls']:5d} {fmt(r['fwd_ms'])} {fmt(r['bwd_ms'])} "
                   f"{r['ms']:8.3f} {r['share']:6.1%}")
         for t in (r for r in records if r["what"] == "layers_total"):
-            print(f"{'sum of layers':22} {'':5} {'':8} {'':8} {t['sum_ms']:8.3f}")
+            print(f"{'sum of layers':{w}} {'':5} {'':8} {'':8} {t['sum_ms']:8.3f}")
             if "train_step_ms" in t:
-                print(f"{'measured train step':22} {'':5} {'':8} {'':8} {t['train_step_ms']:8.3f}"
+                print(f"{'measured train step':{w}} {'':5} {'':8} {'':8} {t['train_step_ms']:8.3f}"
                       f"  (difference: residual adds, cls/pos, grad sums, last block's "
                       f"CLS-only saving)")
             print(f"batch pieces on worker threads: {t['chunks']}")
