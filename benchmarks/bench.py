@@ -332,8 +332,7 @@ def _layer_specs(cfg: ViTConfig, model: ViT) -> list:
                                 linear_backward, linear_forward, normalize_backward,
                                 normalize_forward, patch_embed_backward, patch_embed_forward)
     from minivit.layers.block import mlp_backward, mlp_forward
-    p, bp = model.params, {k[len("blocks.0."):]: v for k, v in model.params.items()
-                           if k.startswith("blocks.0.")}
+    p, bp = model.params, model.block_params()[0]
     rng = np.random.default_rng(1)
     S, C, N, D, K, L = (cfg.image_size, cfg.in_channels, cfg.num_tokens, cfg.dim,
                         cfg.num_classes, cfg.depth)
