@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="minivit",
-    version="0.1.0",
+    version="0.2.0",
     description="A Vision Transformer in plain NumPy (CuPy optional) with hand-written backward passes",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -18,5 +18,12 @@ setup(
         "images": ["pillow>=9"],
         "fast-erf": ["scipy>=1.8"],
     },
-    entry_points={"console_scripts": ["minivit-train=minivit.train:main"]},
+    entry_points={"console_scripts": [
+        "minivit-train=minivit.cli.train:entry",
+        "minivit-finetune=minivit.cli.finetune:entry",
+        "minivit-evaluate=minivit.cli.evaluate:entry",
+        "minivit-predict=minivit.cli.predict:entry",
+        "minivit-io=minivit.cli.io:entry",
+        "minivit-attention=minivit.cli.attention:entry",
+    ]},
 )

@@ -8,8 +8,7 @@ DIR holds one sub-folder per class (DIR/<class>/*.png|.jpg|.npy), or DIR/train/<
 DIR/test/<class>. The run leaves last.npz, best.npz, metrics.jsonl, config.json and curves.png
 in --out (runs/finetune); classify new images with python -m minivit.predict --checkpoint.
 """
-from minivit.finetune_cli import main
+from minivit.cli.finetune import entry, main  # noqa: F401
 
 if __name__ == "__main__":
-    from minivit.cli import run
-    run(main)
+    entry()

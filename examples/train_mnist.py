@@ -8,8 +8,7 @@
 The data is downloaded to ~/.cache/minivit/mnist (or --data DIR / $MINIVIT_DATA) and verified;
 the run leaves last.npz, best.npz, metrics.jsonl, config.json and curves.png in --out (runs/mnist).
 """
-from minivit.train import main
+from minivit.cli.train import entry, main  # noqa: F401
 
 if __name__ == "__main__":
-    from minivit.cli import run
-    run(main)
+    entry()

@@ -1,6 +1,11 @@
-"""minivit: a Vision Transformer in plain NumPy (CuPy optional) with hand-written backward passes."""
-from .config import ViTConfig
+"""minivit: a Vision Transformer in plain NumPy (CuPy optional) with hand-written backward passes.
+
+The engine (backend, config, params, layers/, model, optim, gradcheck, resample, parallel/) knows
+nothing of files, datasets or command lines; data/ and io/ stand on it; training/ uses all three;
+cli/ holds the commands.
+"""
+from .config import Preprocessing, ViTConfig
 from .model import ViT
 
-__version__ = "0.1.0"
-__all__ = ["ViT", "ViTConfig", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["ViT", "ViTConfig", "Preprocessing", "__version__"]

@@ -50,36 +50,6 @@ def use(name: str, tf32: bool | None = None) -> None:
         raise ValueError(f"unknown backend {name!r}; use 'cpu' (NumPy) or 'gpu' (CuPy)")
 
 
-_allocator_tuned = False
-
-
-def tune_host_allocator() -> bool:
-    """Let glibc keep freed memory for reuse instead of handing it back to the kernel.
-
-    Every NumPy temporary of a ViT step is 0.1-10 MB. By default glibc serves such blocks with a
-    fresh mmap and unmaps them on free, so each one is page-faulted and zeroed by the kernel
-    again: at batch 128 that was more than half of a training step. Raising the mmap and trim
-    thresholds (mallopt) makes those blocks come from the reused heap instead. Process-wide and
-    harmless; a no-op off glibc or when MINIVIT_NO_MALLOPT=1. Returns True when applied."""
-    global _allocator_tuned
-    if _allocator_tuned:
-        return True
-    import os
-    import sys
-    if not sys.platform.startswith("linux") or os.environ.get("MINIVIT_NO_MALLOPT") == "1":
-        return False
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        ok = libc.mallopt(M_MMAP_THRESHOLD, 512 << 20) == 1
-        ok = libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1 and ok
-    except (OSError, AttributeError):
-        return False
-    _allocator_tuned = ok
-    return ok
-
-
 def cupy():
     """The cupy module (imported on first use); for the GPU kernels in layers/fused.py."""
     return _import_cupy()
@@ -178,71 +148,3 @@ def erf_python(x) -> np.ndarray:
     """math.erf element by element: exact to double precision, slow."""
     import math
     return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
-
-
-# ---- CPU parallelism: the batch split across worker threads ---------------------------------
-# NumPy runs elementwise work on one core. The model therefore splits a large batch into
-# chunks run by worker threads (NumPy releases the GIL inside large operations), each worker
-# limited to its share of the cores as BLAS threads so that the cores are not oversubscribed.
-
-_workers = None   # None: decided from the core count on first use
-_pool = None
-_blas_local = None
-
-
-def _openblas_local_setter():
-    """OpenBLAS's per-thread thread-count setter (OpenBLAS >= 0.3.27), or None."""
-    global _blas_local
-    if _blas_local is None:
-        _blas_local = False
-        try:
-            import ctypes
-            with open("/proc/self/maps") as f:
-                paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
-            for path in sorted(paths):
-                lib = ctypes.CDLL(path)
-                if hasattr(lib, "openblas_set_num_threads_local"):
-                    _blas_local = lib.openblas_set_num_threads_local
-                    break
-        except OSError:
-            pass
-    return _blas_local or None
-
-
-def set_workers(n) -> None:
-    """Worker threads for NumPy forward/backward (1 disables the batch split; None: automatic)."""
-    global _workers, _pool
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"workers must be a positive integer or None, got {n!r}")
-    _workers = n
-    if _pool is not None:
-        _pool.shutdown()
-        _pool = None
-
-
-def workers() -> int:
-    """How many chunks a large NumPy batch is split into (1 when the split is unavailable)."""
-    global _workers
-    if _workers is None:
-        import os
-        env = os.environ.get("MINIVIT_WORKERS")
-        _workers = int(env) if env else min(os.cpu_count() or 1, 8)
-    if _workers > 1 and _openblas_local_setter() is None:
-        return 1          # cannot pin BLAS per thread: let BLAS use the cores itself
-    return _workers
-
-
-def parallel_map(fn, items: list) -> list:
-    """[fn(item) for item in items], run on the worker threads; each worker gets an equal share
-    of the cores as BLAS threads (one each on a machine with as many cores as workers)."""
-    global _pool
-    if len(items) == 1:
-        return [fn(items[0])]
-    if _pool is None or _pool._max_workers < len(items):
-        import os
-        from concurrent.futures import ThreadPoolExecutor
-        setter = _openblas_local_setter()
-        blas_threads = max(1, (os.cpu_count() or 1) // len(items))
-        _pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="minivit",
-                                   initializer=lambda: setter(blas_threads))
-    return list(_pool.map(fn, items))

@@ -1,10 +1,15 @@
-"""ViTConfig: every hyperparameter that fixes the model's shapes and behaviour."""
+"""ViTConfig, every hyperparameter that fixes the model's shapes and behaviour, with the one table
+of parameter names and shapes (ViTConfig.param_shapes); Preprocessing, how raw images become the
+model's input, carried by the model and its checkpoints."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
+BLOCK_KEYS = ("norm1.w", "norm1.b", "attn.qkv.w", "attn.qkv.b", "attn.proj.w", "attn.proj.b",
+              "norm2.w", "norm2.b", "mlp.fc1.w", "mlp.fc1.b", "mlp.fc2.w", "mlp.fc2.b")
+HEAD_KEYS = ("norm.w", "norm.b", "pre_logits.w", "pre_logits.b", "head.w", "head.b")
 _CHOICES = {"pool": ("cls", "mean"), "gelu": ("tanh", "erf"),
             "pos_embed": ("learned", "sincos"), "dtype": ("float32", "float64")}
 
@@ -76,6 +81,25 @@ class ViTConfig:
     def mlp_dim(self) -> int:       # F
         return int(self.dim * self.mlp_ratio)
 
+    def param_shapes(self) -> dict[str, tuple]:
+        """Every parameter's name and shape, in the model's order: the one table that init,
+        the weight formats (io/) and the benchmarks read. Weights are (in, out): y = x @ w + b."""
+        D, F, p, C, K = self.dim, self.mlp_dim, self.patch_size, self.in_channels, self.num_classes
+        s = {"patch_embed.w": (p * p * C, D), "patch_embed.b": (D,), "cls_token": (1, 1, D)}
+        if self.pos_embed == "learned":
+            s["pos_embed"] = (1, self.num_tokens, D)
+        block = {"norm1.w": (D,), "norm1.b": (D,), "attn.qkv.w": (D, 3 * D), "attn.qkv.b": (3 * D,),
+                 "attn.proj.w": (D, D), "attn.proj.b": (D,), "norm2.w": (D,), "norm2.b": (D,),
+                 "mlp.fc1.w": (D, F), "mlp.fc1.b": (F,), "mlp.fc2.w": (F, D), "mlp.fc2.b": (D,)}
+        for i in range(self.depth):
+            s.update((f"blocks.{i}.{k}", block[k]) for k in BLOCK_KEYS)
+        s.update({"norm.w": (D,), "norm.b": (D,)})
+        R = self.representation_size
+        if R:
+            s.update({"pre_logits.w": (D, R), "pre_logits.b": (R,)})
+        s.update({"head.w": (R or D, K), "head.b": (K,)})
+        return s
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -93,3 +117,53 @@ class ViTConfig:
 def _divisor(dim: int, heads: int) -> int:
     """The divisor of dim nearest to heads (for the error message)."""
     return min((h for h in range(1, dim + 1) if dim % h == 0), key=lambda h: abs(h - heads))
+
+
+@dataclass
+class Preprocessing:
+    """How raw images become the model's input: uint8 pixels, resized to image_size x image_size
+    with `channels` channels, then x = (pixel / 255 - mean) / std per channel; class_names[k]
+    names output k. Saved in checkpoints and carried by the model (`model.preprocessing`), so
+    prediction uses what training used. There are no defaults: each dataset states its own."""
+    mean: Sequence[float]
+    std: Sequence[float]
+    image_size: Optional[int] = None
+    channels: Optional[int] = None
+    class_names: Optional[list] = None
+
+    def __post_init__(self):
+        self.mean = [float(v) for v in _as_list(self.mean, "mean")]
+        self.std = [float(v) for v in _as_list(self.std, "std")]
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values and std {len(self.std)}; give "
+                             f"one value each or one per channel")
+        if any(not s > 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        if self.channels is not None and len(self.mean) not in (1, self.channels):
+            raise ValueError(f"{len(self.mean)} mean/std values for {self.channels} channels; "
+                             f"give one value or one per channel")
+        if self.class_names is not None:
+            self.class_names = [str(c) for c in self.class_names]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown Preprocessing fields {unknown}")
+        return cls(**d)
+
+
+def _as_list(v, name: str) -> list:
+    if isinstance(v, (int, float)):
+        return [v]
+    try:
+        out = list(v)
+    except TypeError:
+        raise ValueError(f"{name} must be a number or a list of numbers, got {v!r}") from None
+    if not out:
+        raise ValueError(f"{name} is empty; give one value or one per channel")
+    return out

@@ -1,10 +1,40 @@
-"""Every test that takes the `xp` fixture runs on NumPy, and again on CuPy when a GPU is present."""
+"""Shared test helpers and fixtures.
+
+- `xp`: every test that takes it runs on NumPy, and again on CuPy when a GPU is present.
+- `needs(...)` marks: a test that needs an optional extra is skipped, with the reason, when the
+  extra is not installed (the README's `pip install -e ".[test]"` has none of them).
+- Helpers: randn, randomize_params, images, relerr, load_example, idx_bytes.
+"""
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 
 from minivit import backend
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ["numpy", "cupy"]
+CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D,
+         np.float64: 0x0E}                       # IDX dtype codes
+EXTRAS = {   # import name -> the extra that installs it
+    "torch": "torch", "matplotlib": "plot", "PIL": "images", "scipy": "fast-erf",
+}
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def needs(module: str):
+    """Skip unless `module` imports; the reason names the extra to install."""
+    extra = EXTRAS.get(module, module)
+    return pytest.mark.skipif(not has(module), reason=f"needs {module} (pip install -e .[{extra}])")
+
+
+needs_torch = needs("torch")
+needs_mpl = needs("matplotlib")
+needs_pil = needs("PIL")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -21,3 +51,39 @@ def randn(xp, *shape, seed=None, scale=1.0):
     """Random float64 normal array on the backend xp (host-drawn for reproducibility)."""
     rng = np.random.default_rng(seed if seed is not None else sum(shape) * 7919 + len(shape))
     return xp.asarray(rng.standard_normal(shape) * scale)
+
+
+def randomize_params(model, seed=0, scale=0.3) -> None:
+    """Random non-degenerate values for every parameter (LayerNorm scales around 1)."""
+    rng = np.random.default_rng(seed)
+    for k, v in model.params.items():
+        v[...] = backend.asarray(rng.standard_normal(v.shape) * scale
+                                 + (1.0 if "norm" in k and k.endswith(".w") else 0.0))
+
+
+def images(B, C, S, seed=1):
+    """Random float64 images (B, C, S, S) on the host."""
+    return np.random.default_rng(seed).standard_normal((B, C, S, S))
+
+
+def relerr(a, b) -> float:
+    """max |a - b| / max |b|, with b a non-zero reference of the same shape."""
+    a, b = np.asarray(backend.to_numpy(a), np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, f"{a.shape} vs reference {b.shape}"
+    assert np.abs(b).max() > 0, "all-zero reference proves nothing"
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def load_example(name: str):
+    """Import examples/<name>.py as a module (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    """Encode arr as IDX: 00 00 <code> <ndim>, big-endian uint32 dims, big-endian payload."""
+    head = bytes([0, 0, CODES[arr.dtype.type], arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    return head + arr.astype(arr.dtype.newbyteorder(">")).tobytes()

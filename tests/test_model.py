@@ -4,7 +4,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from minivit import ViT, ViTConfig, backend, train
+from minivit import ViT, ViTConfig, backend
+from minivit.parallel import threads
+from minivit.training import loop as train
 from minivit.gradcheck import check_grads
 from minivit.layers import cross_entropy_backward, cross_entropy_forward
 from minivit.optim import AdamW, clip_grad_norm
@@ -105,7 +107,7 @@ def test_eval_caches_nothing_and_backward_needs_train(xp):
     m = ViT(ViTConfig(**SMALL))
     x = randn(xp, 2, 2, 8, 8)
     m.forward(x, train=False)
-    assert m._caches is None
+    assert m._pieces is None
     assert m.forward_features(x, keep_caches=False)[1] is None   # intermediates freed as it goes
     with pytest.raises(ValueError, match="forward\\(x, train=True\\)"):
         m.backward(xp.zeros((2, 3)))
@@ -171,25 +173,24 @@ def test_gpu_request_without_cupy_is_clear(monkeypatch):
 @pytest.fixture
 def chunked(monkeypatch):
     """Force the NumPy batch split into worker threads even for tiny batches."""
-    import minivit.model
-    monkeypatch.setattr(minivit.model, "MIN_CHUNK", 1)
-    backend.set_workers(2)
+    monkeypatch.setattr(threads, "MIN_PIECE", 1)
+    threads.set_workers(2)
     yield
-    backend.set_workers(None)
+    threads.set_workers(None)
 
 
 def test_chunked_equals_whole_batch(chunked):
-    if backend.workers() < 2:
+    if threads.workers() < 2:
         pytest.skip("per-thread BLAS control unavailable: the batch is never split")
     cfg = ViTConfig(**SMALL, pool="mean")
     x, dl = randn(np, 5, 2, 8, 8), randn(np, 5, 3, seed=2)
     m = ViT(cfg)
     randomize(m)
-    assert len(m._chunks(5)) == 2
+    assert len(threads.split_batch(5)) == 2
     logits, attn = m.forward(x, train=True, return_attention=True)
     dx = m.backward(dl)
     grads = {k: v.copy() for k, v in m.grads.items()}
-    backend.set_workers(1)
+    threads.set_workers(1)
     logits1, attn1 = m.forward(x, train=True, return_attention=True)
     dx1 = m.backward(dl)
     np.testing.assert_allclose(logits, logits1, rtol=1e-13)
@@ -242,3 +243,58 @@ def test_frozen_backbone_backward(xp):
     for k in full.params:
         np.testing.assert_array_equal(backend.to_numpy(head.params[k]),
                                       backend.to_numpy(full.params[k]))
+
+
+def images(B, C, S, seed=1):
+    return np.random.default_rng(seed).standard_normal((B, C, S, S))
+
+
+def test_set_image_size_learned_and_sincos():
+    model = ViT(ViTConfig(**SMALL))
+    randomize(model)
+    old = model.params["pos_embed"].copy()
+    model.set_image_size(16)
+    assert model.params["pos_embed"].shape == (1, 17, 8)
+    assert np.array_equal(model.params["pos_embed"][:, 0], old[:, 0])
+    x = images(2, 2, 16)
+    logits = model.forward(x, train=True)
+    model.backward(np.ones_like(logits))
+    assert model.grads["pos_embed"].shape == (1, 17, 8)
+    sc = ViT(ViTConfig(**SMALL, pos_embed="sincos")).set_image_size(12)
+    assert sc.pos_table.shape == (1, 10, 8) and sc.forward(images(1, 2, 12)).shape == (1, 3)
+
+
+def test_reset_head_zero_init_drops_pre_logits():
+    model = ViT(ViTConfig(**SMALL, representation_size=5))
+    randomize(model)
+    before = {k: v.copy() for k, v in model.params.items()}
+    model.reset_head(7)
+    assert model.config.num_classes == 7 and model.config.representation_size is None
+    assert "pre_logits.w" not in model.params and "pre_logits.w" not in model.grads
+    assert model.params["head.w"].shape == (8, 7) and model.params["head.b"].shape == (7,)
+    assert not model.params["head.w"].any() and not model.params["head.b"].any()
+    assert list(model.params) == list(model.grads)
+    assert list(model.params)[-2:] == ["head.w", "head.b"]
+    assert all(np.array_equal(model.params[k], before[k]) for k in model.params
+               if not k.startswith("head."))
+    x = images(3, 2, 8)
+    logits = model.forward(x, train=True)
+    assert logits.shape == (3, 7) and not logits.any()                  # zero head: zero logits
+    _, cache = cross_entropy_forward(logits, np.array([0, 3, 6]))
+    model.backward(cross_entropy_backward(cache))
+    assert {k: v.shape for k, v in model.grads.items()} == \
+        {k: v.shape for k, v in model.params.items()}
+    assert model.grads["head.w"].any()
+
+
+def test_reset_head_keeps_pre_logits():
+    model = ViT(ViTConfig(**SMALL, representation_size=5))
+    randomize(model)
+    pre = model.params["pre_logits.w"].copy()
+    model.reset_head(4, keep_pre_logits=True)
+    assert model.config.representation_size == 5 and model.config.num_classes == 4
+    assert np.array_equal(model.params["pre_logits.w"], pre)
+    assert model.params["head.w"].shape == (5, 4) and not model.params["head.w"].any()
+    assert model.forward(images(2, 2, 8)).shape == (2, 4)
+    with pytest.raises(ValueError, match="num_classes"):
+        model.reset_head(0)

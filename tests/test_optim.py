@@ -4,8 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from minivit import backend
-from minivit.optim import SGD, AdamW, clip_grad_norm, decays, warmup_cosine
+from minivit import ViT, ViTConfig, backend
+from minivit.optim import SGD, AdamW, clip_grad_norm, warmup_cosine
+from minivit.params import ParamDict
 
 
 def tiny(xp):
@@ -14,23 +15,42 @@ def tiny(xp):
             "blocks.0.norm1.w": xp.asarray([1.0, 1.0])}
 
 
+DECAY = {"blocks.0.mlp.fc1.w"}     # what a model's decay_keys() would give for tiny()'s keys
+
+
 def grads_of(params, scale=1.0):
     return {k: v * 0 + scale * (np.arange(v.size).reshape(v.shape) % 3 - 1.0) for k, v in params.items()}
 
 
-def test_decay_rules():
-    assert decays("patch_embed.w") and decays("blocks.3.attn.qkv.w") and decays("head.w")
-    assert decays("blocks.0.mlp.fc2.w") and decays("pre_logits.w")
+def test_model_decay_keys():
+    decay = ViT(ViTConfig(depth=4, representation_size=8)).decay_keys()
+    for k in ("patch_embed.w", "blocks.3.attn.qkv.w", "head.w", "blocks.0.mlp.fc2.w",
+              "pre_logits.w", "blocks.2.attn.proj.w", "blocks.1.mlp.fc1.w"):
+        assert k in decay, k
     for k in ("patch_embed.b", "cls_token", "pos_embed", "norm.w", "norm.b",
-              "blocks.0.norm1.w", "blocks.0.norm2.b", "blocks.0.attn.qkv.b"):
-        assert not decays(k), k
+              "blocks.0.norm1.w", "blocks.0.norm2.b", "blocks.0.attn.qkv.b", "pre_logits.b"):
+        assert k not in decay, k
+
+
+def test_decay_set_is_respected(xp):
+    p = tiny(xp)
+    before = {k: backend.to_numpy(v).copy() for k, v in p.items()}
+    g = {k: xp.zeros_like(v) for k, v in p.items()}                # only decay can move p
+    SGD(p, lr=0.1, momentum=0.0, weight_decay=0.5, decay={"blocks.0.mlp.fc1.w"}).step(g)
+    np.testing.assert_allclose(backend.to_numpy(p["blocks.0.mlp.fc1.w"]),
+                               before["blocks.0.mlp.fc1.w"] * (1 - 0.1 * 0.5), rtol=1e-15)
+    for k in ("blocks.0.mlp.fc1.b", "blocks.0.norm1.w"):
+        np.testing.assert_array_equal(backend.to_numpy(p[k]), before[k])
+    with pytest.raises(ValueError, match="not parameters"):
+        AdamW(tiny(xp), decay={"nope.w"})
 
 
 def test_sgd_by_hand(xp):
     p = tiny(xp)
     w0 = backend.to_numpy(p["blocks.0.mlp.fc1.w"]).copy()
     g = {k: xp.ones_like(v) for k, v in p.items()}
-    opt = SGD(p, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01)
+    opt = SGD(p, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01,
+              decay=DECAY)
     opt.step(g)                                            # buf = g + wd w; w -= lr buf
     b1 = 1 + 0.01 * w0
     w1 = w0 - 0.1 * b1
@@ -45,7 +65,7 @@ def test_sgd_by_hand(xp):
 
 def test_plain_sgd_by_hand(xp):
     p = {"a.w": xp.asarray([1.0, -2.0]), "a.b": xp.asarray([0.5])}
-    opt = SGD(p, lr=0.1, momentum=0.0, weight_decay=0.5)
+    opt = SGD(p, lr=0.1, momentum=0.0, weight_decay=0.5, decay={"a.w"})
     for _ in range(2):                                     # w -= lr (g + wd w); b -= lr g
         opt.step({"a.w": xp.asarray([0.2, 0.4]), "a.b": xp.asarray([1.0])})
     w1 = np.array([1.0, -2.0]) - 0.1 * (np.array([0.2, 0.4]) + 0.5 * np.array([1.0, -2.0]))
@@ -58,7 +78,8 @@ def test_plain_sgd_by_hand(xp):
 def test_float32_stays_float32(xp):
     p = {"a.w": xp.ones((2, 2), dtype=xp.float32), "a.b": xp.ones(2, dtype=xp.float32)}
     ids = {k: id(v) for k, v in p.items()}
-    for opt in (AdamW(p, lr=0.1), SGD(p, lr=0.1, nesterov=True, weight_decay=0.1)):
+    for opt in (AdamW(p, lr=0.1, decay={"a.w"}),
+                SGD(p, lr=0.1, nesterov=True, weight_decay=0.1, decay={"a.w"})):
         opt.step({k: xp.full(v.shape, 0.5, dtype=xp.float32) for k, v in p.items()})
         assert all(v.dtype == xp.float32 and id(v) == ids[k] for k, v in p.items())
         assert all(v.dtype == np.float32 for v in opt.state_dict().values() if v.ndim)
@@ -74,7 +95,7 @@ def test_nesterov_by_hand(xp):
 
 def test_adamw_by_hand(xp):
     p = {"a.w": xp.asarray([1.0, -1.0]), "a.b": xp.asarray([0.5, 0.5])}
-    opt = AdamW(p, lr=0.1, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+    opt = AdamW(p, lr=0.1, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, decay={"a.w"})
     g = {"a.w": xp.asarray([0.2, -0.4]), "a.b": xp.asarray([1.0, 0.0])}
     w, b = np.array([1.0, -1.0]), np.array([0.5, 0.5])
     m_w = v_w = m_b = v_b = 0.0
@@ -99,15 +120,18 @@ def test_against_torch_optim(kind):
     params = {k: rng.standard_normal((3, 4) if k.endswith("w") and "norm" not in k else (4,))
               for k in names}
     tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
-    decay = [tparams[k] for k in names if decays(k)]
-    no_decay = [tparams[k] for k in names if not decays(k)]
+    decay_keys = {"head.w", "blocks.0.attn.qkv.w"}
+    decay = [tparams[k] for k in names if k in decay_keys]
+    no_decay = [tparams[k] for k in names if k not in decay_keys]
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
     if kind == "adamw":
-        ours = AdamW(params, lr=0.01, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.1)
+        ours = AdamW(params, lr=0.01, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.1,
+                     decay=decay_keys)
         theirs = torch.optim.AdamW(groups, lr=0.01, betas=(0.8, 0.95), eps=1e-7)
     else:
         mom = 0.0 if kind == "plain" else 0.9
-        ours = SGD(params, lr=0.05, momentum=mom, nesterov=kind == "nesterov", weight_decay=0.1)
+        ours = SGD(params, lr=0.05, momentum=mom, nesterov=kind == "nesterov", weight_decay=0.1,
+                   decay=decay_keys)
         theirs = torch.optim.SGD(groups, lr=0.05, momentum=mom, nesterov=kind == "nesterov")
     for step in range(6):
         g = {k: rng.standard_normal(v.shape) for k, v in params.items()}
@@ -122,7 +146,8 @@ def test_against_torch_optim(kind):
 def test_lr_override_and_frozen(xp):
     p = tiny(xp)
     before = {k: backend.to_numpy(v).copy() for k, v in p.items()}
-    opt = AdamW(p, lr=1.0, weight_decay=0.5, frozen={"blocks.0.mlp.fc1.w"})
+    opt = AdamW(p, lr=1.0, weight_decay=0.5, frozen={"blocks.0.mlp.fc1.w"},
+                decay=DECAY)
     opt.step(grads_of(p), lr=0.0 + 1e-3)
     assert (backend.to_numpy(p["blocks.0.mlp.fc1.w"]) == before["blocks.0.mlp.fc1.w"]).all()
     assert not (backend.to_numpy(p["blocks.0.mlp.fc1.b"]) == before["blocks.0.mlp.fc1.b"]).all()
@@ -133,7 +158,7 @@ def test_lr_override_and_frozen(xp):
 def test_state_is_one_flat_vector_per_buffer(xp):
     """The moments of every trainable key are views into one flat vector; frozen keys have none."""
     p = tiny(xp)
-    opt = AdamW(p, lr=0.1, frozen={"blocks.0.norm1.w"})
+    opt = AdamW(p, lr=0.1, frozen={"blocks.0.norm1.w"}, decay=DECAY)
     assert set(opt.state["m"]) == {"blocks.0.mlp.fc1.w", "blocks.0.mlp.fc1.b"}
     assert opt.flat["m"].shape == (6,) and opt.flat["v"].shape == (6,)
     opt.step(grads_of(p, scale=2.0))
@@ -219,3 +244,33 @@ def test_bad_hyperparameters():
             AdamW(p, **kwargs)
     with pytest.raises(ValueError, match="momentum"):
         SGD(p, lr=0.1, momentum=1.5)
+
+
+def test_decay_defaults_to_every_key_as_in_torch(xp):
+    p = {"a.w": xp.asarray([1.0]), "a.b": xp.asarray([2.0])}
+    SGD(p, lr=0.1, momentum=0.0, weight_decay=0.5).step({k: xp.zeros(1) for k in p})
+    np.testing.assert_allclose(backend.to_numpy(p["a.w"]), [0.95], rtol=1e-15)
+    np.testing.assert_allclose(backend.to_numpy(p["a.b"]), [1.9], rtol=1e-15)
+
+
+def test_flat_path_equals_per_key_path(xp):
+    """AdamW over a model's ParamDicts (one flat vector) gives the same bits as over plain dicts,
+    with and without frozen keys, and updates the params' own flat vector in place."""
+    rng = np.random.default_rng(0)
+    shapes = {"w1": (3, 4), "b1": (4,), "w2": (4, 2), "b2": (2,)}
+    init = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    for frozen in (set(), {"w1", "b1"}, {"b1"}):
+        flat = ParamDict.from_arrays({k: xp.asarray(v) for k, v in init.items()})
+        plain = {k: xp.asarray(v.copy()) for k, v in init.items()}
+        base = flat.flat
+        o1 = AdamW(flat, lr=0.1, weight_decay=0.1, frozen=frozen, decay={"w1", "w2"})
+        o2 = AdamW(plain, lr=0.1, weight_decay=0.1, frozen=frozen, decay={"w1", "w2"})
+        assert (o1.run is not None) == (frozen != {"b1"})   # one contiguous trainable range
+        for _ in range(3):
+            g = {k: rng.standard_normal(s) for k, s in shapes.items()}
+            o1.step(ParamDict.from_arrays({k: xp.asarray(v) for k, v in g.items()}))
+            o2.step({k: xp.asarray(v) for k, v in g.items()})
+        assert flat.flat is base
+        for k in shapes:
+            np.testing.assert_array_equal(backend.to_numpy(flat[k]), backend.to_numpy(plain[k]))
+        assert clip_grad_norm(flat, 1e9) == pytest.approx(clip_grad_norm(plain, 1e9), rel=1e-15)

@@ -8,6 +8,8 @@ that layout through strided views: NumPy hands the strides to BLAS, CuPy copies 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import backend
@@ -15,6 +17,23 @@ from . import fused
 from .dropout import dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .reduce import col_sum
+
+
+class AttentionCache(NamedTuple):
+    """What attention_backward reads (and what attention maps show: probs)."""
+    q: object           # (B, H, Q, Dh) view into qkv
+    k: object           # (B, H, N, Dh)
+    v: object           # (B, H, N, Dh)
+    probs: object       # (N, B, H, Q) softmax probabilities, keys first
+    probs_drop: object  # probs after attention dropout (probs itself without dropout)
+    mask: object        # the dropout mask, or None
+    scale: float        # 1 / sqrt(Dh)
+
+
+class MHSACache(NamedTuple):
+    qkv: tuple          # the qkv linear's cache
+    core: AttentionCache
+    proj: tuple         # the output linear's cache
 
 
 def softmax_forward(s):
@@ -61,7 +80,7 @@ def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, quer
     a_drop, mask = dropout_forward(a, attn_dropout, rng)
     out = xp.empty((B, Q, heads, Dh), dtype=qkv.dtype)   # (B, Q, H, Dh): heads side by side
     xp.matmul(a_drop.transpose(1, 2, 3, 0), v, out=out.transpose(0, 2, 1, 3))  # A v, (B, H, Q, Dh)
-    return out.reshape(B, Q, heads * Dh), (q, k, v, a, a_drop, mask, scale)
+    return out.reshape(B, Q, heads * Dh), AttentionCache(q, k, v, a, a_drop, mask, scale)
 
 
 def attention_backward(dout, cache):
@@ -90,7 +109,7 @@ def mhsa_forward(x, qkv_w, qkv_b, proj_w, proj_b, heads: int, attn_dropout: floa
     qkv, c_qkv = linear_forward(x, qkv_w, qkv_b)          # (B, N, 3D)
     o, c_att = attention_forward(qkv, heads, attn_dropout, rng, queries)   # (B, N|Q, D)
     y, c_proj = linear_forward(o, proj_w, proj_b)         # (B, N|Q, D)
-    return y, (c_qkv, c_att, c_proj)
+    return y, MHSACache(c_qkv, c_att, c_proj)
 
 
 def mhsa_backward(dy, cache):
@@ -99,3 +118,8 @@ def mhsa_backward(dy, cache):
     dqkv = attention_backward(do, c_att)
     dx, dqkv_w, dqkv_b = linear_backward(dqkv, c_qkv)
     return dx, dqkv_w, dqkv_b, dproj_w, dproj_b
+
+
+def attention_probs(cache: AttentionCache):
+    """The attention probabilities (B, H, Q, N) of a forward's cache (stored keys first)."""
+    return cache.probs.transpose(1, 2, 3, 0)

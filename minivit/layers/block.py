@@ -1,11 +1,36 @@
 """MLP and the pre-norm Transformer encoder block, composed from the pairs of the other modules."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from .activations import GELU
-from .attention import mhsa_backward, mhsa_forward
+from .attention import MHSACache, attention_probs, mhsa_backward, mhsa_forward
 from .dropout import drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .norm import fold_affine_backward, fold_affine_forward, normalize_backward, normalize_forward
+
+
+class MLPCache(NamedTuple):
+    fc1: tuple
+    act: tuple
+    drop_hidden: object        # dropout mask after the GELU, or None
+    fc2: tuple
+    drop_out: object           # dropout mask after fc2, or None
+    gelu: str
+
+
+class BlockCache(NamedTuple):
+    """What block_backward reads, by name (attention maps read .attn.core.probs)."""
+    norm1: tuple
+    fold1: tuple               # norm1's affine folded into the qkv weights
+    attn: MHSACache
+    drop_attn: object          # dropout mask on the attention branch, or None
+    path_attn: object          # drop-path mask on the attention branch, or None
+    norm2: tuple
+    fold2: tuple               # norm2's affine folded into the fc1 weights
+    mlp: MLPCache
+    path_mlp: object           # drop-path mask on the MLP branch, or None
+    cls_only: bool
 
 
 def mlp_forward(x, w1, b1, w2, b2, gelu: str = "tanh", dropout: float = 0.0, rng=None):
@@ -17,65 +42,64 @@ def mlp_forward(x, w1, b1, w2, b2, gelu: str = "tanh", dropout: float = 0.0, rng
     h, m_h = dropout_forward(h, dropout, rng)             # (B, N, F)
     y, c_fc2 = linear_forward(h, w2, b2)                  # (B, N, D)
     y, m_y = dropout_forward(y, dropout, rng)             # (B, N, D)
-    return y, (c_fc1, c_act, m_h, c_fc2, m_y, gelu)
+    return y, MLPCache(c_fc1, c_act, m_h, c_fc2, m_y, gelu)
 
 
-def mlp_backward(dy, cache):
-    c_fc1, c_act, m_h, c_fc2, m_y, gelu = cache
-    _, act_backward = GELU[gelu]
-    dh, dw2, db2 = linear_backward(dropout_backward(dy, m_y), c_fc2)
-    dh = act_backward(dropout_backward(dh, m_h), c_act)
-    dx, dw1, db1 = linear_backward(dh, c_fc1)
+def mlp_backward(dy, cache: MLPCache):
+    _, act_backward = GELU[cache.gelu]
+    dh, dw2, db2 = linear_backward(dropout_backward(dy, cache.drop_out), cache.fc2)
+    dh = act_backward(dropout_backward(dh, cache.drop_hidden), cache.act)
+    dx, dw1, db1 = linear_backward(dh, cache.fc1)
     return dx, dw1, db1, dw2, db2
 
 
-def block_forward(x, p: dict, heads: int, gelu: str = "tanh", eps: float = 1e-6,
-                  dropout: float = 0.0, attn_dropout: float = 0.0, drop_path: float = 0.0, rng=None,
-                  cls_only: bool = False):
-    """Pre-norm encoder block on x (B, N, D), p holding this block's params by short name:
+def block_forward(x, p: dict, cfg, *, drop_path: float = 0.0, rng=None, cls_only: bool = False):
+    """Pre-norm encoder block on x (B, N, D); p holds this block's params by short name
+    (config.BLOCK_KEYS); cfg gives heads, gelu, eps, dropout and attn_dropout:
         x = x + drop_path(drop(mhsa(norm1(x))))
         x = x + drop_path(mlp(norm2(x)))
     Each LayerNorm's affine is folded into the qkv and fc1 weights (norm.py): the branches read
     normalize(x) and the folded weights, which is the same function.
     cls_only: return only the CLS row (B, 1, D), exactly; its attention still reads every token.
     d: each residual passes dx straight through and adds its branch's input gradient."""
-    h, c_n1 = normalize_forward(x, eps)                                        # (B, N, D)
+    h, c_n1 = normalize_forward(x, cfg.eps)                                    # (B, N, D)
     (qkv_w, qkv_b), c_f1 = fold_affine_forward(p["norm1.w"], p["norm1.b"], p["attn.qkv.w"],
                                                p["attn.qkv.b"])
-    a, c_att = mhsa_forward(h, qkv_w, qkv_b, p["attn.proj.w"], p["attn.proj.b"], heads,
-                            attn_dropout, rng, 1 if cls_only else None)        # (B, N|1, D)
-    a, m_a = dropout_forward(a, dropout, rng)
+    a, c_att = mhsa_forward(h, qkv_w, qkv_b, p["attn.proj.w"], p["attn.proj.b"], cfg.heads,
+                            cfg.attn_dropout, rng, 1 if cls_only else None)    # (B, N|1, D)
+    a, m_a = dropout_forward(a, cfg.dropout, rng)
     a, m_pa = drop_path_forward(a, drop_path, rng)
     x = (x[:, :1] if cls_only else x) + a                                      # (B, N|1, D)
-    h, c_n2 = normalize_forward(x, eps)                                        # (B, N|1, D)
+    h, c_n2 = normalize_forward(x, cfg.eps)                                    # (B, N|1, D)
     (fc1_w, fc1_b), c_f2 = fold_affine_forward(p["norm2.w"], p["norm2.b"], p["mlp.fc1.w"],
                                                p["mlp.fc1.b"])
-    m, c_mlp = mlp_forward(h, fc1_w, fc1_b, p["mlp.fc2.w"], p["mlp.fc2.b"], gelu, dropout, rng)
+    m, c_mlp = mlp_forward(h, fc1_w, fc1_b, p["mlp.fc2.w"], p["mlp.fc2.b"], cfg.gelu,
+                           cfg.dropout, rng)
     m, m_pm = drop_path_forward(m, drop_path, rng)
     x = x + m                                                                  # (B, N|1, D)
-    return x, (c_n1, c_f1, c_att, m_a, m_pa, c_n2, c_f2, c_mlp, m_pm, cls_only)
+    return x, BlockCache(c_n1, c_f1, c_att, m_a, m_pa, c_n2, c_f2, c_mlp, m_pm, cls_only)
 
 
-def block_backward(dx, cache) -> tuple:
+def block_backward(dx, cache: BlockCache) -> tuple:
     """Returns dx and a dict of this block's grads by short name."""
-    c_n1, c_f1, c_att, m_a, m_pa, c_n2, c_f2, c_mlp, m_pm, cls_only = cache
+    c = cache
     g = {}
-    dm = drop_path_backward(dx, m_pm)
-    dh, dfc1_w, dfc1_b, g["mlp.fc2.w"], g["mlp.fc2.b"] = mlp_backward(dm, c_mlp)
+    dm = drop_path_backward(dx, c.path_mlp)
+    dh, dfc1_w, dfc1_b, g["mlp.fc2.w"], g["mlp.fc2.b"] = mlp_backward(dm, c.mlp)
     g["norm2.w"], g["norm2.b"], g["mlp.fc1.w"], g["mlp.fc1.b"] = \
-        fold_affine_backward(dfc1_w, dfc1_b, c_f2)
-    dx = dx + normalize_backward(dh, c_n2)
-    da = dropout_backward(drop_path_backward(dx, m_pa), m_a)
-    dh, dqkv_w, dqkv_b, g["attn.proj.w"], g["attn.proj.b"] = mhsa_backward(da, c_att)
+        fold_affine_backward(dfc1_w, dfc1_b, c.fold2)
+    dx = dx + normalize_backward(dh, c.norm2)
+    da = dropout_backward(drop_path_backward(dx, c.path_attn), c.drop_attn)
+    dh, dqkv_w, dqkv_b, g["attn.proj.w"], g["attn.proj.b"] = mhsa_backward(da, c.attn)
     g["norm1.w"], g["norm1.b"], g["attn.qkv.w"], g["attn.qkv.b"] = \
-        fold_affine_backward(dqkv_w, dqkv_b, c_f1)
-    dh = normalize_backward(dh, c_n1)
-    if cls_only:                                          # the residual reached the CLS row only
+        fold_affine_backward(dqkv_w, dqkv_b, c.fold1)
+    dh = normalize_backward(dh, c.norm1)
+    if c.cls_only:                                        # the residual reached the CLS row only
         dh[:, :1] += dx
         return dh, g
     return dx + dh, g
 
 
-def block_attention(cache):
-    """The attention probabilities (B, H, N, N) held in a block's cache."""
-    return cache[2][1][3].transpose(1, 2, 3, 0)            # stored keys first
+def block_attention(cache: BlockCache):
+    """The block's attention probabilities (B, H, Q, N) (Q = N unless cls_only)."""
+    return attention_probs(cache.attn.core)

@@ -1,4 +1,4 @@
-"""Image folders: one sub-folder per class, read into a train.Dataset of uint8 images.
+"""Image folders: one sub-folder per class, read into a Dataset of uint8 images.
 
     root/cat/0001.png  root/cat/0002.npy  root/dog/a.jpg ...      split by test_fraction
     root/train/cat/... root/test/cat/...                          or a given split
@@ -23,14 +23,16 @@ mean and std are per channel, of pixel / 255, over the training split only.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional
 
 import numpy as np
 
-from .finetune import interp_matrix
-from .train import Dataset
+from ..config import Preprocessing
+from ..resample import interp_matrix
+from .batches import Dataset
 
-__all__ = ["ImageFolderError", "load_image_folder", "read_image", "convert_channels",
+__all__ = ["ImageFolderError", "load_image_folder", "load_images", "read_image", "convert_channels",
            "resize_image", "list_classes", "channel_stats", "EXTENSIONS"]
 
 PIL_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -138,7 +140,7 @@ def _read_pil(path: str, image_size: Optional[int]) -> np.ndarray:
 
 def resize_image(img: np.ndarray, image_size: int) -> np.ndarray:
     """uint8 (C, H, W) -> (C, S, S), bilinear with pixel centres aligned (no antialiasing):
-    y = Wh @ x @ Ww^T with finetune.interp_matrix(align_corners=False)."""
+    y = Wh @ x @ Ww^T with resample.interp_matrix(align_corners=False)."""
     C, H, W = img.shape
     Wh = interp_matrix(H, image_size, "bilinear", align_corners=False)   # (S, H)
     Ww = interp_matrix(W, image_size, "bilinear", align_corners=False)   # (S, W)
@@ -249,7 +251,8 @@ def channel_stats(x: np.ndarray) -> tuple[list, list]:
 
 def load_image_folder(root, image_size: Optional[int] = None, channels: Optional[int] = None,
                       test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """A Dataset of uint8 images (M, C, S, S) and int64 labels from an image folder.
+    """A Dataset of uint8 images (M, C, S, S) and int64 labels from an image folder, with its
+    Preprocessing (mean and std of the training split, size, channels, class names).
 
     root/train/<class>/ and root/test/<class>/ give the split when both exist (the test classes
     must be among the training classes); otherwise root/<class>/ is split per class, seeded,
@@ -290,4 +293,25 @@ def load_image_folder(root, image_size: Optional[int] = None, channels: Optional
     y_train = np.array([lab for _, lab in train_files], dtype=np.int64)
     y_test = np.array([lab for _, lab in test_files], dtype=np.int64)
     mean, std = channel_stats(x_train)
-    return Dataset(x_train, y_train, x_test, y_test, mean, std, list(class_names))
+    pre = Preprocessing(mean=mean, std=std, image_size=x_train.shape[-1], channels=channels,
+                        class_names=list(class_names))
+    return Dataset(x_train, y_train, x_test, y_test, pre)
+
+
+def load_images(paths: list, image_size: int, channels: int, resize: bool) -> np.ndarray:
+    """uint8 (M, C, S, S) at a model's size S and channels C; notes channel conversions on
+    stderr; a clear error for an unreadable file or a wrong size (suggesting --resize)."""
+    S, C = image_size, channels
+    out = []
+    for path in paths:
+        img = read_image(path, S if resize else None)                 # (c, h, w)
+        if img.shape[1:] != (S, S):
+            raise ImageFolderError(f"{path} is {img.shape[1]}x{img.shape[2]} but the model takes "
+                                   f"{S}x{S} images; pass --resize to resize it (bilinear)")
+        if img.shape[0] != C:
+            kind = {1: "grayscale", 3: "RGB"}
+            print(f"note: {path} is {kind[img.shape[0]]}; converted to {kind[C]} for the "
+                  f"{C}-channel model", file=sys.stderr)
+            img = convert_channels(img, C)
+        out.append(img)
+    return np.stack(out)                                              # (M, C, S, S)

@@ -36,11 +36,10 @@ import zlib
 
 import numpy as np
 
-from . import backend
-from .checkpoint import atomic_write
-from .config import ViTConfig
-from .finetune import set_image_size
-from .model import ViT
+from .. import backend
+from ..config import Preprocessing, ViTConfig
+from ..files import atomic_write
+from ..model import ViT
 
 __all__ = ["load_google_npz", "save_google_npz", "read_google_npz", "google_config",
            "google_shapes", "check_google_arrays", "from_google", "to_google"]
@@ -220,7 +219,7 @@ def _check_overrides(overrides: dict) -> None:
     if fixed:
         raise ValueError(f"{fixed} are fixed by the checkpoint's shapes and cannot be overridden; "
                          f"use image_size= to change the resolution (the position table is "
-                         f"resampled) and finetune.replace_head() to change the classes")
+                         f"resampled) and model.reset_head() to change the classes")
 
 
 def _check_grid(arrays: dict, N: int) -> None:
@@ -266,16 +265,23 @@ def load_google_npz(path, image_size: int | None = None, *, resize_method: str =
                     align_corners: bool = True, seed: int = 0, **overrides) -> ViT:
     """A ViT with the weights of a vit_jax .npz. The architecture comes from the shapes;
     overrides set gelu/pool/dropout/attn_dropout/drop_path/eps/dtype. image_size, when it
-    differs from the file's, resamples the position grid (finetune.resize_pos_embed)."""
+    differs from the file's, resamples the position grid (ViT.set_image_size)."""
     arrays = read_google_npz(path)
     cfg = google_config(arrays, **overrides)
     check_google_arrays(arrays, cfg)
-    model = ViT(cfg, seed=seed)
+    model = ViT(cfg, seed=seed, preprocessing=google_preprocessing(cfg))
     for k, v in from_google(arrays, cfg).items():
-        model.params[k] = backend.asarray(np.ascontiguousarray(v), dtype=cfg.dtype)
+        model.params[k] = v                               # copied into the flat buffer
     if image_size is not None and image_size != cfg.image_size:
-        set_image_size(model, image_size, resize_method, align_corners)
+        model.set_image_size(image_size, resize_method, align_corners)
     return model
+
+
+def google_preprocessing(cfg: ViTConfig) -> Preprocessing:
+    """vit_jax feeds pixels scaled to [-1, 1]: mean = std = 0.5 of pixel / 255 per channel.
+    The files carry no class names."""
+    C = cfg.in_channels
+    return Preprocessing(mean=[0.5] * C, std=[0.5] * C, image_size=cfg.image_size, channels=C)
 
 
 def save_google_npz(model: ViT, path) -> None:
@@ -288,33 +294,3 @@ def save_google_npz(model: ViT, path) -> None:
     host = {k: backend.to_numpy(v) for k, v in model.params.items()}
     arrays = to_google(host, cfg)
     atomic_write(os.fspath(path), lambda f: np.savez(f, **arrays))
-
-
-def main(argv=None) -> None:
-    """python -m minivit.io export CHECKPOINT OUT.npz | info FILE.npz"""
-    import argparse
-    import json
-
-    from .checkpoint import load_checkpoint
-    ap = argparse.ArgumentParser(prog="python -m minivit.io",
-                                 description="Convert minivit checkpoints to the Google ViT .npz "
-                                             "layout, or describe a Google .npz.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    ex = sub.add_parser("export", help="write a minivit checkpoint's weights as a Google .npz")
-    ex.add_argument("checkpoint")
-    ex.add_argument("out")
-    info = sub.add_parser("info", help="print the config inferred from a Google .npz")
-    info.add_argument("npz")
-    args = ap.parse_args(argv)
-    if args.cmd == "export":
-        model = load_checkpoint(args.checkpoint)["model"]
-        save_google_npz(model, args.out)
-        print(f"wrote {args.out} ({model.num_params():,} parameters, "
-              f"{len(read_google_npz(args.out))} arrays)")
-    else:
-        print(json.dumps(google_config(read_google_npz(args.npz)).to_dict(), indent=2))
-
-
-if __name__ == "__main__":
-    from minivit.cli import run
-    run(main)

@@ -1,5 +1,6 @@
 """Where the CLS token looks: per-layer CLS attention and attention rollout (Abnar & Zuidema
-2020, "Quantifying Attention Flow in Transformers"). examples/attention_maps.py draws them.
+2020, "Quantifying Attention Flow in Transformers"). render.py draws them
+(`python examples/attention_maps.py`).
 
     logits, attn = model.forward(x, return_attention=True)   # depth x (B, H, N, N)
     R = attention_rollout(attn)                               # (B, N, N), rows sum to 1
@@ -9,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend
-from .evaluate import softmax
-from .finetune import interp_matrix
+from .. import backend
+from ..resample import interp_matrix
+from ..training.evaluate import softmax
 
 __all__ = ["attention_rollout", "cls_maps", "upsample", "attention_maps"]
 

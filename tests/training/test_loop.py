@@ -9,10 +9,14 @@ import signal
 import numpy as np
 import pytest
 
-from minivit import data, train
-from minivit.evaluate import confusion_matrix, report
+from minivit.cli import train
+from minivit.data import download
+from minivit.data import mnist as data
+from minivit.training import loop
+from minivit.training.evaluate import confusion_matrix, report
+from minivit.training.plots import plot_curves
 
-from test_data import idx_bytes
+from conftest import idx_bytes
 
 TINY = ["--model", "tiny", "--batch-size", "50", "--quiet", "--warmup-epochs", "0.5",
         "--lr", "3e-3", "--workers", "2"]
@@ -42,7 +46,7 @@ def mnist_dir(tmp_path, monkeypatch):
         raw = idx_bytes(arr)
         (folder / name).write_bytes(raw)
         monkeypatch.setitem(data.MNIST_FILES, name, hashlib.sha256(raw).hexdigest())
-    monkeypatch.setattr(data, "_urlopen", None)           # any download attempt would fail
+    monkeypatch.setattr(download, "_urlopen", None)           # any download attempt would fail
     return str(folder)
 
 
@@ -146,7 +150,7 @@ def test_second_ctrl_c_quits_without_a_half_saved_step(mnist_dir, tmp_path, monk
         train.main(TINY + ["--data", mnist_dir, "--out", out, "--epochs", "2"])
     assert e.value.code == 130
     assert "without saving" in capsys.readouterr().err
-    from minivit.checkpoint import read_checkpoint
+    from minivit.io.checkpoint import read_checkpoint
     assert read_checkpoint(os.path.join(out, "last.npz"))[0]["step"] == 20   # end of epoch 1
     assert signal.getsignal(signal.SIGINT) is handler    # the trainer's handler is gone again
 
@@ -154,7 +158,7 @@ def test_second_ctrl_c_quits_without_a_half_saved_step(mnist_dir, tmp_path, monk
 def test_cli_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
     from minivit.cli import run
     empty = str(tmp_path / "none")
-    monkeypatch.setattr(data, "_urlopen", None)           # no network: every mirror fails
+    monkeypatch.setattr(download, "_urlopen", None)           # no network: every mirror fails
     monkeypatch.delenv("MINIVIT_DEBUG", raising=False)
     with pytest.raises(SystemExit) as e:
         run(train.main, ["--data", empty, "--out", str(tmp_path / "o"), "--quiet"])
@@ -170,17 +174,17 @@ def test_diverging_loss_stops_with_advice():
     from minivit import ViT, ViTConfig
     model = ViT(ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, num_classes=3))
     model.params["head.b"][...] = np.inf                  # logits inf - inf = nan
-    opts = train.TrainOptions()
-    opt = train.make_optimizer(model, opts)
+    opts = loop.TrainOptions()
+    opt = loop.make_optimizer(model, opts)
     with pytest.raises(FloatingPointError, match="lower --lr"), np.errstate(invalid="ignore"):
-        train.train_step(model, opt, np.zeros((2, 1, 8, 8), np.float32), np.array([0, 1]), 1e-3, opts)
+        loop.train_step(model, opt, np.zeros((2, 1, 8, 8), np.float32), np.array([0, 1]), 1e-3, opts)
 
 
 def test_plot_without_matplotlib_says_so(tmp_path, monkeypatch, capsys):
     import sys
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     history = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_acc": 0.6}]
-    assert train.plot_curves(history, str(tmp_path / "curves.png")) is False
+    assert plot_curves(history, str(tmp_path / "curves.png")) is False
     assert "matplotlib is not installed" in capsys.readouterr().out
     assert not (tmp_path / "curves.png").exists()
 
@@ -189,9 +193,9 @@ def test_rng_state_only_restored_into_numpy_generators(capsys):
     """CuPy's bit_generator.state is a method: assigning a dict to it would break every later
     draw, so a generator that is not NumPy's gets a note and is left untouched."""
     np_rng = np.random.default_rng(0)
-    state = train.rng_state(np_rng)
+    state = loop.rng_state(np_rng)
     first = np_rng.random()
-    train.set_rng_state(np_rng, state)
+    loop.set_rng_state(np_rng, state)
     assert np_rng.random() == first                       # restored
 
     class MethodState:                                    # the shape of CuPy's bit generator
@@ -202,6 +206,6 @@ def test_rng_state_only_restored_into_numpy_generators(capsys):
         bit_generator = MethodState()
 
     other = OtherGenerator()
-    train.set_rng_state(other, state)
+    loop.set_rng_state(other, state)
     assert other.bit_generator.state() == 123             # still a method
     assert "could not restore the dropout generator" in capsys.readouterr().err

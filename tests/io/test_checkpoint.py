@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from minivit import ViT, ViTConfig, backend
-from minivit import checkpoint as ckpt
-from minivit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minivit.io import checkpoint as ckpt
+from minivit.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivit.layers import cross_entropy_backward, cross_entropy_forward
 from minivit.optim import AdamW, SGD
 

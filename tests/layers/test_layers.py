@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from minivit import backend
+from minivit import ViTConfig, backend
 from minivit.gradcheck import check_grads
 from minivit.layers import (attention_backward, attention_forward, cls_backward, cls_forward,
                             cross_entropy_backward, cross_entropy_forward, drop_path_backward,
@@ -262,8 +262,10 @@ def test_block(xp, rates):
     B, N, D, H, F = 3, 4, 6, 2, 8
     dropout, attn_dropout, drop_path = rates
     p, x, dy = _block_params(xp, D, F), randn(xp, B, N, D), randn(xp, B, N, D, seed=15)
-    fwd = lambda x_: block_forward(x_, p, H, "tanh", 1e-6, dropout, attn_dropout, drop_path,
-                                   backend.rng(11) if any(rates) else None)
+    cfg = ViTConfig(dim=D, heads=H, gelu="tanh", eps=1e-6, dropout=dropout,
+                    attn_dropout=attn_dropout)
+    fwd = lambda x_: block_forward(x_, p, cfg, drop_path=drop_path,
+                                   rng=backend.rng(11) if any(rates) else None)
     _, cache = fwd(x)
     dx, g = block_backward(dy, cache)
     assert set(g) == set(p)
@@ -287,9 +289,10 @@ def test_attention_first_query_only(xp):
 def test_block_cls_only(xp):
     B, N, D, H, F = 3, 4, 6, 2, 8
     p, x, dy = _block_params(xp, D, F), randn(xp, B, N, D), randn(xp, B, 1, D, seed=17)
-    fwd = lambda x_: block_forward(x_, p, H, "erf", 1e-6, cls_only=True)
+    cfg = ViTConfig(dim=D, heads=H, gelu="erf", eps=1e-6)
+    fwd = lambda x_: block_forward(x_, p, cfg, cls_only=True)
     y, cache = fwd(x)
-    np.testing.assert_allclose(backend.to_numpy(y), backend.to_numpy(block_forward(x, p, H, "erf")[0][:, :1]),
+    np.testing.assert_allclose(backend.to_numpy(y), backend.to_numpy(block_forward(x, p, cfg)[0][:, :1]),
                                rtol=1e-13)
     dx, g = block_backward(dy, cache)
     check_grads(lambda: float((fwd(x)[0] * dy).sum()), [x] + list(p.values()),

@@ -4,10 +4,10 @@
     python examples/finetune.py --checkpoint runs/mnist/best.npz --data digits/ --epochs 5
 
 The source is a Google (vit_jax) .npz or a minivit checkpoint. Its head is replaced by a
-zero-initialized one for the folder's classes (finetune.replace_head); --head-only freezes
-every other parameter. Training is train.fit: the same progress bars and outputs as MNIST
-training (last.npz, best.npz, metrics.jsonl, config.json, curves.png in --out); the
-checkpoints carry the class names and the normalization for `python -m minivit.predict`.
+zero-initialized one for the folder's classes (ViT.reset_head); --head-only freezes every other
+parameter. Training is training.fit: the same progress bars and outputs as MNIST training
+(last.npz, best.npz, metrics.jsonl, config.json, curves.png in --out); the checkpoints carry
+the class names and the normalization for `python -m minivit.predict`.
 """
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ import dataclasses
 import json
 import sys
 
-from . import backend
-from .finetune import frozen_keys, replace_head, set_image_size
-from .imagefolder import load_image_folder
-from .model import ViT
-from .train import Dataset, TrainOptions, fit, use_device
+from .. import backend
+from ..training.finetune import frozen_keys, load_folder_for, load_source
+from ..training.loop import TrainOptions, fit
+from . import add_device_args, run, use_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,59 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "--mean 0.5 --std 0.5)")
     ap.add_argument("--std", type=float, nargs="+", default=None, help="see --mean")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    ap.add_argument("--tf32", action="store_true", help="GPU: TF32 tensor-core matmuls")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="CPU worker threads the batch is split over (default: one per core)")
+    add_device_args(ap)
     ap.add_argument("--out", default="runs/finetune", help="output folder")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 
 
-def load_source(args) -> ViT:
-    """The pretrained model from --npz or --checkpoint, at --image-size when given."""
-    from .checkpoint import load_checkpoint
-    from .io import load_google_npz
-
-    if args.npz:
-        overrides = {"gelu": args.gelu} if args.gelu else {}
-        return load_google_npz(args.npz, image_size=args.image_size, seed=args.seed, **overrides)
-    if args.gelu:
-        raise ValueError("--gelu applies to --npz only: a minivit checkpoint records its GELU")
-    model = load_checkpoint(args.checkpoint)["model"]
-    if args.image_size is not None and args.image_size != model.config.image_size:
-        set_image_size(model, args.image_size)
-    return model
-
-
-def load_data(args, model: ViT) -> Dataset:
-    """The image folder at the model's channels; checks the size and applies --mean/--std."""
-    cfg = model.config
-    data = load_image_folder(args.data, image_size=args.image_size, channels=cfg.in_channels,
-                             test_fraction=args.test_fraction, seed=args.seed)
-    S = data.x_train.shape[-1]
-    if S != cfg.image_size:
-        raise ValueError(f"the images in {args.data} are {S}x{S} but the model takes "
-                         f"{cfg.image_size}x{cfg.image_size}; pass --image-size {cfg.image_size} "
-                         f"to resize the images, or --image-size {S} to resample the model's "
-                         f"position table to them")
-    for name in ("mean", "std"):
-        v = getattr(args, name)
-        if v is not None:
-            if len(v) not in (1, cfg.in_channels):
-                raise ValueError(f"--{name} has {len(v)} values for {cfg.in_channels} "
-                                 f"channel(s); give one value or one per channel")
-            setattr(data, name, [float(a) for a in v])
-    return data
-
-
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     use_device(args)
-    model = load_source(args)
-    data = load_data(args, model)
-    K = len(data.class_names)
-    replace_head(model, K)                                          # zero-initialized
+    model = load_source(args.npz, args.checkpoint, args.image_size, args.gelu, args.seed)
+    data = load_folder_for(model, args.data, args.image_size, args.test_fraction, args.seed,
+                           args.mean, args.std)
+    names = data.preprocessing.class_names
+    K = len(names)
+    model.reset_head(K)                                             # zero-initialized
     frozen = sorted(frozen_keys(model, head_only=True)) if args.head_only else []
     lr = args.lr if args.lr is not None else (1e-3 if args.head_only else 1e-4)
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=lr,
@@ -120,17 +81,25 @@ def main(argv=None) -> dict:
     cfg = model.config
     trainable = sum(v.size for k, v in model.params.items() if k not in frozen)
     print(f"minivit fine-tune: {args.npz or args.checkpoint} -> {K} classes "
-          f"({', '.join(data.class_names[:8])}{', ...' if K > 8 else ''}); ViT patch "
+          f"({', '.join(names[:8])}{', ...' if K > 8 else ''}); ViT patch "
           f"{cfg.patch_size}, dim {cfg.dim}, depth {cfg.depth}, {cfg.image_size}x"
           f"{cfg.image_size}x{cfg.in_channels}; {trainable:,} of {model.num_params():,} "
           f"parameters trainable; {len(data.x_train)} training / {len(data.x_test)} test images "
           f"on {backend.name()}")
     run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(opts),
                   "source": {"npz": args.npz, "checkpoint": args.checkpoint},
-                  "data": {"folder": args.data, "class_names": data.class_names,
-                           "mean": data.mean, "std": data.std},
+                  "data": {"folder": args.data, **data.preprocessing.to_dict()},
                   "argv": sys.argv[1:] if argv is None else list(argv)}
     summary = fit(model, data, opts, args.out, run_config=run_config, quiet=args.quiet)
     summary.update(device=args.device, classes=K, head_only=args.head_only)
     print(json.dumps(summary))
     return summary
+
+
+def entry() -> None:
+    """The minivit-finetune console script."""
+    run(main)
+
+
+if __name__ == "__main__":
+    entry()

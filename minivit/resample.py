@@ -1,23 +1,18 @@
-"""Fine-tuning helpers: resample the position table to a new resolution, swap in a new
-zero-initialized head, and pick which parameters an optimizer should leave frozen.
+"""Interpolation matrices, used to resample position tables (ViT.set_image_size), images
+(data/imagefolder.py) and attention maps (analysis/attention.py).
 
-    model = load_google_npz("ViT-B_16.npz", image_size=384)   # resizes the position table
-    replace_head(model, num_classes=10)                       # zero head, as in the paper
-    opt = AdamW(..., frozen=frozen_keys(model, head_only=True))
+    W = interp_matrix(n_in, n_out, "bicubic")     # (n_out, n_in): y = W @ x
+    pos = resize_pos_embed(pos, new_grid)          # (1, 1 + g^2, D) -> (1, 1 + g'^2, D)
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 
 from . import backend
-from .layers import sincos_2d
-from .model import ViT
 
-__all__ = ["interp_matrix", "resize_pos_embed", "set_image_size", "replace_head",
-           "trainable_keys", "frozen_keys"]
+__all__ = ["interp_matrix", "resize_pos_embed"]
 
 METHODS = ("bilinear", "bicubic")
 CUBIC_A = -0.75     # Keys' cubic convolution parameter used by PyTorch/timm 'bicubic'
@@ -91,56 +86,3 @@ def resize_pos_embed(pos, new_grid: int, method: str = "bilinear",
     grid = np.einsum("bj,ajd->abd", W, grid)                          # (g', g', D): columns
     rows = grid.reshape(1, new_grid * new_grid, D)                    # (1, g'^2, D)
     return np.concatenate([pos[:, :1], rows.astype(pos.dtype)], axis=1)  # (1, 1 + g'^2, D)
-
-
-def set_image_size(model: ViT, image_size: int, method: str = "bilinear",
-                   align_corners: bool = True) -> ViT:
-    """Run the model at image_size x image_size: resample its learned position table (or rebuild
-    the fixed sincos table) for the new grid; updates config, params and grads. In place."""
-    cfg = dataclasses.replace(model.config, image_size=image_size)   # validates divisibility
-    if cfg.pos_embed == "learned":
-        pos = model.params["pos_embed"]
-        new = resize_pos_embed(pos, cfg.grid, method, align_corners)  # (1, N', D) host
-        xp = backend.xp_of(pos)
-        model.params["pos_embed"] = xp.asarray(new, dtype=pos.dtype)
-        model.grads["pos_embed"] = xp.zeros_like(model.params["pos_embed"])
-    else:
-        model.pos_table = backend.xp_of(model.params["head.w"]).asarray(
-            sincos_2d(cfg.grid, cfg.dim, cfg.dtype))
-    model.config = cfg
-    model._caches = None                                              # stale after a reshape
-    return model
-
-
-def replace_head(model: ViT, num_classes: int, keep_pre_logits: bool = False) -> ViT:
-    """New task head, zero-initialized (weights and bias 0) as in the ViT paper's fine-tuning.
-    By default the tanh pre-logits layer is dropped too, so the head is D x K (vit_jax's
-    'drop-head variant'); keep_pre_logits=True keeps it and replaces only the R x K layer.
-    In place; returns the model."""
-    cfg = dataclasses.replace(model.config, num_classes=num_classes)  # validates num_classes
-    if not keep_pre_logits and cfg.representation_size:
-        for k in ("pre_logits.w", "pre_logits.b"):
-            del model.params[k], model.grads[k]
-        cfg = dataclasses.replace(cfg, representation_size=None)
-    w = model.params["head.w"]
-    xp = backend.xp_of(w)
-    R = cfg.representation_size or cfg.dim
-    for k, shape in (("head.w", (R, num_classes)), ("head.b", (num_classes,))):
-        model.params.pop(k), model.grads.pop(k)                       # re-added last, in order
-        model.params[k] = xp.zeros(shape, dtype=w.dtype)
-        model.grads[k] = xp.zeros(shape, dtype=w.dtype)
-    model.config = cfg
-    model._caches = None
-    return model
-
-
-def trainable_keys(model: ViT, head_only: bool = False) -> list[str]:
-    """Parameter names to train: all of them, or with head_only just head.w and head.b."""
-    if not head_only:
-        return list(model.params)
-    return [k for k in model.params if k.startswith("head.")]
-
-
-def frozen_keys(model: ViT, head_only: bool = True) -> set[str]:
-    """The complement of trainable_keys: names an optimizer's `frozen` set should skip."""
-    return set(model.params) - set(trainable_keys(model, head_only))

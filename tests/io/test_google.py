@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from minivit import ViT, ViTConfig, backend
-from minivit.finetune import (frozen_keys, interp_matrix, replace_head, resize_pos_embed,
-                              set_image_size, trainable_keys)
-from minivit.io import (check_google_arrays, google_config, load_google_npz, read_google_npz,
-                        save_google_npz)
-from minivit.layers import cross_entropy_backward, cross_entropy_forward
+from minivit.io.google import (check_google_arrays, google_config, load_google_npz, read_google_npz,
+                               save_google_npz)
+from minivit.resample import resize_pos_embed
+
+from conftest import images, randomize_params, relerr
 
 TOL = 1e-10
 POS = "Transformer/posembed_input/pos_embedding"
@@ -71,25 +71,6 @@ def google_arrays(seed=0, R=None, **kw) -> dict:
     return out
 
 
-def randomize(model: ViT, seed=0) -> None:
-    rng = np.random.default_rng(seed)
-    for k, v in model.params.items():
-        v[...] = backend.asarray(rng.standard_normal(v.shape) * 0.3
-                                 + (1.0 if "norm" in k and k.endswith(".w") else 0.0))
-
-
-def relerr(a, b) -> float:
-    a, b = np.asarray(backend.to_numpy(a), np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, f"{a.shape} vs reference {b.shape}"
-    assert np.abs(b).max() > 0, "all-zero reference proves nothing"
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def images(B, C, S, seed=1):
-    return np.random.default_rng(seed).standard_normal((B, C, S, S))
-
-
-# ---- layout -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("R", [None, 5])
 def test_export_layout_keys_and_shapes(tmp_path, R):
     model = ViT(ViTConfig(**SMALL, representation_size=R))
@@ -107,7 +88,7 @@ def test_export_layout_keys_and_shapes(tmp_path, R):
 def test_export_values_follow_flax_semantics(tmp_path):
     """Element by element: conv HWIO rows (i*p + j)*C + c, heads contiguous in q/k/v and out."""
     model = ViT(ViTConfig(**SMALL))
-    randomize(model)
+    randomize_params(model)
     save_google_npz(model, tmp_path / "m.npz")
     g = read_google_npz(tmp_path / "m.npz")
     P = model.params
@@ -151,12 +132,11 @@ def test_mlp_width_inferred_exactly_for_awkward_ratios():
             assert google_config(arrays).mlp_dim == F, (D, F)
 
 
-# ---- round trip -------------------------------------------------------------------------------
 @pytest.mark.parametrize("R", [None, 5])
 def test_round_trip_params_config_logits(xp, tmp_path, R):
     cfg = ViTConfig(**SMALL, representation_size=R, gelu="erf")
     model = ViT(cfg)
-    randomize(model)
+    randomize_params(model)
     save_google_npz(model, tmp_path / "m.npz")
     back = load_google_npz(tmp_path / "m.npz", gelu="erf", dtype="float64")
     assert back.config == cfg
@@ -172,7 +152,7 @@ def test_round_trip_params_config_logits(xp, tmp_path, R):
 
 def test_round_trip_float32_default_dtype(tmp_path):
     model = ViT(ViTConfig(**{**SMALL, "dtype": "float32"}))
-    randomize(model)
+    randomize_params(model)
     save_google_npz(model, tmp_path / "m.npz")
     back = load_google_npz(tmp_path / "m.npz")
     assert back.config == model.config
@@ -203,7 +183,6 @@ def test_prefixes_accepted(tmp_path, prefix):
     assert all(np.array_equal(a.params[k], b.params[k]) for k in b.params)
 
 
-# ---- bad files ----------------------------------------------------------------------------------
 def write(tmp_path, arrays, name="bad.npz"):
     path = tmp_path / name
     np.savez(path, **arrays)
@@ -292,7 +271,6 @@ def test_save_refuses_sincos(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-# ---- parity through the .npz -------------------------------------------------------------------
 def flax_forward(a: dict, x_nchw: np.ndarray, gelu: str, eps: float = 1e-6) -> np.ndarray:
     """vit_jax's VisionTransformer (classifier='token') on Google-named arrays, in NumPy."""
     kern = a["embedding/kernel"]                                          # (p, p, C, D) HWIO
@@ -406,92 +384,6 @@ def test_torch_parity_through_npz(tmp_path, gelu, R):
         assert relerr(tm2(torch.from_numpy(x)).numpy(), ref) < TOL
 
 
-# ---- position-embedding resampling -------------------------------------------------------------
-def ramp_table(g, D=3, seed=0):
-    """CLS row + a grid whose channels are linear in (row, col): a r + b c + d."""
-    rng = np.random.default_rng(seed)
-    a, b, d = rng.standard_normal((3, D))
-    r, c = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
-    grid = r[..., None] * a + c[..., None] * b + d                        # (g, g, D)
-    return np.concatenate([rng.standard_normal((1, 1, D)), grid.reshape(1, g * g, D)], 1), (a, b, d)
-
-
-@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
-@pytest.mark.parametrize("align", [True, False])
-def test_resize_identity_exact(method, align):
-    pos = np.random.default_rng(0).standard_normal((1, 17, 5))
-    assert np.array_equal(resize_pos_embed(pos, 4, method, align), pos)
-    for n in (1, 2, 5, 14):
-        assert np.array_equal(interp_matrix(n, n, method, align), np.eye(n))
-
-
-@pytest.mark.parametrize("g, g2", [(4, 7), (7, 4), (3, 12), (14, 24)])
-def test_resize_shape_cls_row_and_linear_ramp(g, g2):
-    pos, (a, b, d) = ramp_table(g)
-    out = resize_pos_embed(pos, g2)                                      # bilinear, corners aligned
-    assert out.shape == (1, 1 + g2 * g2, 3)
-    assert np.array_equal(out[:, 0], pos[:, 0])
-    u = np.arange(g2) * (g - 1) / (g2 - 1)                               # source coordinates
-    r, c = np.meshgrid(u, u, indexing="ij")
-    want = r[..., None] * a + c[..., None] * b + d
-    assert relerr(out[0, 1:].reshape(g2, g2, 3), want) < 1e-12
-    # pixel-area alignment reproduces the ramp wherever the source lies inside the grid
-    out = resize_pos_embed(pos, g2, align_corners=False)[0, 1:].reshape(g2, g2, 3)
-    u = (np.arange(g2) + 0.5) * g / g2 - 0.5
-    inside = (u >= 0) & (u <= g - 1)
-    r, c = np.meshgrid(u[inside], u[inside], indexing="ij")
-    want = r[..., None] * a + c[..., None] * b + d
-    assert relerr(out[np.ix_(inside, inside)], want) < 1e-12
-
-
-def test_resize_hand_example_equals_scipy_zoom_order1():
-    """2x2 -> 3x3 with corners aligned: what scipy.ndimage.zoom(grid, 1.5, order=1) returns."""
-    pos = np.array([9.0, 0.0, 1.0, 2.0, 3.0]).reshape(1, 5, 1) * np.array([1.0, -2.0])
-    out = resize_pos_embed(pos, 3)
-    want = np.array([[0, .5, 1], [1, 1.5, 2], [2, 2.5, 3]])[..., None] * np.array([1.0, -2.0])
-    assert np.array_equal(out[0, 1:], want.reshape(9, 2))
-    assert np.array_equal(out[0, 0], pos[0, 0])
-
-
-@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
-def test_resize_smooth_grid_stays_smooth(method):
-    """A low-frequency sine sampled on 8x8, upsampled to 20x20, stays within the interpolation
-    error bound of the true function (bilinear: h^2/8 max|f''| per axis)."""
-    g, g2 = 8, 20
-    f = lambda r, c: np.sin(0.5 * r) * np.cos(0.4 * c)                  # noqa: E731
-    r, c = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
-    pos = np.concatenate([np.zeros((1, 1, 1)), f(r, c).reshape(1, g * g, 1)], 1)
-    out = resize_pos_embed(pos, g2, method)[0, 1:, 0].reshape(g2, g2)
-    u = np.arange(g2) * (g - 1) / (g2 - 1)
-    R, C = np.meshgrid(u, u, indexing="ij")
-    err = np.abs(out - f(R, C)).max()
-    assert err <= (0.5 ** 2 + 0.4 ** 2) / 8, err                          # h = 1, |f_rr|, |f_cc|
-
-
-@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
-@pytest.mark.parametrize("align", [True, False])
-@pytest.mark.parametrize("g, g2", [(4, 9), (9, 4), (5, 5 * 3 - 1)])
-def test_resize_matches_torch_interpolate(method, align, g, g2):
-    torch = pytest.importorskip("torch")
-    pos = np.random.default_rng(g * g2).standard_normal((1, 1 + g * g, 6))
-    out = resize_pos_embed(pos, g2, method, align)
-    grid = torch.from_numpy(pos[0, 1:].reshape(1, g, g, 6)).permute(0, 3, 1, 2)
-    ref = torch.nn.functional.interpolate(grid, size=(g2, g2), mode=method, align_corners=align)
-    ref = ref.permute(0, 2, 3, 1).reshape(1, g2 * g2, 6).numpy()
-    assert relerr(out[:, 1:], ref) < 1e-12
-
-
-def test_resize_rejects_bad_tables():
-    with pytest.raises(ValueError, match="1 \\(CLS\\) \\+ grid\\^2"):
-        resize_pos_embed(np.zeros((1, 16, 4)), 3)                       # no CLS row
-    with pytest.raises(ValueError, match="\\(1, N, D\\)"):
-        resize_pos_embed(np.zeros((17, 4)), 3)
-    with pytest.raises(ValueError, match="method"):
-        resize_pos_embed(np.zeros((1, 17, 4)), 3, method="nearest")
-    with pytest.raises(ValueError, match="positive integer"):
-        resize_pos_embed(np.zeros((1, 17, 4)), 0)
-
-
 def test_load_at_new_image_size(tmp_path):
     arrays = google_arrays(seed=5)
     path = write(tmp_path, arrays)
@@ -507,85 +399,3 @@ def test_load_at_new_image_size(tmp_path):
     assert np.array_equal(same.params["pos_embed"], arrays[POS])
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         load_google_npz(path, image_size=16)
-
-
-def test_set_image_size_learned_and_sincos():
-    model = ViT(ViTConfig(**SMALL))
-    randomize(model)
-    old = model.params["pos_embed"].copy()
-    set_image_size(model, 16)
-    assert model.params["pos_embed"].shape == (1, 17, 8)
-    assert np.array_equal(model.params["pos_embed"][:, 0], old[:, 0])
-    x = images(2, 2, 16)
-    logits = model.forward(x, train=True)
-    model.backward(np.ones_like(logits))
-    assert model.grads["pos_embed"].shape == (1, 17, 8)
-    sc = set_image_size(ViT(ViTConfig(**SMALL, pos_embed="sincos")), 12)
-    assert sc.pos_table.shape == (1, 10, 8) and sc.forward(images(1, 2, 12)).shape == (1, 3)
-
-
-# ---- head replacement and freezing -------------------------------------------------------------
-def test_replace_head_zero_init_drops_pre_logits():
-    model = ViT(ViTConfig(**SMALL, representation_size=5))
-    randomize(model)
-    before = {k: v.copy() for k, v in model.params.items()}
-    replace_head(model, 7)
-    assert model.config.num_classes == 7 and model.config.representation_size is None
-    assert "pre_logits.w" not in model.params and "pre_logits.w" not in model.grads
-    assert model.params["head.w"].shape == (8, 7) and model.params["head.b"].shape == (7,)
-    assert not model.params["head.w"].any() and not model.params["head.b"].any()
-    assert list(model.params) == list(model.grads)
-    assert list(model.params)[-2:] == ["head.w", "head.b"]
-    assert all(np.array_equal(model.params[k], before[k]) for k in model.params
-               if not k.startswith("head."))
-    x = images(3, 2, 8)
-    logits = model.forward(x, train=True)
-    assert logits.shape == (3, 7) and not logits.any()                  # zero head: zero logits
-    _, cache = cross_entropy_forward(logits, np.array([0, 3, 6]))
-    model.backward(cross_entropy_backward(cache))
-    assert {k: v.shape for k, v in model.grads.items()} == \
-        {k: v.shape for k, v in model.params.items()}
-    assert model.grads["head.w"].any()
-
-
-def test_replace_head_keeps_pre_logits():
-    model = ViT(ViTConfig(**SMALL, representation_size=5))
-    randomize(model)
-    pre = model.params["pre_logits.w"].copy()
-    replace_head(model, 4, keep_pre_logits=True)
-    assert model.config.representation_size == 5 and model.config.num_classes == 4
-    assert np.array_equal(model.params["pre_logits.w"], pre)
-    assert model.params["head.w"].shape == (5, 4) and not model.params["head.w"].any()
-    assert model.forward(images(2, 2, 8)).shape == (2, 4)
-    with pytest.raises(ValueError, match="num_classes"):
-        replace_head(model, 0)
-
-
-def test_trainable_and_frozen_keys():
-    model = ViT(ViTConfig(**SMALL, representation_size=5))
-    assert trainable_keys(model, head_only=True) == ["head.w", "head.b"]
-    assert trainable_keys(model) == list(model.params)
-    frozen = frozen_keys(model, head_only=True)
-    assert frozen == set(model.params) - {"head.w", "head.b"} and "pre_logits.w" in frozen
-    assert frozen_keys(model, head_only=False) == set()
-
-
-def test_frozen_params_unchanged_by_optimizer():
-    optim = pytest.importorskip("minivit.optim", reason="minivit.optim not written yet")
-    model = ViT(ViTConfig(**SMALL))
-    randomize(model)                                   # a non-zero head, so the body gets grads
-    frozen = frozen_keys(model, head_only=True)
-    try:
-        opt = optim.AdamW(model.params, lr=0.05, weight_decay=0.1, frozen=frozen)
-    except TypeError as e:
-        pytest.skip(f"optimizer has no `frozen` argument yet ({e})")
-    before = {k: v.copy() for k, v in model.params.items()}
-    x, labels = images(4, 2, 8), np.array([0, 1, 2, 0])
-    for _ in range(3):
-        _, cache = cross_entropy_forward(model.forward(x, train=True), labels)
-        model.backward(cross_entropy_backward(cache))
-        assert model.grads["blocks.0.attn.qkv.w"].any()                 # frozen params do get grads
-        opt.step(model.grads, lr=0.05)
-    for k in model.params:
-        changed = not np.array_equal(model.params[k], before[k])
-        assert changed == (k not in frozen), k

@@ -1,0 +1,142 @@
+"""minivit's own checkpoints: one .npz holding the params, the optimizer state and a JSON header.
+
+    params/<name>     every model parameter (host arrays)
+    opt.<...>         the optimizer's state_dict(), when an optimizer is saved
+    meta              JSON (as uint8 bytes): format version, model config, preprocessing (mean,
+                      std, image size, channels, class names), optimizer class and
+                      hyperparameters, step, epoch, RNG state, extra
+No object arrays, so np.load(allow_pickle=False) reads it. Written atomically.
+Version 1 files (no typed preprocessing; the trainer kept mean, std and class names in `extra`)
+still load: their preprocessing is read from there.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+
+from .. import backend
+from ..config import Preprocessing, ViTConfig
+from ..files import atomic_write
+
+FORMAT_VERSION = 2
+READS = (1, 2)                                            # the versions this minivit reads
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: the message names the file, the problem and the fix."""
+
+
+def save_checkpoint(path: str, model, optimizer=None, step: int = 0, epoch: int = 0,
+                    rng_state=None, extra=None) -> None:
+    """Write model params, optimizer state and metadata to path (.npz), atomically."""
+    pre = model.preprocessing
+    meta = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(),
+            "preprocessing": None if pre is None else pre.to_dict(),
+            "step": int(step), "epoch": int(epoch), "rng_state": rng_state, "extra": extra or {},
+            "optimizer": None if optimizer is None else
+            {"class": type(optimizer).__name__, **optimizer.hyperparameters()}}
+    arrays = {f"params/{k}": backend.to_numpy(v) for k, v in model.params.items()}
+    if optimizer is not None:
+        arrays.update(optimizer.state_dict())
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def read_checkpoint(path: str) -> tuple:
+    """(meta dict, {name: array}) from a checkpoint file, with clear errors for a bad file."""
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:   # closed on errors too
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} is truncated or not a minivit checkpoint ({e}); use the "
+                              f"other checkpoint of the run (last.npz / best.npz) or train again") from e
+    if "meta" not in arrays:
+        raise CheckpointError(f"{path} has no 'meta' entry: it is not a minivit checkpoint "
+                              f"(for Google ViT .npz files use minivit.io.load_google_npz)")
+    try:
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: its 'meta' header is corrupt ({e}); use the other "
+                              f"checkpoint of the run or train again") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its 'meta' header is corrupt (a JSON "
+                              f"{type(meta).__name__}, not an object); it is not a minivit checkpoint")
+    if meta.get("format_version") not in READS:
+        raise CheckpointError(f"{path} has format version {meta.get('format_version')}, this "
+                              f"minivit reads versions {READS}; use a matching minivit")
+    missing = sorted({"config", "step", "epoch", "optimizer"} - set(meta))
+    if missing:
+        raise CheckpointError(f"{path}: its 'meta' header lacks {missing}; the file was edited "
+                              f"or written by another program")
+    return meta, arrays
+
+
+def load_checkpoint(path: str, model=None, optimizer=None) -> dict:
+    """Load a checkpoint into model (built from the file's config when None) and optimizer.
+    Everything is validated before anything is copied: a bad file never loads in part.
+    Returns the metadata, with 'model' set to the model."""
+    from ..model import ViT
+
+    meta, arrays = read_checkpoint(path)
+    try:
+        cfg = ViTConfig.from_dict(meta["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: its model config is invalid ({e})") from e
+    pre = read_preprocessing(meta, path)
+    if model is None:
+        model = ViT(cfg)
+    elif model.config != cfg:
+        diff = {k: (v, getattr(model.config, k)) for k, v in cfg.to_dict().items()
+                if getattr(model.config, k) != v}
+        raise CheckpointError(f"{path} holds a model with another config (field: (checkpoint, "
+                              f"model)) {diff}; build the model from the checkpoint "
+                              f"(load_checkpoint(path)) or with the same settings")
+    params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+    missing, extra = sorted(set(model.params) - set(params)), sorted(set(params) - set(model.params))
+    wrong = [f"{k}: {params[k].shape} vs {tuple(v.shape)}" for k, v in model.params.items()
+             if k in params and tuple(params[k].shape) != tuple(v.shape)]
+    dtypes = [f"{k}: {params[k].dtype} vs {np.dtype(v.dtype)}" for k, v in model.params.items()
+              if k in params and params[k].dtype != np.dtype(v.dtype)]
+    if missing or extra or wrong or dtypes:
+        raise CheckpointError(f"{path} does not fit the model: missing {missing}, unexpected "
+                              f"{extra}, wrong shapes (file vs model) {wrong}, wrong dtypes "
+                              f"{dtypes}; it was written by another model or edited by hand")
+    opt_arrays = {k: v for k, v in arrays.items() if k.startswith("opt.")}
+    if optimizer is not None:
+        if meta["optimizer"] is None or meta["optimizer"]["class"] != type(optimizer).__name__:
+            raise CheckpointError(f"{path} holds optimizer state of "
+                                  f"{(meta['optimizer'] or {}).get('class')}, not "
+                                  f"{type(optimizer).__name__}; resume with the same --optimizer")
+        try:
+            optimizer.load_state_dict(opt_arrays)          # validates before it copies
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from e
+    for k, v in model.params.items():
+        v[...] = backend.xp_of(v).asarray(params[k], dtype=v.dtype)   # onto the model's device
+    if pre is not None:
+        model.preprocessing = pre
+    meta["model"] = model
+    meta["preprocessing"] = pre
+    return meta
+
+
+def read_preprocessing(meta: dict, path: str):
+    """The file's Preprocessing, or None; version 1 files kept it in `extra`."""
+    d = meta.get("preprocessing")
+    if d is None and meta.get("format_version") == 1:
+        extra = meta.get("extra") or {}
+        if extra.get("mean") is not None and extra.get("std") is not None:
+            d = {"mean": extra["mean"], "std": extra["std"], "class_names": extra.get("class_names"),
+                 "image_size": meta["config"].get("image_size"),
+                 "channels": meta["config"].get("in_channels")}
+    if d is None:
+        return None
+    try:
+        return Preprocessing.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its preprocessing entry is invalid ({e}); the file was "
+                              f"edited or written by another program") from e

@@ -1,0 +1,79 @@
+"""Fine-tuning a pretrained ViT: the source model at the wanted resolution, the data at the
+model's channels and size, a fresh head for the new classes, and which parameters stay frozen.
+
+    model = load_source(npz="ViT-B_16.npz", image_size=384)     # position table resampled
+    data = load_folder_for(model, "flowers/")                    # Dataset with its Preprocessing
+    model.reset_head(len(data.preprocessing.class_names))        # zero head, as in the paper
+    opts = TrainOptions(..., frozen=sorted(frozen_keys(model, head_only=True)))
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+from ..data.batches import Dataset
+from ..data.imagefolder import load_image_folder
+from ..io.checkpoint import load_checkpoint
+from ..io.google import load_google_npz
+from ..model import ViT
+
+
+def trainable_keys(model: ViT, head_only: bool = False) -> list[str]:
+    """Parameter names to train: all of them, or with head_only just head.w and head.b."""
+    if not head_only:
+        return list(model.params)
+    return [k for k in model.params if k.startswith("head.")]
+
+
+def frozen_keys(model: ViT, head_only: bool = True) -> set[str]:
+    """The complement of trainable_keys: names an optimizer's `frozen` set should skip."""
+    return set(model.params) - set(trainable_keys(model, head_only))
+
+
+def load_source(npz: Optional[str] = None, checkpoint: Optional[str] = None,
+                image_size: Optional[int] = None, gelu: Optional[str] = None,
+                seed: int = 0) -> ViT:
+    """The pretrained model from a Google .npz or a minivit checkpoint, at image_size if given."""
+    if (npz is None) == (checkpoint is None):
+        raise ValueError("give exactly one source: a Google .npz or a minivit checkpoint")
+    if npz is not None:
+        overrides = {"gelu": gelu} if gelu else {}
+        return load_google_npz(npz, image_size=image_size, seed=seed, **overrides)
+    if gelu:
+        raise ValueError("--gelu applies to --npz only: a minivit checkpoint records its GELU")
+    model = load_checkpoint(checkpoint)["model"]
+    if image_size is not None and image_size != model.config.image_size:
+        model.set_image_size(image_size)
+    return model
+
+
+def load_folder_for(model: ViT, folder: str, image_size: Optional[int] = None,
+                    test_fraction: float = 0.2, seed: int = 0,
+                    mean: Optional[Sequence[float]] = None,
+                    std: Optional[Sequence[float]] = None) -> Dataset:
+    """An image folder at the model's channels; checks the size; mean/std replace the folder's
+    own statistics when given (one value or one per channel)."""
+    cfg = model.config
+    data = load_image_folder(folder, image_size=image_size, channels=cfg.in_channels,
+                             test_fraction=test_fraction, seed=seed)
+    S = data.x_train.shape[-1]
+    if S != cfg.image_size:
+        raise ValueError(f"the images in {folder} are {S}x{S} but the model takes "
+                         f"{cfg.image_size}x{cfg.image_size}; pass --image-size {cfg.image_size} "
+                         f"to resize the images, or --image-size {S} to resample the model's "
+                         f"position table to them")
+    changes = {}
+    for name, v in (("mean", mean), ("std", std)):
+        if v is not None:
+            if len(v) not in (1, cfg.in_channels):
+                raise ValueError(f"--{name} has {len(v)} values for {cfg.in_channels} "
+                                 f"channel(s); give one value or one per channel")
+            changes[name] = [float(a) for a in v]
+    if changes:
+        pre = data.preprocessing
+        merged = {"mean": pre.mean, "std": pre.std, **changes}
+        if len(merged["mean"]) != len(merged["std"]):             # one given per channel
+            n = max(len(merged["mean"]), len(merged["std"]))
+            merged = {k: v * n if len(v) == 1 else v for k, v in merged.items()}
+        data.preprocessing = dataclasses.replace(pre, **merged)
+    return data

@@ -1,0 +1,85 @@
+"""Apps: image folders, the fine-tuning CLI, the prediction CLI and the attention maps
+(rollout math, and the example script in --quick mode)."""
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from minivit import ViT, ViTConfig
+from minivit.cli import finetune as finetune_cli
+from minivit.cli import predict
+from minivit.data.imagefolder import (channel_stats, load_image_folder)
+from minivit.io import google as io
+from minivit.io.checkpoint import load_checkpoint, save_checkpoint
+
+from conftest import load_example
+
+TINY = dict(image_size=8, patch_size=4, in_channels=1, num_classes=4, dim=16, depth=1, heads=2)
+
+
+def digit(label: int, size: int, rng) -> np.ndarray:
+    """uint8 (size, size): noise plus a bright row band whose place encodes the label."""
+    x = rng.integers(0, 50, (size, size)).astype(np.uint8)
+    r = 1 + 2 * label
+    x[r:r + 2, 1:size - 1] = 255
+    return x
+
+
+def make_folder(root, classes=("a", "b", "c"), n=5, size=8, seed=0) -> str:
+    """root/<class>/<i>.npy with n uint8 (size, size) images per class."""
+    rng = np.random.default_rng(seed)
+    for k, c in enumerate(classes):
+        os.makedirs(os.path.join(root, c), exist_ok=True)
+        for i in range(n):
+            np.save(os.path.join(root, c, f"{i}.npy"), digit(k, size, rng))
+    return str(root)
+
+
+def test_finetune_head_only_from_google_npz(tmp_path, capsys):
+    src = ViT(ViTConfig(**{**TINY, "num_classes": 5}), seed=1)
+    npz = str(tmp_path / "pre.npz")
+    io.save_google_npz(src, npz)
+    data = make_folder(tmp_path / "imgs", classes=("c0", "c1", "c2"), n=12, size=12)
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"12x12 but the model takes 8x8.*--image-size"):
+        finetune_cli.main(["--npz", npz, "--data", data, "--out", out, "--quiet"])
+    capsys.readouterr()
+    summary = finetune_cli.main(["--npz", npz, "--data", data, "--image-size", "12", "--head-only",
+                                 "--epochs", "2", "--batch-size", "9", "--lr", "0.05",
+                                 "--warmup-epochs", "0", "--no-augment", "--quiet", "--out", out])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    assert summary["classes"] == 3 and summary["head_only"] and summary["epochs"] == 2
+    for name in ("last.npz", "best.npz", "metrics.jsonl", "config.json", "curves.png"):
+        assert os.path.exists(os.path.join(out, name)), name
+    meta = load_checkpoint(os.path.join(out, "last.npz"))
+    tuned, ref = meta["model"], io.load_google_npz(npz, image_size=12)  # pos table resampled too
+    assert tuned.config.num_classes == 3 and tuned.config.image_size == 12
+    frozen = [k for k in ref.params if not k.startswith("head.")]
+    assert frozen and all(np.array_equal(tuned.params[k], ref.params[k]) for k in frozen)
+    assert tuned.params["head.w"].shape == (16, 3) and np.abs(tuned.params["head.w"]).max() > 0
+    pre = meta["preprocessing"]
+    assert pre.class_names == ["c0", "c1", "c2"] and pre.channels == 1
+    assert pre.mean == pytest.approx(channel_stats(load_image_folder(data).x_train)[0])
+    cfg = json.loads(pathlib.Path(out, "config.json").read_text())
+    assert sorted(cfg["train"]["frozen"]) == sorted(frozen)
+    img = os.path.join(data, "c1", "0.npy")
+    res = predict.main(["--checkpoint", os.path.join(out, "best.npz"), "--top-k", "2", img])
+    assert res[0]["top"][0]["class"] in ("c0", "c1", "c2")
+
+
+def test_finetune_all_params_from_checkpoint(tmp_path, capsys):
+    model = ViT(ViTConfig(**TINY), seed=2)
+    ckpt = str(tmp_path / "pre.npz")
+    save_checkpoint(ckpt, model)
+    data = make_folder(tmp_path / "imgs", classes=("p", "q"), n=8, size=8)
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="--gelu applies to --npz only"):
+        finetune_cli.main(["--checkpoint", ckpt, "--data", data, "--gelu", "erf"])
+    finetune_cli.main(["--checkpoint", ckpt, "--data", data, "--epochs", "1", "--batch-size", "6",
+                       "--quiet", "--out", out])
+    tuned = load_checkpoint(os.path.join(out, "last.npz"))["model"]
+    assert tuned.config.num_classes == 2
+    assert not np.array_equal(tuned.params["blocks.0.attn.qkv.w"], model.params["blocks.0.attn.qkv.w"])
+    assert load_example("finetune").main is finetune_cli.main          # the example is thin

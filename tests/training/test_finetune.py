@@ -1,0 +1,54 @@
+"""Google vit_jax .npz checkpoints (minivit.io) and fine-tuning helpers (minivit.finetune).
+
+References used here are independent of minivit.io's mapping: the key list is written out by
+hand, a NumPy forward pass reads the Google-named arrays directly with Flax's semantics
+(HWIO conv over NHWC, DenseGeneral kernels (D, H, Dh) / (H, Dh, D)), and a PyTorch ViT
+(tests/torch_vit.py) is filled from the Google names by its own mapping.
+"""
+
+import numpy as np
+import pytest
+
+from minivit import ViT, ViTConfig
+from minivit.layers import cross_entropy_backward, cross_entropy_forward
+from minivit.training.finetune import frozen_keys, trainable_keys
+
+from conftest import images, randomize_params
+
+TOL = 1e-10
+POS = "Transformer/posembed_input/pos_embedding"
+MHA = "MultiHeadDotProductAttention_1"
+SMALL = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2, heads=2,
+             mlp_ratio=1.5, dtype="float64")
+# an odd architecture for the parity tests: F/D = 20/12 is not a short float
+ODD = dict(p=3, C=2, D=12, H=3, F=20, depth=2, grid=3, K=4)
+
+
+def test_trainable_and_frozen_keys():
+    model = ViT(ViTConfig(**SMALL, representation_size=5))
+    assert trainable_keys(model, head_only=True) == ["head.w", "head.b"]
+    assert trainable_keys(model) == list(model.params)
+    frozen = frozen_keys(model, head_only=True)
+    assert frozen == set(model.params) - {"head.w", "head.b"} and "pre_logits.w" in frozen
+    assert frozen_keys(model, head_only=False) == set()
+
+
+def test_frozen_params_unchanged_by_optimizer():
+    optim = pytest.importorskip("minivit.optim", reason="minivit.optim not written yet")
+    model = ViT(ViTConfig(**SMALL))
+    randomize_params(model)                                   # a non-zero head, so the body gets grads
+    frozen = frozen_keys(model, head_only=True)
+    try:
+        opt = optim.AdamW(model.params, lr=0.05, weight_decay=0.1, frozen=frozen)
+    except TypeError as e:
+        pytest.skip(f"optimizer has no `frozen` argument yet ({e})")
+    before = {k: v.copy() for k, v in model.params.items()}
+    x, labels = images(4, 2, 8), np.array([0, 1, 2, 0])
+    for _ in range(3):
+        _, cache = cross_entropy_forward(model.forward(x, train=True), labels)
+        model.backward(cross_entropy_backward(cache))
+        assert model.grads["blocks.0.attn.qkv.w"].any()                 # frozen params do get grads
+        opt.step(model.grads, lr=0.05)
+    for k in model.params:
+        changed = not np.array_equal(model.params[k], before[k])
+        assert changed == (k not in frozen), k
