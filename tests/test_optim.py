@@ -8,6 +8,8 @@ from minivit import ViT, ViTConfig, backend
 from minivit.optim import SGD, AdamW, clip_grad_norm, warmup_cosine
 from minivit.params import ParamDict
 
+from conftest import needs_torch
+
 
 def tiny(xp):
     return {"blocks.0.mlp.fc1.w": xp.asarray([[1.0, -2.0], [0.5, 3.0]]),
@@ -112,9 +114,10 @@ def test_adamw_by_hand(xp):
     assert opt.t == 3
 
 
+@needs_torch
 @pytest.mark.parametrize("kind", ["adamw", "sgd", "nesterov", "plain"])
 def test_against_torch_optim(kind):
-    torch = pytest.importorskip("torch")
+    import torch
     rng = np.random.default_rng(0)
     names = ["head.w", "head.b", "norm.w", "blocks.0.attn.qkv.w"]
     params = {k: rng.standard_normal((3, 4) if k.endswith("w") and "norm" not in k else (4,))

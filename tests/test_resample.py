@@ -1,17 +1,12 @@
-"""Google vit_jax .npz checkpoints (minivit.io) and fine-tuning helpers (minivit.finetune).
-
-References used here are independent of minivit.io's mapping: the key list is written out by
-hand, a NumPy forward pass reads the Google-named arrays directly with Flax's semantics
-(HWIO conv over NHWC, DenseGeneral kernels (D, H, Dh) / (H, Dh, D)), and a PyTorch ViT
-(tests/torch_vit.py) is filled from the Google names by its own mapping.
-"""
+"""resample.py: interpolation matrices and position-table resizing, against hand examples,
+scipy.ndimage.zoom semantics and torch.nn.functional.interpolate."""
 
 import numpy as np
 import pytest
 
 from minivit.resample import interp_matrix, resize_pos_embed
 
-from conftest import relerr
+from conftest import needs_torch, relerr
 
 TOL = 1e-10
 POS = "Transformer/posembed_input/pos_embedding"
@@ -83,11 +78,12 @@ def test_resize_smooth_grid_stays_smooth(method):
     assert err <= (0.5 ** 2 + 0.4 ** 2) / 8, err                          # h = 1, |f_rr|, |f_cc|
 
 
+@needs_torch
 @pytest.mark.parametrize("method", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("align", [True, False])
 @pytest.mark.parametrize("g, g2", [(4, 9), (9, 4), (5, 5 * 3 - 1)])
 def test_resize_matches_torch_interpolate(method, align, g, g2):
-    torch = pytest.importorskip("torch")
+    import torch
     pos = np.random.default_rng(g * g2).standard_normal((1, 1 + g * g, 6))
     out = resize_pos_embed(pos, g2, method, align)
     grid = torch.from_numpy(pos[0, 1:].reshape(1, g, g, 6)).permute(0, 3, 1, 2)

@@ -1,5 +1,5 @@
-"""Apps: image folders, the fine-tuning CLI, the prediction CLI and the attention maps
-(rollout math, and the example script in --quick mode)."""
+"""analysis/: attention rollout math, CLS maps of a model, and the attention-maps command in
+--quick mode (with and without matplotlib)."""
 import sys
 
 import numpy as np

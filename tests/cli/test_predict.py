@@ -1,5 +1,5 @@
-"""Apps: image folders, the fine-tuning CLI, the prediction CLI and the attention maps
-(rollout math, and the example script in --quick mode)."""
+"""The prediction command: .npy and PNG inputs, top-k output, resizing, channel conversion, and
+the model's Preprocessing (or --mean/--std) for normalization."""
 import re
 
 import numpy as np

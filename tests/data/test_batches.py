@@ -1,4 +1,4 @@
-"""IDX parsing, verified loading with mirror fallback (no network), and the batch iterator."""
+"""data/batches.py: normalization, augmentation and the seeded batch iterator."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,5 @@
-"""Apps: image folders, the fine-tuning CLI, the prediction CLI and the attention maps
-(rollout math, and the example script in --quick mode)."""
+"""data/imagefolder.py: image files (.npy, PNG, JPEG), folder layouts, splits, resizing,
+channels, statistics and errors."""
 import json
 import os
 import re

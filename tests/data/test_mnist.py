@@ -1,4 +1,5 @@
-"""IDX parsing, verified loading with mirror fallback (no network), and the batch iterator."""
+"""data/mnist.py and data/download.py: IDX parsing, verified loading with mirror fallback (no
+network)."""
 import gzip
 import hashlib
 import os

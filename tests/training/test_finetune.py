@@ -1,16 +1,12 @@
-"""Google vit_jax .npz checkpoints (minivit.io) and fine-tuning helpers (minivit.finetune).
-
-References used here are independent of minivit.io's mapping: the key list is written out by
-hand, a NumPy forward pass reads the Google-named arrays directly with Flax's semantics
-(HWIO conv over NHWC, DenseGeneral kernels (D, H, Dh) / (H, Dh, D)), and a PyTorch ViT
-(tests/torch_vit.py) is filled from the Google names by its own mapping.
-"""
+"""training/finetune.py: which keys are trainable or frozen, and that an optimizer leaves the
+frozen ones alone."""
 
 import numpy as np
 import pytest
 
 from minivit import ViT, ViTConfig
 from minivit.layers import cross_entropy_backward, cross_entropy_forward
+from minivit.optim import AdamW
 from minivit.training.finetune import frozen_keys, trainable_keys
 
 from conftest import images, randomize_params
@@ -34,12 +30,12 @@ def test_trainable_and_frozen_keys():
 
 
 def test_frozen_params_unchanged_by_optimizer():
-    optim = pytest.importorskip("minivit.optim", reason="minivit.optim not written yet")
     model = ViT(ViTConfig(**SMALL))
     randomize_params(model)                                   # a non-zero head, so the body gets grads
     frozen = frozen_keys(model, head_only=True)
     try:
-        opt = optim.AdamW(model.params, lr=0.05, weight_decay=0.1, frozen=frozen)
+        opt = AdamW(model.params, lr=0.05, weight_decay=0.1, frozen=frozen,
+                    decay=model.decay_keys())
     except TypeError as e:
         pytest.skip(f"optimizer has no `frozen` argument yet ({e})")
     before = {k: v.copy() for k, v in model.params.items()}

@@ -1,0 +1,41 @@
+"""Every command is reachable the documented ways: `python -m minivit.<cmd>`, the example
+scripts, and a console script in setup.py; each answers --help."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+COMMANDS = {   # console script -> (module with entry(), python -m target or example script)
+    "minivit-train": ("minivit.cli.train", ["-m", "minivit.train"]),
+    "minivit-finetune": ("minivit.cli.finetune", ["examples/finetune.py"]),
+    "minivit-evaluate": ("minivit.cli.evaluate", ["-m", "minivit.evaluate"]),
+    "minivit-predict": ("minivit.cli.predict", ["-m", "minivit.predict"]),
+    "minivit-io": ("minivit.cli.io", ["-m", "minivit.io"]),
+    "minivit-attention": ("minivit.cli.attention", ["examples/attention_maps.py"]),
+}
+
+
+def test_setup_declares_every_console_script():
+    setup = open(os.path.join(ROOT, "setup.py")).read()
+    declared = dict(re.findall(r'"(minivit-[a-z]+)=([\w.]+):entry"', setup))
+    assert declared == {k: v[0] for k, v in COMMANDS.items()}
+
+
+@pytest.mark.parametrize("script", sorted(COMMANDS))
+def test_help(script):
+    args = COMMANDS[script][1]
+    out = subprocess.run([sys.executable, *args, "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage:") and not out.stderr
+
+
+def test_bad_flag_is_one_error_line():
+    out = subprocess.run([sys.executable, "examples/train_mnist.py", "--workers", "0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: workers must be a positive integer")
