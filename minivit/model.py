@@ -17,7 +17,8 @@ import numpy as np
 
 from . import backend
 from .config import BLOCK_KEYS, HEAD_KEYS, Preprocessing, ViTConfig
-from .layers import (block_attention, block_backward, block_forward, cls_backward, cls_forward,
+from .layers import (BatchRows, block_attention, block_backward, block_forward, cls_backward,
+                     cls_forward,
                      dropout_backward, dropout_forward, head_backward, head_forward,
                      patch_embed_backward, patch_embed_forward, pos_embed_backward,
                      pos_embed_forward, sincos_2d)
@@ -25,6 +26,9 @@ from .params import ParamDict
 from .parallel import threads
 
 __all__ = ["ViT", "ViTConfig", "init_params", "trunc_normal"]
+
+GRAD_SPARE = 4      # numbers after grads.flat in its buffer: per-step statistics that ride along
+                    # in the data-parallel all-reduce (parallel/)
 
 def trunc_normal(rng: np.random.Generator, shape, std: float = 0.02) -> np.ndarray:
     """Normal(0, std^2) truncated to [-2 std, 2 std] by redrawing the outliers (host, float64)."""
@@ -78,7 +82,7 @@ class ViT:
             threads.tune_host_allocator()                 # see its docstring: ~2x per step
         self.params = init_params(config, seed)
         self.grads = ParamDict.zeros(config.param_shapes(), config.dtype,
-                                     backend.xp_of(self.params.flat))
+                                     backend.xp_of(self.params.flat), spare=GRAD_SPARE)
         self.rng = backend.rng(seed + 1)                  # dropout and drop-path masks
         self.pos_table = None                             # fixed (1, N, D) table for 'sincos'
         if config.pos_embed == "sincos":
@@ -89,30 +93,35 @@ class ViT:
 
     # ---- forward --------------------------------------------------------------------------
     def forward(self, x, train: bool = False, return_attention: bool = False,
-                backbone_grads: bool = True):
+                backbone_grads: bool = True, batch_rows: Optional[tuple] = None):
         """Logits (B, K); with return_attention also each block's attention (B, H, N, N).
         train=True applies dropout/drop path and keeps what backward needs; False caches nothing.
         backbone_grads=False (with train=True) is for a frozen backbone, e.g. head-only
         fine-tuning: only the head's caches are kept, and backward then fills the gradients of
-        head_keys() alone (the rest are zero) and returns None instead of dL/dx."""
+        head_keys() alone (the rest are zero) and returns None instead of dL/dx.
+        batch_rows=(start, total): x holds rows [start, start + B) of a batch of `total` (one
+        process's share in data-parallel training); the dropout and drop-path masks are those of
+        the whole batch (layers/dropout.py BatchRows), so they do not depend on the split."""
         x = self.check_input(x)
         xp = backend.xp_of(x)
-        rows = threads.split_batch(x.shape[0]) if xp is np else [slice(None)]
-        rngs = [None] * len(rows)
-        if train:                                         # one generator per piece, drawn from self.rng
-            rngs = [self.rng] if len(rows) == 1 else \
-                [backend.rng(int(s)) for s in self.rng.integers(2 ** 63, size=len(rows))]
+        B = x.shape[0]
+        start, total = (0, B) if batch_rows is None else batch_rows
+        pieces = threads.split_batch(B) if xp is np else [slice(0, B)]
+        rngs = [None] * len(pieces)
+        if train:                                         # one draw from self.rng per step
+            seed = int(self.rng.integers(2 ** 63))
+            rngs = [BatchRows(seed, start + r.start, start + r.stop, total) for r in pieces]
         cls_only = self.config.pool == "cls" and not return_attention
         keep = train and backbone_grads
 
         def run(i):
-            t, embed, blocks, attn = self.forward_features(x[rows[i]], rngs[i], return_attention,
+            t, embed, blocks, attn = self.forward_features(x[pieces[i]], rngs[i], return_attention,
                                                            cls_only, keep)
             logits, c_head = head_forward(t, self.params, self.config)
-            return logits, Piece(rows[i], embed, blocks, c_head), attn
+            return logits, Piece(pieces[i], embed, blocks, c_head), attn
 
-        out = threads.parallel_map(run, list(range(len(rows))))
-        self._pieces = (x.shape[0], [o[1] for o in out]) if train else None
+        out = threads.parallel_map(run, list(range(len(pieces))))
+        self._pieces = (B, [o[1] for o in out]) if train else None
         logits = out[0][0] if len(out) == 1 else xp.concatenate([o[0] for o in out])
         if not return_attention:
             return logits
@@ -222,7 +231,7 @@ class ViT:
         self.params = ParamDict.zeros(shapes, config.dtype, xp)
         for k in shapes:
             self.params[k] = xp.asarray(arrays[k], dtype=config.dtype)
-        self.grads = ParamDict.zeros(shapes, config.dtype, xp)
+        self.grads = ParamDict.zeros(shapes, config.dtype, xp, spare=GRAD_SPARE)
         self.config = config
         self._pieces = None                               # stale after a change of shapes
 

@@ -16,11 +16,14 @@ import numpy as np
 
 
 class ParamDict(dict):
-    """name -> view into self.flat; self.offsets[name] = (start, stop) in self.flat."""
+    """name -> view into self.flat; self.offsets[name] = (start, stop) in self.flat.
+    self.buffer is the array self.flat lies at the start of: the same, or longer by `spare`
+    numbers that travel with the vector (statistics that ride along in an all-reduce)."""
 
-    def __init__(self, flat, shapes: dict):
+    def __init__(self, flat, shapes: dict, buffer=None):
         super().__init__()
         self.flat = flat                                   # (P,)
+        self.buffer = flat if buffer is None else buffer   # (P + spare,)
         self.offsets = {}
         i = 0
         for k, shape in shapes.items():
@@ -32,10 +35,12 @@ class ParamDict(dict):
             raise ValueError(f"shapes cover {i} numbers but the flat vector holds {flat.size}")
 
     @classmethod
-    def zeros(cls, shapes: dict, dtype, xp=np) -> "ParamDict":
-        """A zero-filled ParamDict with these names and shapes (in this order)."""
+    def zeros(cls, shapes: dict, dtype, xp=np, spare: int = 0) -> "ParamDict":
+        """A zero-filled ParamDict with these names and shapes (in this order), with `spare`
+        extra numbers after the flat vector in self.buffer."""
         size = sum(int(np.prod(s, dtype=np.int64)) for s in shapes.values())
-        return cls(xp.zeros(size, dtype=dtype), shapes)
+        buffer = xp.zeros(size + spare, dtype=dtype)
+        return cls(buffer[:size], shapes, buffer)
 
     @classmethod
     def from_arrays(cls, arrays: dict, dtype=None, xp=None) -> "ParamDict":

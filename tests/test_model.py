@@ -298,3 +298,27 @@ def test_reset_head_keeps_pre_logits():
     assert model.forward(images(2, 2, 8)).shape == (2, 4)
     with pytest.raises(ValueError, match="num_classes"):
         model.reset_head(0)
+
+
+def test_dropout_masks_do_not_depend_on_the_split(monkeypatch):
+    """With dropout, attention dropout and drop path, two halves of a batch run with batch_rows
+    (as two data-parallel processes would) give the rows of the whole batch exactly, and their
+    summed gradients are the whole batch's; the thread split changes nothing either."""
+    monkeypatch.setattr(threads, "MIN_PIECE", 1)
+    cfg = ViTConfig(**SMALL, dropout=0.2, attn_dropout=0.3, drop_path=0.4, pool="mean")
+    x, dl = randn(np, 6, 2, 8, 8), randn(np, 6, 3, seed=2)
+    whole, halves = ViT(cfg, seed=1), [ViT(cfg, seed=1), ViT(cfg, seed=1)]
+    for workers in (1, 2):
+        threads.set_workers(workers)
+        try:
+            logits = whole.forward(x, train=True)
+            whole.backward(dl)
+            parts = [m.forward(x[3 * r:3 * r + 3], train=True, batch_rows=(3 * r, 6))
+                     for r, m in enumerate(halves)]
+            for r, m in enumerate(halves):
+                m.backward(dl[3 * r:3 * r + 3])
+        finally:
+            threads.set_workers(None)
+        np.testing.assert_allclose(np.concatenate(parts), logits, rtol=1e-13)
+        np.testing.assert_allclose(halves[0].grads.flat + halves[1].grads.flat, whole.grads.flat,
+                                   rtol=1e-11, atol=1e-14)

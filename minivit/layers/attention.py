@@ -77,7 +77,7 @@ def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, quer
     st = xp.empty((N, B, heads, Q), dtype=qkv.dtype)      # scores, keys first (module docstring)
     xp.matmul(k, (q * scale).swapaxes(-1, -2), out=st.transpose(1, 2, 0, 3))   # s^T = k q^T
     a, _ = softmax_forward(st)                            # (N, B, H, Q) probabilities, keys first
-    a_drop, mask = dropout_forward(a, attn_dropout, rng)
+    a_drop, mask = dropout_forward(a, attn_dropout, rng, batch_axis=1)   # (N, B, H, Q)
     out = xp.empty((B, Q, heads, Dh), dtype=qkv.dtype)   # (B, Q, H, Dh): heads side by side
     xp.matmul(a_drop.transpose(1, 2, 3, 0), v, out=out.transpose(0, 2, 1, 3))  # A v, (B, H, Q, Dh)
     return out.reshape(B, Q, heads * Dh), AttentionCache(q, k, v, a, a_drop, mask, scale)
