@@ -1,6 +1,6 @@
 """benchmarks/: the smoke run works end to end and reports sane numbers, vit_flops matches hand
-counts, and the PyTorch timing reference is the same model. Never asserts a time or a speed."""
-import importlib.util
+and published counts, --impl all alternates fresh processes, and the per-layer breakdown calls the
+package's pairs with the right shapes. Never asserts a time or a speed."""
 import json
 import math
 import os
@@ -10,27 +10,24 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import ROOT, needs_torch
 from minivit import ViT, ViTConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "benchmarks", "bench.py")
-HAS_TORCH = importlib.util.find_spec("torch") is not None
+# benchmarks/ is a folder of scripts, not a package: its modules import each other by name
+BENCH_DIR = os.path.join(ROOT, "benchmarks")
+sys.path.insert(0, BENCH_DIR)
+import bench  # noqa: E402
+import layers  # noqa: E402
+import measure  # noqa: E402
+
 SMALL = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2, heads=2,
              mlp_ratio=1.5)
 
 
-def load(name: str):
-    """Import benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", name + ".py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def run_bench(*argv, timeout=120):
+def run_bench(*argv, env=None):
     """Run bench.py in a fresh process; return (stdout, stderr) after checking it exited 0."""
-    r = subprocess.run([sys.executable, BENCH, *argv], capture_output=True, text=True,
-                       timeout=timeout, cwd=ROOT)
+    r = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "bench.py"), *argv],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert r.returncode == 0, f"bench.py {' '.join(argv)} exited {r.returncode}:\n{r.stderr[-3000:]}"
     return r.stdout, r.stderr
 
@@ -45,29 +42,71 @@ def positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-# ---- vit_flops ---------------------------------------------------------------------------------
+def num_params(cfg: ViTConfig) -> int:
+    return sum(math.prod(s) for s in cfg.param_shapes().values())
+
+
+# ---- vit_flops and the configs -----------------------------------------------------------------
 def test_vit_flops_hand_count():
-    vit_flops = load("bench").vit_flops
     # Per image: P=4 patches, N=5 tokens, D=8, F=12, p*p*C=32, K=3.
     #   patch embed 2*4*32*8 = 2048
     #   block: qkv 2*5*8*24 = 1920, q k^T 2*5*5*8 = 400, a v 400, proj 2*5*8*8 = 640,
     #          fc1 2*5*8*12 = 960, fc2 960 -> 5280; two blocks 10560
     #   head 2*8*3 = 48                     -> 12656 per image
-    assert vit_flops(ViTConfig(**SMALL), 3) == 3 * 12656
+    assert measure.vit_flops(ViTConfig(**SMALL), 3) == 3 * 12656
     # pre-logits R=5: + 2*8*5 = 80, and the head reads R: 2*5*3 = 30 instead of 48
-    assert vit_flops(ViTConfig(**SMALL, representation_size=5), 3) == 3 * (12656 + 80 - 48 + 30)
+    assert measure.vit_flops(ViTConfig(**SMALL, representation_size=5), 3) == 3 * (12656 + 80 - 48 + 30)
     # heads only regroup the same products
-    assert vit_flops(ViTConfig(**{**SMALL, "heads": 4}), 3) == 3 * 12656
+    assert measure.vit_flops(ViTConfig(**{**SMALL, "heads": 4}), 3) == 3 * 12656
 
 
-def test_vit_flops_vit_b16_matches_published():
-    """ViT-B/16 at 224: 17.6 G multiply-adds per image (DeiT paper, Table 1) = 35.2 GFLOP."""
-    bench = load("bench")
-    f = bench.vit_flops(ViTConfig(**bench.CONFIGS["vit-b16"]), 1)
-    assert abs(f / 2 - 17.6e9) / 17.6e9 < 0.01, f
+@pytest.mark.parametrize("name,gmacs,params", [("vit-b16", 17.6, 86_567_656),
+                                               ("vit-s16", 4.6, 22_050_664)])
+def test_configs_match_published(name, gmacs, params):
+    """Multiply-adds per 224 x 224 image (DeiT paper, Table 1: ViT-B 17.6 G, DeiT-S 4.6 G) and
+    the parameter counts of timm's vit_base_patch16_224 / vit_small_patch16_224."""
+    cfg = ViTConfig(**bench.CONFIGS[name])
+    f = measure.vit_flops(cfg, 1)
+    assert abs(f / 2 - gmacs * 1e9) / (gmacs * 1e9) < 0.01, f
+    assert num_params(cfg) == params
 
 
-# ---- the smoke run -----------------------------------------------------------------------------
+def test_dinov2_s14_shape():
+    cfg = ViTConfig(**bench.CONFIGS["dinov2-s14"])
+    assert (cfg.grid, cfg.num_tokens, cfg.dim, cfg.heads, cfg.mlp_dim) == (16, 257, 384, 6, 1536)
+    assert num_params(cfg) == 22_050_664 + (257 - 197) * 384 - (16 * 16 * 3 - 14 * 14 * 3) * 384
+
+
+# ---- the per-layer breakdown -------------------------------------------------------------------
+@pytest.mark.parametrize("extra", [{}, dict(pool="mean", representation_size=5, gelu="erf")])
+def test_step_layers_run_the_package_pairs(extra):
+    """Every row's forward and backward run on a piece of 3 images; the backward gives dx of the
+    input's shape, and the parameter grads have the shapes of the model's own parameters."""
+    model = ViT(ViTConfig(**SMALL, **extra), seed=0)
+    shapes = {tuple(v.shape) for v in model.params.values()}
+    rows = layers.step_layers(model)
+    assert [r.calls for r in rows] == [1, 4, 2, 2, 2, 2, 1, 1]
+    for row in rows:
+        inputs = row.inputs(3)
+        out, cache = row.forward(*inputs)
+        dout = np.ones_like(out) if hasattr(out, "shape") else None
+        grads = row.backward(dout, cache)
+        if isinstance(grads, tuple) and isinstance(grads[1], dict):   # head: (dx, {name: grad})
+            dx, g = grads
+            assert all(g[k].shape == model.params[k].shape for k in g), row.name
+            grads = (dx,)
+        elif not isinstance(grads, tuple):
+            grads = (grads,)
+        assert grads[0].shape == inputs[0].shape, row.name
+        assert all(tuple(g.shape) in shapes for g in grads[1:]), row.name
+
+
+def test_batch_pieces_follow_the_model_split():
+    assert sum(measure.batch_pieces(128)) == 128
+    assert measure.batch_pieces(8) == [8]                   # below two pieces of MIN_PIECE
+
+
+# ---- the command line --------------------------------------------------------------------------
 def test_smoke_json_has_every_part():
     recs = json_records(run_bench("--smoke", "--json")[0])
     by = {}
@@ -75,8 +114,8 @@ def test_smoke_json_has_every_part():
         by.setdefault(r["what"], []).append(r)
     assert set(by) >= {"meta", "peak", "train", "infer", "layers", "layers_total"}, sorted(by)
     meta = by["meta"][0]
-    assert meta["impl"] == "minivit" and meta["params"] == ViT(
-        ViTConfig(**load("bench").CONFIGS["tiny"])).num_params()
+    assert meta["impl"] == "minivit"
+    assert meta["params"] == num_params(ViTConfig(**bench.CONFIGS["tiny"]))
     assert positive(by["peak"][0]["gflops"])
     for what in ("train", "infer"):
         r = by[what][0]
@@ -85,25 +124,26 @@ def test_smoke_json_has_every_part():
         assert r["steps"] == 3 and r["ms_min"] <= r["ms"] <= r["ms_max"]
         assert r["images_per_s"] == pytest.approx(32 / r["ms"] * 1e3)
     assert by["train"][0]["gflop_per_step"] == pytest.approx(3 * by["infer"][0]["gflop_per_step"])
-    layers = by["layers"]
-    names = [r["layer"] for r in layers]
+    rows = by["layers"]
+    names = [r["layer"] for r in rows]
     for want in ("patch embed", "layernorm", "qkv", "attention core", "proj", "mlp", "head",
-                 "loss"):
+                 "loss", "AdamW"):
         assert any(want in n for n in names), (want, names)
-    assert sum(r["share"] for r in layers) == pytest.approx(1.0)
-    for r in layers:
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    for r in rows:
         assert positive(r["ms"]) and r["calls"] >= 1
         if r["fwd_ms"] is not None:
             assert positive(r["fwd_ms"]) and positive(r["bwd_ms"])
             assert r["ms"] == pytest.approx(r["fwd_ms"] + r["bwd_ms"])
-    assert [r["calls"] for r in layers if r["layer"].startswith("layernorm")] == [4]   # 2 x depth 2
-    assert positive(by["layers_total"][0]["sum_ms"])
+    total = by["layers_total"][0]
+    assert positive(total["sum_ms"]) and positive(total["train_step_ms"])
+    assert sum(total["chunks"]) == 32 and meta["batch_pieces"] == len(total["chunks"])
 
 
 def test_smoke_table():
     out, _ = run_bench("--smoke", "--what", "infer,layers")
     assert "img/s" in out and "GFLOP/s" in out and "per-layer breakdown" in out
-    assert "infer  minivit" in out
+    assert "infer  minivit" in out and "measured train step" in out
 
 
 def test_runs_without_torch(tmp_path):
@@ -111,48 +151,55 @@ def test_runs_without_torch(tmp_path):
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('no torch here')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])}
-    r = subprocess.run([sys.executable, BENCH, "--smoke", "--impl", "all", "--what", "infer"],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "torch not installed; skipped" in r.stdout + r.stderr
-    assert "infer  minivit" in r.stdout and "minivit/torch" not in r.stdout
+    out, err = run_bench("--smoke", "--impl", "all", "--what", "infer", env=env)
+    assert "torch not installed; skipped" in out + err
+    assert "infer  minivit" in out and "minivit/torch" not in out
 
 
 def test_bad_what_is_a_clear_error():
     with pytest.raises(SystemExit, match="unknown.*train, infer"):
-        load("bench").main(["--smoke", "--what", "speed"])
+        bench.main(["--smoke", "--what", "speed"])
 
 
-# ---- against PyTorch ---------------------------------------------------------------------------
-@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
-def test_impl_all_alternates_processes_and_reports_a_ratio():
-    recs = json_records(run_bench("--smoke", "--impl", "all", "--what", "train", "--rounds", "2",
-                                  "--steps", "2", "--warmup", "0", "--json", timeout=180)[0])
-    rounds = [(r["impl"], r["round"]) for r in recs if r["what"] == "train" and "round" in r]
-    assert rounds == [("minivit", 0), ("torch", 0), ("minivit", 1), ("torch", 1)]
+def test_impl_all_alternates_and_aggregates(monkeypatch):
+    """--impl all: one process per measurement, minivit and torch alternating each round, then
+    medians per implementation and the throughput ratio (children faked: no timing here)."""
+    calls = []
+
+    def fake_child(cmd, threads):
+        impl, what = cmd[cmd.index("--impl") + 1], cmd[cmd.index("--what") + 1]
+        assert "--json" in cmd and threads == 2
+        calls.append((impl, what))
+        ms = {"minivit": 10.0, "torch": 20.0}[impl] + len(calls)
+        if what == "peak":
+            return [{"what": "peak", "impl": impl, "gflops": 100.0}]
+        return [{"what": what, "impl": impl, "ms": ms, "gflop_per_step": 1.0, "peak_rss_mb": 50.0,
+                 "other_cores": 0.0}]
+
+    monkeypatch.setattr(bench, "run_child", fake_child)
+    monkeypatch.setattr(bench, "installed_impls", lambda: ["minivit", "torch"])
+    args = bench.parse_args(["--smoke", "--impl", "all", "--rounds", "2"])
+    recs = bench.run_all(args, ["peak", "train"], lambda r: None)
+    assert calls == [("minivit", "peak"), ("torch", "peak"), ("minivit", "train"),
+                     ("torch", "train"), ("minivit", "train"), ("torch", "train")]
+    assert [(r["impl"], r["round"]) for r in recs if r["what"] == "train" and "round" in r] == \
+        [("minivit", 0), ("torch", 0), ("minivit", 1), ("torch", 1)]
     agg = {r["impl"]: r for r in recs if r["what"] == "train" and r.get("aggregate")}
-    assert set(agg) == {"minivit", "torch"}
-    for r in agg.values():
-        assert r["rounds"] == 2 and positive(r["ms"]) and positive(r["gflops"])
+    assert agg["minivit"]["ms_rounds"] == [13.0, 15.0] and agg["minivit"]["ms"] == 14.0
+    assert agg["torch"]["ms"] == 25.0 and agg["torch"]["frac_peak"] == pytest.approx(
+        agg["torch"]["gflops"] / 100.0)
+    ratio = [r for r in recs if r["what"] == "ratio"]
+    assert len(ratio) == 1 and ratio[0]["minivit_over_torch"] == pytest.approx(25.0 / 14.0)
+
+
+@needs_torch
+def test_impl_all_measures_torch():
+    """The real thing, once: minivit and the PyTorch reference each in a fresh process."""
+    recs = json_records(run_bench("--smoke", "--impl", "all", "--what", "train", "--steps", "1",
+                                  "--warmup", "0", "--json")[0])
+    meta = {r["impl"]: r for r in recs if r["what"] == "meta"}
+    assert meta["torch"]["params"] == meta["minivit"]["params"] and meta["torch"]["sdpa"] is False
+    agg = {r["impl"]: r for r in recs if r["what"] == "train" and r.get("aggregate")}
+    assert set(agg) == {"minivit", "torch"} and all(positive(r["ms"]) for r in agg.values())
     ratio = [r for r in recs if r["what"] == "ratio"]
     assert len(ratio) == 1 and positive(ratio[0]["minivit_over_torch"])
-    assert ratio[0]["minivit_over_torch"] == pytest.approx(agg["torch"]["ms"] / agg["minivit"]["ms"])
-
-
-@pytest.mark.skipif(not HAS_TORCH, reason="torch not installed")
-@pytest.mark.parametrize("extra", [{}, dict(pool="mean", gelu="erf", pos_embed="sincos",
-                                            representation_size=5)])
-def test_torch_reference_is_the_same_model(extra):
-    """With minivit's weights loaded, the timing reference gives the same logits (float64)."""
-    import torch
-    TorchViT = load("torch_ref").TorchViT
-    cfg = ViTConfig(**SMALL, dtype="float64", **extra)
-    model = ViT(cfg, seed=0)
-    rng = np.random.default_rng(0)
-    for v in model.params.values():
-        v[...] = rng.standard_normal(v.shape) * 0.5
-    ref = TorchViT(cfg).double().load_minivit(model.params)
-    assert sum(p.numel() for p in ref.parameters()) == model.num_params()
-    x = rng.standard_normal((3, 2, 8, 8))
-    got = ref(torch.from_numpy(x)).detach().numpy()
-    np.testing.assert_allclose(got, model.forward(x), rtol=1e-10, atol=1e-12)

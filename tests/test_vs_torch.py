@@ -1,7 +1,8 @@
 """The whole model against an independent PyTorch ViT on the same weights, in float64 (as llm.c's test_gpt2).
 
 Checks logits, loss, input gradient, every parameter gradient and every layer's attention
-probabilities to a relative error of 1e-10 (max|a - b| / max|b|). Skipped when torch is missing.
+probabilities to a relative error of 1e-10 (max|a - b| / max|b|), and the reference's options
+that the benchmarks time with (sdpa, float32, dropout in train mode). Skipped when torch is missing.
 """
 import math
 
@@ -135,6 +136,51 @@ def test_attention_probs_match_torch(name, overrides, batch, smoothing):
         err = relerr(a, ref)
         assert err < TOL, f"{name}: layer {i} attention rel err {err:.3e}"
         assert np.abs(ref - 1.0 / N).max() > 0.05, "attention is near uniform; the check would be weak"
+
+
+@pytest.mark.parametrize("name,overrides,batch,smoothing", [CASES[0], CASES[5], CASES[6]],
+                         ids=[CASES[0][0], CASES[5][0], CASES[6][0]])
+def test_sdpa_matches_written_out_attention(name, overrides, batch, smoothing):
+    """sdpa=True (F.scaled_dot_product_attention, as the benchmarks may time it) is the same model:
+    logits and every gradient."""
+    cfg, model, tm, x, labels = make_pair(overrides, batch)
+    fused = TorchViT(cfg, dtype=torch.float64, sdpa=True).eval()
+    fused.load_minivit_params({k: backend.to_numpy(v) for k, v in model.params.items()})
+    for m in (tm, fused):
+        F.cross_entropy(m(torch.from_numpy(x)), torch.from_numpy(labels)).backward()
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+        assert relerr(fused(torch.from_numpy(x)).numpy(), ref) < TOL
+    assert relerr(backend.to_numpy(model.forward(x)), ref) < TOL
+    want, got = tm.grads_as_minivit(), fused.grads_as_minivit()
+    for k in want:
+        assert relerr(got[k], want[k]) < TOL, k
+    with pytest.raises(ValueError, match="sdpa=False"):
+        fused(torch.from_numpy(x), return_attention=True)
+
+
+def test_reference_for_timing():
+    """What the benchmarks rely on: float32 by default, minivit's parameter count and decay set,
+    dropout active in train mode only, drop path refused."""
+    cfg = ViTConfig(**BASE, dropout=0.3, attn_dropout=0.3)
+    model = ViT(cfg, seed=0)
+    tm = TorchViT(cfg).load_minivit_params(model.params)
+    assert tm.head.weight.dtype == torch.float32 and tm.num_params() == model.num_params()
+    decay, rest = tm.param_groups(0.05)
+    assert decay["weight_decay"] == 0.05 and rest["weight_decay"] == 0.0
+    assert sum(p.numel() for p in decay["params"]) == sum(model.params[k].size
+                                                          for k in model.decay_keys())
+    assert len(decay["params"]) + len(rest["params"]) == len(list(tm.parameters()))
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 1, 8, 8), dtype=np.float32))
+    with torch.no_grad():
+        tm.eval()
+        ref = model.forward(x.numpy())
+        assert relerr(tm(x).numpy(), ref) < 1e-5
+        tm.train()
+        a, b = tm(x).numpy(), tm(x).numpy()
+    assert not np.allclose(a, b), "train mode with dropout > 0 should draw new masks"
+    with pytest.raises(ValueError, match="drop_path"):
+        TorchViT(ViTConfig(**BASE, drop_path=0.1))
 
 
 def test_torch_patch_embed_is_the_spec_patchify():

@@ -1,10 +1,26 @@
-"""An independent PyTorch ViT for parity tests, written from the math with torch.nn.functional ops.
+"""The one PyTorch reference ViT, written from the math with torch.nn.functional ops; it does not
+import minivit, so that it checks minivit rather than repeating it.
 
-It reads a ViTConfig-like object (attributes image_size, patch_size, in_channels, num_classes, dim,
-depth, heads, mlp_ratio, pool, gelu, pos_embed, representation_size, eps, mlp_dim) and loads
-minivit's flat `params` dict (y = x @ w + b orientation) into torch's own layouts:
-Conv2d weight (D, C, p, p) for the patch embedding, nn.Linear weights (out, in).
-Only inference math is modelled: dropout, attention dropout and drop path are identities.
+It serves two uses:
+- parity (tests/test_vs_torch.py, tests/io/test_google.py): in float64, logits, loss, input and
+  parameter gradients and every block's attention probabilities against minivit's, to 1e-10;
+- timing (benchmarks/measure.py): float32 by default, dropout and attention dropout active in
+  train mode when their rates are > 0, and with sdpa=True PyTorch's fused
+  F.scaled_dot_product_attention instead of the written-out softmax(q k^T / sqrt(Dh)) v.
+
+    model = TorchViT(cfg, dtype=torch.float64)
+    model.load_minivit_params(params)                 # minivit's names, y = x @ w + b layout
+    logits, attn = model(x, return_attention=True)    # (B, K), depth x (B, H, N, N)
+    F.cross_entropy(logits, y).backward()
+    grads = model.grads_as_minivit()                  # minivit's names and layout
+
+The config is read by attribute (a minivit ViTConfig or any object with these fields):
+image_size, patch_size, in_channels, num_classes, dim, depth, heads, mlp_dim, pool ('cls' or
+'mean'), gelu ('tanh' or 'erf'), pos_embed ('learned' or 'sincos'), representation_size, eps,
+dropout, attn_dropout, drop_path. The model: stride-p conv patch embedding (row-major grid), CLS
+token first, position table added, pre-norm blocks with a fused qkv laid out [q | k | v] with
+heads contiguous inside each, final LayerNorm, CLS or mean pooling, optional tanh pre-logits,
+linear head. Drop path is not modelled: a config with drop_path > 0 is refused.
 """
 from __future__ import annotations
 
@@ -14,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+__all__ = ["TorchViT", "sincos_pos_embed"]
 
 
 def sincos_pos_embed(grid: int, dim: int, dtype: torch.dtype) -> Tensor:
@@ -32,48 +50,65 @@ def sincos_pos_embed(grid: int, dim: int, dtype: torch.dtype) -> Tensor:
     return pe[None].to(dtype)                                                 # (1, N, D)
 
 
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout in training mode when p > 0; the identity otherwise."""
+    return F.dropout(x, p, training=True) if p and training else x
+
+
 class Block(nn.Module):
-    """Pre-norm encoder block: x = x + Attn(LN1(x)); x = x + MLP(LN2(x))."""
+    """Pre-norm encoder block: x = x + drop(Attn(LN1(x))); x = x + drop(fc2(drop(gelu(fc1(LN2(x))))))."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, gelu: str, eps: float, dtype: torch.dtype):
+    def __init__(self, cfg, dtype: torch.dtype, sdpa: bool = False):
         super().__init__()
+        D, Fw = cfg.dim, cfg.mlp_dim
         kw = dict(dtype=dtype)
-        self.heads, self.eps = heads, eps
-        self.gelu = {"tanh": "tanh", "erf": "none"}[gelu]
-        self.norm1 = nn.LayerNorm(dim, eps=eps, **kw)
-        self.qkv = nn.Linear(dim, 3 * dim, **kw)
-        self.proj = nn.Linear(dim, dim, **kw)
-        self.norm2 = nn.LayerNorm(dim, eps=eps, **kw)
-        self.fc1 = nn.Linear(dim, mlp_dim, **kw)
-        self.fc2 = nn.Linear(mlp_dim, dim, **kw)
+        self.heads, self.eps, self.sdpa = cfg.heads, cfg.eps, sdpa
+        self.drop_rate, self.attn_drop_rate = cfg.dropout, cfg.attn_dropout
+        self.gelu = {"tanh": "tanh", "erf": "none"}[cfg.gelu]
+        self.norm1 = nn.LayerNorm(D, eps=cfg.eps, **kw)
+        self.qkv = nn.Linear(D, 3 * D, **kw)
+        self.proj = nn.Linear(D, D, **kw)
+        self.norm2 = nn.LayerNorm(D, eps=cfg.eps, **kw)
+        self.fc1 = nn.Linear(D, Fw, **kw)
+        self.fc2 = nn.Linear(Fw, D, **kw)
 
-    def attention(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """softmax(q k^T / sqrt(Dh)) v with heads split inside each of q, k, v; returns (out, probs)."""
+    def attention(self, h: Tensor, return_probs: bool) -> tuple[Tensor, Tensor | None]:
+        """softmax(q k^T / sqrt(Dh)) v per head, heads concatenated, then the output projection;
+        returns (out (B, N, D), probs (B, H, N, N) before attention dropout, or None)."""
         B, N, D = h.shape
         H = self.heads
         Dh = D // H
         qkv = F.linear(h, self.qkv.weight, self.qkv.bias)                     # (B, N, 3D)
-        q, k, v = qkv.split(D, dim=-1)                                        # 3 x (B, N, D)
-        q, k, v = (t.reshape(B, N, H, Dh).transpose(1, 2) for t in (q, k, v))  # (B, H, N, Dh)
-        a = F.softmax(q @ k.transpose(-2, -1) / math.sqrt(Dh), dim=-1)        # (B, H, N, N)
-        o = (a @ v).transpose(1, 2).reshape(B, N, D)                          # (B, N, D)
+        q, k, v = qkv.reshape(B, N, 3, H, Dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, Dh)
+        p_drop = self.attn_drop_rate if self.training else 0.0
+        a = None
+        if self.sdpa:
+            if return_probs:
+                raise ValueError("return_attention needs the written-out attention: build "
+                                 "TorchViT with sdpa=False (F.scaled_dot_product_attention "
+                                 "does not return its probabilities)")
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop)    # (B, H, N, Dh)
+        else:
+            a = F.softmax((q / math.sqrt(Dh)) @ k.transpose(-2, -1), dim=-1)  # (B, H, N, N)
+            o = dropout(a, p_drop, True) @ v                                  # (B, H, N, Dh)
+        o = o.transpose(1, 2).reshape(B, N, D)                                # (B, N, D)
         return F.linear(o, self.proj.weight, self.proj.bias), a               # (B, N, D)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, return_probs: bool = False) -> tuple[Tensor, Tensor | None]:
         D = x.shape[-1]
         h = F.layer_norm(x, (D,), self.norm1.weight, self.norm1.bias, self.eps)  # (B, N, D)
-        out, a = self.attention(h)
-        x = x + out                                                           # (B, N, D)
+        out, a = self.attention(h, return_probs)
+        x = x + dropout(out, self.drop_rate, self.training)                     # (B, N, D)
         h = F.layer_norm(x, (D,), self.norm2.weight, self.norm2.bias, self.eps)  # (B, N, D)
         h = F.gelu(F.linear(h, self.fc1.weight, self.fc1.bias), approximate=self.gelu)  # (B, N, F)
-        x = x + F.linear(h, self.fc2.weight, self.fc2.bias)                   # (B, N, D)
-        return x, a
+        h = F.linear(dropout(h, self.drop_rate, self.training), self.fc2.weight, self.fc2.bias)
+        return x + dropout(h, self.drop_rate, self.training), a                 # (B, N, D)
 
 
 class TorchViT(nn.Module):
     """Reference ViT: conv patch embed, CLS + positions, pre-norm blocks, LN, pool, [pre-logits], head."""
 
-    def __init__(self, config, dtype: torch.dtype = torch.float64):
+    def __init__(self, config, dtype: torch.dtype = torch.float32, sdpa: bool = False):
         super().__init__()
         c = config
         S, p, C, D = c.image_size, c.patch_size, c.in_channels, c.dim
@@ -81,17 +116,19 @@ class TorchViT(nn.Module):
             raise ValueError(f"image_size={S} not divisible by patch_size={p}; pick a patch that divides it")
         if D % c.heads:
             raise ValueError(f"dim={D} not divisible by heads={c.heads}; pick heads dividing dim")
-        self.config, self.grid = c, S // p
+        if c.drop_path:
+            raise ValueError(f"drop_path={c.drop_path}: the reference does not model stochastic "
+                             f"depth; compare or time with drop_path=0")
+        self.config, self.grid, self.sdpa = c, S // p, sdpa
         N = self.grid ** 2 + 1
         kw = dict(dtype=dtype)
         self.patch_embed = nn.Conv2d(C, D, kernel_size=p, stride=p, **kw)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, D, **kw))
+        self.cls_token = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, D, **kw), std=0.02))
         if c.pos_embed == "learned":
-            self.pos_embed = nn.Parameter(torch.zeros(1, N, D, **kw))
+            self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, N, D, **kw), std=0.02))
         else:
             self.register_buffer("pos_embed", sincos_pos_embed(self.grid, D, dtype))
-        self.blocks = nn.ModuleList(Block(D, c.heads, c.mlp_dim, c.gelu, c.eps, dtype)
-                                    for _ in range(c.depth))
+        self.blocks = nn.ModuleList(Block(c, dtype, sdpa) for _ in range(c.depth))
         self.norm = nn.LayerNorm(D, eps=c.eps, **kw)
         R = c.representation_size
         self.pre_logits = nn.Linear(D, R, **kw) if R else None
@@ -104,16 +141,34 @@ class TorchViT(nn.Module):
         t = t.flatten(2).transpose(1, 2)                                      # (B, P, D) row-major grid
         cls = self.cls_token.expand(t.shape[0], -1, -1)                       # (B, 1, D)
         t = torch.cat([cls, t], dim=1) + self.pos_embed                      # (B, N, D)
+        t = dropout(t, c.dropout, self.training)
         attns = []
         for blk in self.blocks:
-            t, a = blk(t)                                                     # (B, N, D)
+            t, a = blk(t, return_attention)                                   # (B, N, D)
             attns.append(a)
-        t = F.layer_norm(t, (c.dim,), self.norm.weight, self.norm.bias, c.eps)  # (B, N, D)
-        h = t[:, 0] if c.pool == "cls" else t[:, 1:].mean(dim=1)              # (B, D)
+        if c.pool == "cls":                                                   # LayerNorm is per token
+            h = F.layer_norm(t[:, 0], (c.dim,), self.norm.weight, self.norm.bias, c.eps)  # (B, D)
+        else:
+            t = F.layer_norm(t, (c.dim,), self.norm.weight, self.norm.bias, c.eps)     # (B, N, D)
+            h = t[:, 1:].mean(dim=1)                                          # (B, D)
         if self.pre_logits is not None:
             h = torch.tanh(F.linear(h, self.pre_logits.weight, self.pre_logits.bias))  # (B, R)
         logits = F.linear(h, self.head.weight, self.head.bias)               # (B, K)
         return (logits, attns) if return_attention else logits
+
+    def num_params(self) -> int:
+        """Trainable parameters (the fixed sin-cos table is a buffer, as in minivit)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimizer groups as minivit trains: weight decay on the weight matrices (linear
+        weights and the patch-embedding kernel) only, none on biases, LayerNorm parameters,
+        the CLS token or the position table."""
+        decay = [p for p, kind in self._mapping().values() if kind != "same"]
+        ids = {id(p) for p in decay}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": rest, "weight_decay": 0.0}]
 
     # ---- name / layout mapping to minivit -------------------------------------------------------
 
@@ -155,8 +210,9 @@ class TorchViT(nn.Module):
             t = t.permute(2, 3, 1, 0).reshape(-1, t.shape[0])                 # (D, C, p, p) -> (p*p*C, D)
         return t.detach().cpu().numpy().copy()
 
-    def load_minivit_params(self, params: dict[str, np.ndarray]) -> None:
-        """Copy minivit's flat params (host arrays) into this model; names must match exactly."""
+    def load_minivit_params(self, params: dict[str, np.ndarray]) -> "TorchViT":
+        """Copy minivit's flat params (host arrays) into this model; names must match exactly.
+        Values are cast to this model's dtype. Returns self."""
         m = self._mapping()
         if set(params) != set(m):
             raise KeyError(f"param names differ: missing {sorted(set(m) - set(params))}, "
@@ -168,6 +224,7 @@ class TorchViT(nn.Module):
                     raise ValueError(f"{name}: shape {tuple(params[name].shape)} maps to {tuple(t.shape)}, "
                                      f"expected torch shape {tuple(p.shape)}")
                 p.copy_(t)
+        return self
 
     def grads_as_minivit(self) -> dict[str, np.ndarray]:
         """Every parameter's .grad in minivit's names and orientation."""

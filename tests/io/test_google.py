@@ -1,4 +1,5 @@
-"""Google vit_jax .npz checkpoints (minivit.io) and fine-tuning helpers (minivit.finetune).
+"""Google vit_jax .npz checkpoints (minivit/io/google.py): layout, round trip, bad keys, and the
+loaded model against Flax's semantics and against the PyTorch reference.
 
 References used here are independent of minivit.io's mapping: the key list is written out by
 hand, a NumPy forward pass reads the Google-named arrays directly with Flax's semantics
@@ -333,7 +334,8 @@ def torch_from_google(arrays: dict, gelu: str, R):
                                 in_channels=o["C"], num_classes=o["K"], dim=o["D"],
                                 depth=o["depth"], heads=o["H"], mlp_ratio=o["F"] / o["D"],
                                 mlp_dim=o["F"], pool="cls", gelu=gelu, pos_embed="learned",
-                                representation_size=R, eps=1e-6)
+                                representation_size=R, eps=1e-6, dropout=0.0,
+                                attn_dropout=0.0, drop_path=0.0)
     tm = TorchViT(cfg, dtype=torch.float64)
     T = lambda k: torch.from_numpy(np.ascontiguousarray(arrays[k]))   # noqa: E731
     with torch.no_grad():

@@ -1,0 +1,157 @@
+"""Where minivit's training step goes: the forward and the backward time of each layer, measured
+by calling the package's own pairs the way the model calls them, on the shapes of a real step.
+
+    patch embed         patch_embed_forward/backward                          1 per step
+    layernorm normalize normalize_forward/backward (norm1 and norm2)           2 per block
+    qkv linear          fold_affine (norm1's affine into qkv) + linear        1 per block
+    attention core      attention_forward/backward                            1 per block
+    attn out proj       linear (the projection mhsa_forward ends with)        1 per block
+    mlp                 fold_affine (norm2's affine into fc1) + mlp pair      1 per block
+    head                head_forward/backward                                 1 per step
+    loss                cross_entropy_forward/backward                        1 per step
+    AdamW step          AdamW.step over the model's params and grads          1 per step
+
+qkv linear, attention core and attn out proj are the three pairs mhsa_forward composes, timed
+apart to see which costs what; the other block rows are block_forward's own calls. The weights
+are the model's (block 0 stands for every block), the inputs random arrays of the activations'
+shapes, B x N tokens split into the model's batch pieces.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from measure import LR, WEIGHT_DECAY, MinivitBench, batch_pieces, time_ms, time_step
+from minivit import ViT, backend
+from minivit.layers import (attention_backward, attention_forward, cross_entropy_backward,
+                            cross_entropy_forward, fold_affine_backward, fold_affine_forward,
+                            head_backward, head_forward, linear_backward, linear_forward,
+                            mlp_backward, mlp_forward, normalize_backward, normalize_forward,
+                            patch_embed_backward, patch_embed_forward)
+from minivit.optim import AdamW
+from minivit.parallel import threads
+
+
+class Layer(NamedTuple):
+    name: str
+    calls: int                 # calls per training step
+    inputs: Callable           # b -> the forward's inputs for a batch piece of b images
+    forward: Callable          # *inputs -> (out, cache)
+    backward: Callable         # (dout, cache) -> grads
+
+
+def step_layers(model: ViT) -> list:
+    """The layers of model's training step, in the order the step runs them."""
+    cfg, p = model.config, model.params
+    bp = model.block_params()[0]
+    S, C, N, D, K, L = (cfg.image_size, cfg.in_channels, cfg.num_tokens, cfg.dim,
+                        cfg.num_classes, cfg.depth)
+    rng = np.random.default_rng(1)
+
+    def rand(*shape):
+        """b -> a tuple with one random array (b, *shape) of the model's dtype."""
+        return lambda b: (backend.asarray(rng.standard_normal((b, *shape)).astype(cfg.dtype)),)
+
+    def qkv_forward(h):                  # block_forward's norm1 fold, then mhsa_forward's qkv linear
+        (w, b), c_fold = fold_affine_forward(bp["norm1.w"], bp["norm1.b"], bp["attn.qkv.w"],
+                                             bp["attn.qkv.b"])
+        qkv, c_lin = linear_forward(h, w, b)               # (b, N, 3D)
+        return qkv, (c_fold, c_lin)
+
+    def qkv_backward(dqkv, cache):
+        c_fold, c_lin = cache
+        dh, dw, db = linear_backward(dqkv, c_lin)
+        return (dh, *fold_affine_backward(dw, db, c_fold))
+
+    def mlp_folded_forward(h):           # block_forward's norm2 fold, then its MLP branch
+        (w1, b1), c_fold = fold_affine_forward(bp["norm2.w"], bp["norm2.b"], bp["mlp.fc1.w"],
+                                               bp["mlp.fc1.b"])
+        y, c_mlp = mlp_forward(h, w1, b1, bp["mlp.fc2.w"], bp["mlp.fc2.b"], cfg.gelu)  # (b, N, D)
+        return y, (c_fold, c_mlp)
+
+    def mlp_folded_backward(dy, cache):
+        c_fold, c_mlp = cache
+        dh, dw1, db1, dw2, db2 = mlp_backward(dy, c_mlp)
+        return (dh, *fold_affine_backward(dw1, db1, c_fold), dw2, db2)
+
+    def labels(b):
+        return rand(K)(b) + (backend.asarray(rng.integers(0, K, b)),)   # (b, K), (b,)
+
+    return [
+        Layer("patch embed", 1, rand(C, S, S),
+              lambda x: patch_embed_forward(x, p["patch_embed.w"], p["patch_embed.b"],
+                                            cfg.patch_size),
+              patch_embed_backward),
+        Layer("layernorm normalize (2/block)", 2 * L, rand(N, D),
+              lambda x: normalize_forward(x, cfg.eps), normalize_backward),
+        Layer("qkv linear (+norm1 affine)", L, rand(N, D), qkv_forward, qkv_backward),
+        Layer("attention core", L, rand(N, 3 * D),
+              lambda qkv: attention_forward(qkv, cfg.heads), attention_backward),
+        Layer("attn out proj", L, rand(N, D),
+              lambda o: linear_forward(o, bp["attn.proj.w"], bp["attn.proj.b"]), linear_backward),
+        Layer("mlp (+norm2 affine)", L, rand(N, D), mlp_folded_forward, mlp_folded_backward),
+        Layer("head (norm, pool, linear)", 1, rand(N, D),
+              lambda t: head_forward(t, p, cfg), head_backward),
+        Layer("loss (cross-entropy)", 1, labels,
+              cross_entropy_forward, lambda dout, cache: cross_entropy_backward(cache)),
+    ]
+
+
+def time_layer(layer: Layer, sizes: list, reps: int, sync) -> tuple:
+    """(forward ms, backward ms) per call. Like the model, each batch piece runs on its own worker
+    thread and times its own calls there (no per-call thread hand-off); the slower piece's
+    medians count. Each repetition copies the inputs and the upstream gradient (untimed: a pair
+    may work in place or consume them), times the forward, then the backward on its cache."""
+    def piece(b: int) -> tuple:
+        inputs = layer.inputs(b)
+        out = layer.forward(*(a.copy() for a in inputs))[0]
+        dout = None                                       # the loss returns a float: no dout
+        if hasattr(out, "shape"):
+            dout = backend.asarray(np.random.default_rng(2).standard_normal(out.shape)
+                                   .astype(out.dtype))
+        t_f, t_b = [], []
+        for rep in range(2 + reps):                       # 2 untimed
+            ins = tuple(a.copy() for a in inputs)
+            d = None if dout is None else dout.copy()
+            sync()
+            t0 = time.perf_counter()
+            _, cache = layer.forward(*ins)
+            sync()
+            t1 = time.perf_counter()
+            layer.backward(d, cache)
+            sync()
+            t2 = time.perf_counter()
+            if rep >= 2:
+                t_f.append((t1 - t0) * 1e3)
+                t_b.append((t2 - t1) * 1e3)
+        return statistics.median(t_f), statistics.median(t_b)
+
+    res = threads.parallel_map(piece, sizes)
+    return max(r[0] for r in res), max(r[1] for r in res)
+
+
+def breakdown(bench: MinivitBench, batch: int, reps: int, steps: int, warmup: int) -> list:
+    """One record per layer (ms per call and per step = per call x calls per step, share of the
+    sum), the AdamW step, then a 'layers_total' record with the sum and the measured train step
+    (median of `steps`) for comparison."""
+    model, sync = bench.model, bench.sync
+    sizes = batch_pieces(batch)
+    rows = []
+    for layer in step_layers(model):
+        f, b = time_layer(layer, sizes, reps, sync)
+        rows.append({"what": "layers", "layer": layer.name, "calls": layer.calls,
+                     "fwd_ms_call": f, "bwd_ms_call": b, "fwd_ms": f * layer.calls,
+                     "bwd_ms": b * layer.calls, "ms": (f + b) * layer.calls})
+    opt = AdamW(model.params, lr=LR, weight_decay=WEIGHT_DECAY, decay=model.decay_keys())
+    t = statistics.median(time_ms(lambda: opt.step(model.grads), reps, 2, sync))
+    rows.append({"what": "layers", "layer": "AdamW step", "calls": 1, "fwd_ms_call": None,
+                 "bwd_ms_call": None, "fwd_ms": None, "bwd_ms": None, "ms": t})
+    total = sum(r["ms"] for r in rows)
+    for r in rows:
+        r["share"] = r["ms"] / total
+    step_ms = time_step(bench, "train", batch, steps, warmup)["ms"]
+    return rows + [{"what": "layers_total", "sum_ms": total, "train_step_ms": step_ms,
+                    "chunks": sizes}]

@@ -1,0 +1,272 @@
+"""Measurement, inside one process: a training step or inference of minivit (NumPy or CuPy) or of
+the PyTorch reference ViT, the float32 matmul peak, memory (max RSS; the GPU allocators' pools),
+the thread limits, and vit_flops, the FLOP count that turns a time into GFLOP/s.
+
+bench.py decides what runs in which process and prints the results; nothing here starts a
+process or prints a table.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:               # this checkout's minivit, installed or not
+    sys.path.insert(0, ROOT)
+# The PyTorch side is the reference ViT that the parity tests hold to 1e-10 against minivit
+# (tests/torch_vit.py): one reference, so the model timed is the model tested. It lives with the
+# tests, and benchmarks/ is not a package, so its folder goes on the path.
+TESTS = os.path.join(ROOT, "tests")
+if TESTS not in sys.path:
+    sys.path.append(TESTS)
+
+from minivit import ViT, ViTConfig, backend  # noqa: E402
+from minivit.layers import cross_entropy_backward, cross_entropy_forward  # noqa: E402
+from minivit.optim import AdamW  # noqa: E402
+from minivit.parallel import threads  # noqa: E402
+
+LR, WEIGHT_DECAY = 1e-3, 0.05
+
+
+# ---- FLOPs ------------------------------------------------------------------------------------
+def vit_flops(cfg: ViTConfig, batch: int) -> int:
+    """Forward FLOPs of one batch, counting 2*M*N*K for every matmul and nothing else.
+
+    Read from the parameter table (cfg.param_shapes()): each weight matrix w (Din, Dout) is a
+    matmul over the rows it reads, 2 * rows * Din * Dout, with rows = P patches for the patch
+    embedding, N tokens for a block's qkv, proj, fc1 and fc2, and 1 (the pooled token) for the
+    [pre-logits and] head. Attention adds two N x N x D products per block (q k^T and a @ v, all
+    heads together). Elementwise work (LayerNorm, softmax, GELU, adds) is left out. A training
+    step counts as 3x the forward (backward = two matmuls per forward matmul). This is the
+    nominal count of the full model: minivit's CLS-only last block does less work, so its
+    GFLOP/s are "effective"."""
+    def rows(key: str) -> int:
+        if key == "patch_embed.w":
+            return cfg.num_patches
+        return cfg.num_tokens if key.startswith("blocks.") else 1
+    weights = sum(2 * rows(k) * s[0] * s[1] for k, s in cfg.param_shapes().items() if len(s) == 2)
+    attention = cfg.depth * 2 * (2 * cfg.num_tokens ** 2 * cfg.dim)
+    return batch * (weights + attention)
+
+
+# ---- clock, memory, threads -------------------------------------------------------------------
+def time_ms(fn, reps: int, warmup: int, sync) -> list:
+    """Wall times in ms of `reps` calls of fn() after `warmup` untimed ones; sync() waits for the
+    device before each clock read."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def rss_now_mb() -> float | None:
+    """Resident set size now, MB (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError):
+        return None
+
+
+def rss_peak_mb() -> float:
+    """Max resident set size of this process so far, MB (ru_maxrss: KB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2 ** 20 if sys.platform == "darwin" else r / 2 ** 10
+
+
+_THREAD_LIMITS = None   # threadpoolctl's limiter, kept alive for the whole process
+
+
+def limit_threads(blas_threads: int, workers: int | None = None) -> dict:
+    """Pin BLAS/OpenMP pools to `blas_threads` (threadpoolctl when installed; otherwise the
+    *_NUM_THREADS variables that bench.py sets before NumPy loads did it) and minivit's batch
+    split to `workers` threads (default: blas_threads). Returns what the pools report."""
+    global _THREAD_LIMITS
+    info = {"threads": blas_threads}
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        info["pools"] = ["threadpoolctl not installed: set by the *_NUM_THREADS variables"]
+    else:
+        _THREAD_LIMITS = threadpool_limits(limits=blas_threads)
+        info["pools"] = sorted(f"{p['internal_api']} {p.get('version')} x{p['num_threads']}"
+                               for p in threadpool_info())
+    threads.set_workers(workers if workers is not None else blas_threads)
+    return info
+
+
+def batch_pieces(batch: int) -> list:
+    """The sizes of the batch pieces minivit's forward runs on its worker threads (ViT.forward:
+    split on NumPy, whole on the GPU)."""
+    if backend.xp() is not np:
+        return [batch]
+    return [len(range(batch)[s]) for s in threads.split_batch(batch)]
+
+
+def host_batch(cfg: ViTConfig, batch: int):
+    """Random images (B, C, S, S) float32 and labels (B,) int64 on the host, seed 0."""
+    rng = np.random.default_rng(0)
+    S, C = cfg.image_size, cfg.in_channels
+    x = rng.standard_normal((batch, C, S, S)).astype(cfg.dtype)
+    return x, rng.integers(0, cfg.num_classes, batch).astype(np.int64)
+
+
+# ---- the two implementations ------------------------------------------------------------------
+class MinivitBench:
+    """minivit on NumPy (CPU) or CuPy (GPU): the model, a batch, and its step functions."""
+    name = "minivit"
+
+    def __init__(self, cfg: ViTConfig, batch: int, gpu: bool = False, tf32: bool = False):
+        if gpu:
+            backend.use("gpu", tf32=tf32)
+        self.cfg, self.gpu = cfg, gpu
+        self.model = ViT(cfg, seed=0)
+        hx, hy = host_batch(cfg, batch)
+        self.x, self.y = backend.asarray(hx), backend.asarray(hy)   # (B, C, S, S), (B,)
+        self.sync = backend.synchronize
+        self.xp = backend.xp()
+        self._pool_high = 0
+
+    def info(self) -> dict:
+        return {"numpy": np.__version__, "backend": backend.name(),
+                "params": self.model.num_params(), "batch_pieces": len(batch_pieces(len(self.x)))}
+
+    def train_step(self):
+        """forward(train=True) + cross-entropy + backward + AdamW step, as training runs it."""
+        model, x, y = self.model, self.x, self.y
+        opt = AdamW(model.params, lr=LR, weight_decay=WEIGHT_DECAY, decay=model.decay_keys())
+
+        def step():
+            logits = model.forward(x, train=True)            # (B, K)
+            _, cache = cross_entropy_forward(logits, y)
+            model.backward(cross_entropy_backward(cache))
+            opt.step(model.grads)
+            self._track()
+        return step
+
+    def infer_step(self):
+        def step():
+            self.model.forward(self.x, train=False)          # (B, K)
+            self._track()
+        return step
+
+    def _track(self) -> None:
+        if self.gpu:
+            self._pool_high = max(self._pool_high,
+                                  self.xp.get_default_memory_pool().total_bytes())
+
+    def reset_memory(self) -> None:
+        """Start a new high-water mark; on the GPU first hand the pool's cached blocks back
+        (e.g. the peak matmul's), so that the mark is this measurement's own."""
+        if self.gpu:
+            self.xp.get_default_memory_pool().free_all_blocks()
+        self._pool_high = 0
+
+    def memory(self) -> dict:
+        if self.gpu:
+            return {"gpu_peak_mb": self._pool_high / 2 ** 20}
+        return {"peak_rss_mb": rss_peak_mb()}
+
+    def matmul_peak(self, n: int, reps: int) -> float:
+        """GFLOP/s of an n x n float32 matmul (median of reps) with the backend's BLAS."""
+        xp, rng = self.xp, np.random.default_rng(0)
+        a, b = (backend.asarray(rng.standard_normal((n, n)), dtype=np.float32) for _ in range(2))
+        out = xp.empty((n, n), dtype=np.float32)
+        ts = time_ms(lambda: xp.matmul(a, b, out=out), reps, 2, self.sync)
+        return 2 * n ** 3 / statistics.median(ts) / 1e6
+
+
+class TorchBench:
+    """The eager PyTorch reference ViT (tests/torch_vit.py) on the CPU or CUDA, float32."""
+    name = "torch"
+
+    def __init__(self, cfg: ViTConfig, batch: int, gpu: bool = False, tf32: bool = False,
+                 sdpa: bool = False, num_threads: int = 2):
+        import torch
+        from torch_vit import TorchViT
+        self.torch, self.cfg, self.gpu, self.sdpa = torch, cfg, gpu, sdpa
+        torch.set_num_threads(num_threads)
+        if gpu:
+            if not torch.cuda.is_available():
+                raise SystemExit("--device gpu: this PyTorch sees no CUDA GPU; install a CUDA "
+                                 "build of torch or use --device cpu")
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+        self.dev = torch.device("cuda" if gpu else "cpu")
+        torch.manual_seed(0)
+        self.model = TorchViT(cfg, dtype=torch.float32, sdpa=sdpa).to(self.dev)
+        hx, hy = host_batch(cfg, batch)
+        self.x = torch.from_numpy(hx).to(self.dev)                      # (B, C, S, S)
+        self.y = torch.from_numpy(hy).to(self.dev)                      # (B,)
+        self.sync = torch.cuda.synchronize if gpu else (lambda: None)
+
+    def info(self) -> dict:
+        return {"torch": self.torch.__version__, "sdpa": self.sdpa,
+                "params": self.model.num_params()}
+
+    def train_step(self):
+        """The same step: AdamW with weight decay on the same weights (model.param_groups)."""
+        torch, model, x, y = self.torch, self.model, self.x, self.y
+        opt = torch.optim.AdamW(model.param_groups(WEIGHT_DECAY), lr=LR)
+        model.train()
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+        return step
+
+    def infer_step(self):
+        torch, model, x = self.torch, self.model, self.x
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model(x)                                     # (B, K)
+        return step
+
+    def reset_memory(self) -> None:
+        if self.gpu:
+            self.torch.cuda.empty_cache()                    # like CuPy's free_all_blocks
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def memory(self) -> dict:
+        if self.gpu:                                         # reserved, as CuPy's pool total
+            return {"gpu_peak_mb": self.torch.cuda.max_memory_reserved() / 2 ** 20}
+        return {"peak_rss_mb": rss_peak_mb()}
+
+    def matmul_peak(self, n: int, reps: int) -> float:
+        torch = self.torch
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(n, n, generator=g).to(self.dev) for _ in range(2))
+        out = torch.empty(n, n, device=self.dev)
+        ts = time_ms(lambda: torch.mm(a, b, out=out), reps, 2, self.sync)
+        return 2 * n ** 3 / statistics.median(ts) / 1e6
+
+
+BENCHES = {"minivit": MinivitBench, "torch": TorchBench}
+
+
+def time_step(bench, what: str, batch: int, steps: int, warmup: int) -> dict:
+    """Time bench's 'train' or 'infer' step: ms/step (median of `steps` after `warmup`),
+    images/s, GFLOP/s and peak memory."""
+    step = bench.train_step() if what == "train" else bench.infer_step()
+    bench.reset_memory()
+    ts = time_ms(step, steps, warmup, bench.sync)
+    ms = statistics.median(ts)
+    flops = vit_flops(bench.cfg, batch) * (3 if what == "train" else 1)
+    return {"what": what, "ms": ms, "ms_min": min(ts), "ms_max": max(ts), "steps": len(ts),
+            "images_per_s": batch / ms * 1e3, "gflop_per_step": flops / 1e9,
+            "gflops": flops / ms / 1e6, **bench.memory()}
