@@ -9,18 +9,23 @@ from typing import Optional, Sequence
 
 BLOCK_KEYS = ("norm1.w", "norm1.b", "attn.qkv.w", "attn.qkv.b", "attn.proj.w", "attn.proj.b",
               "norm2.w", "norm2.b", "mlp.fc1.w", "mlp.fc1.b", "mlp.fc2.w", "mlp.fc2.b")
-HEAD_KEYS = ("norm.w", "norm.b", "pre_logits.w", "pre_logits.b", "head.w", "head.b")
+SCALE_KEYS = ("ls1.g", "ls2.g")         # LayerScale of the two branches, with cfg.layer_scale
+HEAD_KEYS = ("norm.w", "norm.b", "pre_logits.w", "pre_logits.b", "head.w", "head.b",
+             "head_dist.w", "head_dist.b")
 _CHOICES = {"pool": ("cls", "mean"), "gelu": ("tanh", "erf"),
             "pos_embed": ("learned", "sincos"), "dtype": ("float32", "float64")}
 
 
 @dataclass
 class ViTConfig:
-    """Shapes: images (B, C, S, S) -> P = (S/p)^2 patches -> N = P + 1 tokens of width D."""
+    """Shapes: images (B, C, S, S) -> P = (S/p)^2 patches -> N = T + P tokens of width D, the
+    T prefix tokens first: [cls] [dist] [registers] patches (T = 1 by default: the CLS token).
+    The fields after dtype describe released checkpoint families (io/hf.py, io/timm.py); their
+    defaults give the original ViT."""
     image_size: int = 28            # S: images are S x S
     patch_size: int = 7             # p: patches are p x p
     in_channels: int = 1            # C
-    num_classes: int = 10           # K
+    num_classes: int = 10           # K; 0: no head, forward returns the pooled features
     dim: int = 64                   # D
     depth: int = 6                  # number of encoder blocks
     heads: int = 4                  # H, with Dh = D / H
@@ -34,16 +39,29 @@ class ViTConfig:
     representation_size: Optional[int] = None  # optional pre-logits Dense + tanh (Google ckpts)
     eps: float = 1e-6               # LayerNorm epsilon
     dtype: str = "float32"          # parameter and activation dtype
+    layer_scale: Optional[float] = None  # LayerScale: each branch times a learned (D,) vector
+                                    # initialized to this value (DeiT III, DINOv2); None: off
+    num_registers: int = 0          # R register tokens after the class tokens (DINOv2-reg); they
+                                    # carry no position and are left out of the mean pool
+    distilled: bool = False         # DeiT distillation token after CLS and a second head;
+                                    # logits = mean of the two heads
+    class_token: bool = True        # False: no CLS token (then pool='mean')
+    pos_embed_cls: bool = True      # the position table has rows for the class tokens (CLS,
+                                    # dist); False: patches only (timm no_embed_class)
+    fc_norm: bool = False           # the final LayerNorm after pooling (timm fc_norm: average
+                                    # the tokens, then normalize), not before it
 
     def __post_init__(self):
         for field, allowed in _CHOICES.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field}={getattr(self, field)!r} is not one of {allowed}")
         for field in ("image_size", "patch_size", "in_channels", "num_classes", "dim",
-                      "depth", "heads"):
+                      "depth", "heads", "num_registers"):
             v = getattr(self, field)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{field} must be a positive integer, got {v!r}")
+            low = 0 if field in ("num_classes", "num_registers") else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                kind = "a non-negative" if low == 0 else "a positive"
+                raise ValueError(f"{field} must be {kind} integer, got {v!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}; "
                              f"choose heads that divide dim (e.g. heads={_divisor(self.dim, self.heads)})")
@@ -60,6 +78,25 @@ class ViTConfig:
         if self.representation_size is not None and self.representation_size <= 0:
             raise ValueError(f"representation_size must be positive or None, "
                              f"got {self.representation_size}")
+        self._check_families()
+
+    def _check_families(self) -> None:
+        """The combinations of the checkpoint-family fields that the model defines."""
+        if self.layer_scale is not None and not (isinstance(self.layer_scale, (int, float))
+                                                 and self.layer_scale > 0):
+            raise ValueError(f"layer_scale must be a positive initial value (e.g. 1e-5) or "
+                             f"None, got {self.layer_scale!r}")
+        if not self.class_token and (self.pool == "cls" or self.distilled):
+            raise ValueError("class_token=False leaves no CLS token to pool or distill from; "
+                             "use pool='mean' (and distilled=False)")
+        if self.distilled and (self.pool != "cls" or self.representation_size):
+            raise ValueError("distilled=True reads the CLS and distillation tokens with a head "
+                             "each: it needs pool='cls' and no representation_size")
+        if self.fc_norm and self.pool != "mean":
+            raise ValueError("fc_norm=True normalizes the average of the patch tokens: it needs "
+                             "pool='mean' (with pool='cls' the final norm is the same either way)")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be positive, got {self.eps}")
 
     @property
     def grid(self) -> int:          # patches per side, S / p
@@ -70,8 +107,28 @@ class ViTConfig:
         return self.grid ** 2
 
     @property
-    def num_tokens(self) -> int:    # N = P + 1 (CLS first)
-        return self.num_patches + 1
+    def num_class_tokens(self) -> int:   # CLS and distillation tokens: 0, 1 or 2
+        return int(self.class_token) + int(self.distilled)
+
+    @property
+    def num_prefix_tokens(self) -> int:  # T: class tokens, then registers, before the patches
+        return self.num_class_tokens + self.num_registers
+
+    @property
+    def num_tokens(self) -> int:    # N = T + P (N = P + 1 by default: CLS first)
+        return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def num_pos_prefix(self) -> int:    # rows of the position table before the patch rows
+        return self.num_class_tokens if self.pos_embed_cls else 0
+
+    @property
+    def num_features(self) -> int:  # width of the pooled representation the head reads
+        return self.representation_size or self.dim
+
+    @property
+    def num_outputs(self) -> int:   # forward's output width: K, or the features when K = 0
+        return self.num_classes or self.num_features
 
     @property
     def head_dim(self) -> int:      # Dh
@@ -85,20 +142,36 @@ class ViTConfig:
         """Every parameter's name and shape, in the model's order: the one table that init,
         the weight formats (io/) and the benchmarks read. Weights are (in, out): y = x @ w + b."""
         D, F, p, C, K = self.dim, self.mlp_dim, self.patch_size, self.in_channels, self.num_classes
-        s = {"patch_embed.w": (p * p * C, D), "patch_embed.b": (D,), "cls_token": (1, 1, D)}
+        s = {"patch_embed.w": (p * p * C, D), "patch_embed.b": (D,)}
+        if self.class_token:
+            s["cls_token"] = (1, 1, D)
+        if self.distilled:
+            s["dist_token"] = (1, 1, D)
+        if self.num_registers:
+            s["reg_tokens"] = (1, self.num_registers, D)
         if self.pos_embed == "learned":
-            s["pos_embed"] = (1, self.num_tokens, D)
+            s["pos_embed"] = (1, self.num_pos_prefix + self.num_patches, D)
         block = {"norm1.w": (D,), "norm1.b": (D,), "attn.qkv.w": (D, 3 * D), "attn.qkv.b": (3 * D,),
                  "attn.proj.w": (D, D), "attn.proj.b": (D,), "norm2.w": (D,), "norm2.b": (D,),
-                 "mlp.fc1.w": (D, F), "mlp.fc1.b": (F,), "mlp.fc2.w": (F, D), "mlp.fc2.b": (D,)}
+                 "mlp.fc1.w": (D, F), "mlp.fc1.b": (F,), "mlp.fc2.w": (F, D), "mlp.fc2.b": (D,),
+                 "ls1.g": (D,), "ls2.g": (D,)}
         for i in range(self.depth):
-            s.update((f"blocks.{i}.{k}", block[k]) for k in BLOCK_KEYS)
+            s.update((f"blocks.{i}.{k}", block[k]) for k in self.block_keys())
         s.update({"norm.w": (D,), "norm.b": (D,)})
         R = self.representation_size
         if R:
             s.update({"pre_logits.w": (D, R), "pre_logits.b": (R,)})
-        s.update({"head.w": (R or D, K), "head.b": (K,)})
+        if K:
+            s.update({"head.w": (R or D, K), "head.b": (K,)})
+            if self.distilled:
+                s.update({"head_dist.w": (D, K), "head_dist.b": (K,)})
         return s
+
+    def block_keys(self) -> tuple:
+        """The short names of one block's parameters, in order (LayerScale's after its branch)."""
+        if self.layer_scale is None:
+            return BLOCK_KEYS
+        return BLOCK_KEYS[:6] + ("ls1.g",) + BLOCK_KEYS[6:] + ("ls2.g",)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,17 +192,28 @@ def _divisor(dim: int, heads: int) -> int:
     return min((h for h in range(1, dim + 1) if dim % h == 0), key=lambda h: abs(h - heads))
 
 
+RESIZE_MODES = ("square", "shortest")
+RESAMPLE = ("nearest", "bilinear", "bicubic")
+
+
 @dataclass
 class Preprocessing:
     """How raw images become the model's input: uint8 pixels, resized to image_size x image_size
     with `channels` channels, then x = (pixel / 255 - mean) / std per channel; class_names[k]
     names output k. Saved in checkpoints and carried by the model (`model.preprocessing`), so
-    prediction uses what training used. There are no defaults: each dataset states its own."""
+    prediction uses what training used. There are no defaults: each dataset states its own.
+    Released checkpoints state a resize first (io/preprocess.py applies it): with resize_size,
+    the image is resized with `resample` to resize_size x resize_size ('square') or so that its
+    shorter side is resize_size ('shortest'), then center-cropped to image_size if center_crop."""
     mean: Sequence[float]
     std: Sequence[float]
     image_size: Optional[int] = None
     channels: Optional[int] = None
     class_names: Optional[list] = None
+    resize_size: Optional[int] = None   # None: images come at image_size (or --resize)
+    resize_mode: str = "square"         # 'square' or 'shortest' (aspect ratio kept)
+    center_crop: bool = False           # crop the center image_size x image_size after resizing
+    resample: str = "bilinear"          # the resize filter: nearest, bilinear or bicubic (PIL's)
 
     def __post_init__(self):
         self.mean = [float(v) for v in _as_list(self.mean, "mean")]
@@ -144,6 +228,15 @@ class Preprocessing:
                              f"give one value or one per channel")
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
+        if self.resize_mode not in RESIZE_MODES or self.resample not in RESAMPLE:
+            raise ValueError(f"resize_mode={self.resize_mode!r}, resample={self.resample!r}: "
+                             f"expected one of {RESIZE_MODES} and one of {RESAMPLE}")
+        for field in ("resize_size", "image_size"):
+            v = getattr(self, field)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{field} must be a positive integer or None, got {v!r}")
+        if self.center_crop and self.image_size is None:
+            raise ValueError("center_crop=True crops to image_size: give image_size")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

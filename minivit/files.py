@@ -1,17 +1,92 @@
-"""Writing files so that a crash never leaves half of one: every file minivit writes
-(checkpoints, exports, downloads, metrics, plots) goes through atomic_write."""
+"""Files in and out, checked in one place for every format.
+
+Writing: every file minivit writes (checkpoints, exports, downloads, metrics, plots) goes through
+atomic_write: a crash leaves the old file (or none), never half of a new one, and an OSError
+(disk full, permission denied, read-only folder) becomes a WriteError naming the path.
+clean_stale_temps removes the temporary files of a writer that was killed mid-write.
+
+Reading: every reader (minivit checkpoints, Google .npz, images, MNIST; safetensors next) raises
+a subclass of FileFormatError whose message names the file, the problem and the fix:
+
+    check_file(path, error)          missing (error.NotFound, also a FileNotFoundError), a
+                                     folder, empty
+    read_npz / read_npy              .npz/.npy without np.load: each array's header is checked
+                                     (check_header) before anything is allocated; never unpickles
+    check_header(...)                numeric dtype, and a shape whose size the file really holds
+    check_finite(arrays, ...)        NaN or inf in a parameter, unless allow_nonfinite=True
+"""
 from __future__ import annotations
 
+import errno
+import math
 import os
+import re
+import stat
 import tempfile
+import zipfile
+import zlib
+
+import numpy as np
+
+NUMERIC = "biuf"                       # dtype kinds a parameter file may hold: bool, int, float
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+MAX_DEFLATE_RATIO = 1032               # deflate never expands more than this (zlib's bound)
+_TEMP = re.compile(r"\.(?:(\d+)\.)?[a-z0-9_]{8}\.tmp$")   # atomic_write's temporary files:
+#   '<name>.<pid>.<8 random chars>.tmp' (older minivit wrote no pid)
 
 
-def atomic_write(path: str, write) -> None:
+# ---- errors -------------------------------------------------------------------------------------
+class FileFormatError(ValueError):
+    """A file that cannot be read as what it should be; the message names the file, the problem
+    and the fix. Each reader raises its own subclass (CheckpointError, GoogleNpzError, DataError,
+    ImageFolderError); `<Error>.NotFound` is the same error for a missing file, which is also a
+    FileNotFoundError."""
+
+    NotFound: type
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not issubclass(cls, FileNotFoundError):
+            cls.NotFound = _not_found(cls)
+
+
+def _not_found(cls: type) -> type:
+    """cls for a missing file: caught by `except cls` and by `except FileNotFoundError`."""
+    return type("NotFound", (cls, FileNotFoundError),
+                {"__module__": cls.__module__, "__qualname__": f"{cls.__qualname__}.NotFound",
+                 "__doc__": f"{cls.__name__} for a file that does not exist."})
+
+
+FileFormatError.NotFound = _not_found(FileFormatError)
+
+
+class WriteError(OSError):
+    """A file could not be written (disk full, permission denied, read-only folder, ...). The file
+    that was there before is unchanged. WriteError(errno, strerror, path), like OSError."""
+
+    def __str__(self) -> str:
+        advice = {errno.ENOSPC: "the disk is full: free some space or write to another folder",
+                  getattr(errno, "EDQUOT", -1): "the disk quota is used up: free some space",
+                  errno.EACCES: "make the folder writable or write to another folder",
+                  errno.EPERM: "make the folder writable or write to another folder",
+                  errno.EROFS: "the file system is read-only: write to another folder"}
+        fix = advice.get(self.errno, "check the path or write to another folder")
+        return (f"cannot write {self.filename}: {self.strerror}; {fix} (what was there before "
+                f"is unchanged)")
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def atomic_write(path, write) -> None:
     """Call write(fileobj) on a temporary file beside path, then rename it over path: a crash
-    leaves the old file (or none), never half of a new one."""
+    leaves the old file (or none), never half of a new one. OSErrors become WriteError(path)."""
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{os.path.basename(path)}.{os.getpid()}.",
+                                   suffix=".tmp", dir=folder)     # see clean_stale_temps
+    except OSError as e:
+        raise _write_error(e, path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -21,7 +96,201 @@ def atomic_write(path: str, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)                     # mkstemp makes 0600; use the usual mode
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        try:
             os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise _write_error(e, path) from e
         raise
+
+
+def _write_error(e: OSError, path: str) -> WriteError:
+    return WriteError(e.errno, e.strerror or str(e), path)
+
+
+def clean_stale_temps(folder, names) -> list:
+    """Remove the temporary files that atomic_write left in folder for these file names when its
+    process was killed ('last.npz.<pid>.k3j_x9qa.tmp'); nothing else, and not those of a
+    process that is still running on this machine (it may be writing them now). Returns the
+    removed paths."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    for entry in os.scandir(folder):
+        m = _TEMP.search(entry.name)
+        if (m and entry.name[:m.start()] in names and entry.is_file(follow_symlinks=False)
+                and not (m.group(1) and _running(int(m.group(1))))):
+            os.remove(entry.path)
+            removed.append(entry.path)
+    return sorted(removed)
+
+
+def _running(pid: int) -> bool:
+    """Whether process pid runs on this machine (where that cannot be asked safely: only us)."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":                                # os.kill(pid, 0) would end it on Windows
+        return False
+    try:
+        os.kill(pid, 0)                                   # signal 0: only asks
+    except ProcessLookupError:
+        return False
+    except OSError:                                       # EPERM: it exists, under another user
+        return True
+    return True
+
+
+# ---- reading: the file itself -------------------------------------------------------------------
+def check_file(path, error: type = FileFormatError, what: str = "a file",
+               fix: str = "write or download it again") -> str:
+    """path as a str, or error: error.NotFound when missing, error when a folder or empty."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error.NotFound(f"{path}: no such file; check the path") from None
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}; check that it is readable") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{path} is a folder, not {what}; pass the file itself")
+    if st.st_size == 0:
+        raise error(f"{path} is empty (0 bytes), not {what} (an interrupted copy or download?); "
+                    f"{fix}")
+    return path
+
+
+def check_header(path: str, name, dtype: np.dtype, shape: tuple, available: int,
+                 error: type, fix: str, kinds: str = NUMERIC) -> int:
+    """The byte size of an array stored as `name` in path (None: the file's only array), after
+    checking, before anything is allocated, that its dtype is numeric (no objects: nothing is
+    ever unpickled) and that the file really holds `available` == prod(shape) * itemsize bytes
+    for it. Every array format (.npy, .npz, safetensors, ...) checks its headers here."""
+    where = _where(path, name)
+    if dtype.hasobject:
+        raise error(f"{where} holds object (pickled) arrays, which minivit never loads: "
+                    f"unpickling can run any code; save plain numeric arrays instead")
+    if dtype.kind not in kinds:
+        raise error(f"{where} has the unsupported dtype {dtype}, not a {_kind_names(kinds)} "
+                    f"array; {fix}")
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise error(f"{where} declares the invalid shape {shape}; {fix}")
+    nbytes = math.prod(shape) * dtype.itemsize            # Python ints: no overflow
+    if nbytes != available:
+        what = "more data than the file holds" if nbytes > available else "less data than stored"
+        raise error(f"{where} declares shape {shape} of {dtype} ({_size(nbytes)}), {what} "
+                    f"({_size(available)}): the file is truncated or damaged; {fix}")
+    return nbytes
+
+
+def _where(path: str, name) -> str:
+    return f"{path}: array {name!r}" if name is not None else path
+
+
+def _kind_names(kinds: str) -> str:
+    names = [{"b": "bool", "i": "int", "u": "uint", "f": "float"}[k] for k in kinds]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1000
+
+
+# ---- reading: .npy and .npz ---------------------------------------------------------------------
+def _read_array(fp, size: int, path: str, name: str, error: type, fix: str) -> np.ndarray:
+    """One .npy stream of `size` bytes: magic, header (checked), then exactly the data."""
+    where = _where(path, name)
+    try:
+        version = np.lib.format.read_magic(fp)
+    except ValueError as e:
+        raise error(f"{where} is not a NumPy .npy array ({e}); {fix}") from e
+    if version not in ((1, 0), (2, 0)):
+        raise error(f"{where} uses .npy format version {version[0]}.{version[1]}; minivit "
+                    f"reads versions 1.0 and 2.0: save it again with numpy.save/savez")
+    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+    try:
+        shape, fortran, dtype = reader(fp)
+    except ValueError as e:
+        raise error(f"{where} has a damaged header ({e}); {fix}") from e
+    nbytes = check_header(path, name, dtype, shape, size - fp.tell(), error, fix)
+    data = bytearray(fp.read(nbytes))                    # at most what the file holds
+    if len(data) != nbytes or fp.read(1):
+        raise error(f"{where} holds {len(data)} bytes of data, its header declares {nbytes}: "
+                    f"the file is truncated or damaged; {fix}")
+    arr = np.frombuffer(data, dtype)                      # writable: over a bytearray
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
+def read_npy(path, error: type = FileFormatError, what: str = "a .npy array",
+             fix: str = "save it again with numpy.save") -> np.ndarray:
+    """The array of a .npy file, checked as check_header says; never unpickles."""
+    path = check_file(path, error, what, fix)
+    try:
+        with open(path, "rb") as fp:
+            return _read_array(fp, os.fstat(fp.fileno()).st_size, path, None, error, fix)
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror or e}; check that it is readable") from e
+
+
+def read_npz(path, error: type = FileFormatError, what: str = "an .npz archive",
+             fix: str = "write or download it again") -> dict:
+    """{name: array} of an .npz file without np.load: every member's header is checked
+    (check_header) before its data is read, the zip's CRC-32 is verified, nothing is unpickled.
+    `what` names the format the caller expects ('a minivit checkpoint')."""
+    path = check_file(path, error, what, fix)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(NPY_MAGIC))
+            if head == NPY_MAGIC:
+                raise error(f"{path} holds a single array (.npy), not {what} (an .npz archive "
+                            f"of named arrays); pass the .npz file")
+            total = os.fstat(fh.fileno()).st_size
+            fh.seek(0)
+            try:
+                zf = zipfile.ZipFile(fh)
+            except (zipfile.BadZipFile, EOFError, ValueError) as e:
+                hint = ("a zip archive whose end is missing" if head.startswith(ZIP_MAGIC)
+                        else f"it starts with {head!r}, not a zip archive's PK")
+                raise error(f"cannot read {path}: it is truncated or not {what} ({hint}); "
+                            f"{fix}") from e
+            with zf:
+                return _read_members(zf, total, path, error, fix)
+    except OSError as e:                                  # an I/O error, not the contents
+        raise error(f"cannot read {path}: {e.strerror or e}; check that it is readable") from e
+
+
+def _read_members(zf: zipfile.ZipFile, total: int, path: str, error: type, fix: str) -> dict:
+    arrays = {}
+    for info in zf.infolist():
+        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if name in arrays:
+            raise error(f"{path} holds {name!r} twice; it was not written by numpy; {fix}")
+        limit = info.compress_size * (MAX_DEFLATE_RATIO if info.compress_type else 1)
+        if info.header_offset + info.compress_size > total or info.file_size > limit + 64:
+            raise error(f"{path}: array {name!r} claims {_size(info.file_size)}, more than the "
+                        f"file ({_size(total)}) can hold: it is truncated or damaged; {fix}")
+        try:
+            with zf.open(info) as fp:
+                arrays[name] = _read_array(fp, info.file_size, path, name, error, fix)
+        except (zipfile.BadZipFile, EOFError, zlib.error, OSError, RuntimeError,
+                NotImplementedError) as e:                # CRC, inflate, encrypted, ...
+            raise error(f"{path}: array {name!r} is corrupt ({type(e).__name__}: {e}); "
+                        f"{fix}") from e
+    return arrays
+
+
+def check_finite(arrays: dict, path: str, error: type, fix: str) -> None:
+    """Raise error naming every float array of {name: array} that holds NaN or inf."""
+    bad = {k: (int(np.size(v) - np.isfinite(v).sum()), np.size(v)) for k, v in arrays.items()
+           if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()}
+    if bad:
+        shown = ", ".join(f"{k} ({n} of {size} values)" for k, (n, size) in list(bad.items())[:8])
+        more = f" and {len(bad) - 8} more arrays" if len(bad) > 8 else ""
+        raise error(f"{path}: NaN or inf in {shown}{more}: the model diverged or the file is "
+                    f"damaged; {fix}")

@@ -4,6 +4,11 @@
       -> depth x pre-norm encoder block -> LayerNorm -> pool (cls or mean) (B, D)
       -> [tanh pre-logits] -> head (B, K)
 
+The checkpoint families (config.py's later fields) add to this: a distillation token and a
+second head (DeiT), register tokens after the class tokens (DINOv2), a position table without
+the class rows (timm's no_embed_class), LayerScale in each block, the norm after the mean pool
+(fc_norm), and no head at all (num_classes=0: forward returns the pooled features).
+
 `params` and `grads` are ParamDicts: named views into one flat vector each (params.py). On
 NumPy a large batch is split into pieces run by worker threads (parallel/threads.py); each
 piece runs the same pairs, and backward sums the pieces' gradients into `grads`.
@@ -16,12 +21,11 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import backend
-from .config import BLOCK_KEYS, HEAD_KEYS, Preprocessing, ViTConfig
-from .layers import (BatchRows, block_attention, block_backward, block_forward, cls_backward,
-                     cls_forward,
-                     dropout_backward, dropout_forward, head_backward, head_forward,
-                     patch_embed_backward, patch_embed_forward, pos_embed_backward,
-                     pos_embed_forward, sincos_2d)
+from .config import HEAD_KEYS, Preprocessing, ViTConfig
+from .layers import (BatchRows, block_attention, block_backward, block_forward, dropout_backward,
+                     dropout_forward, head_backward, head_forward, insert_tokens_backward,
+                     insert_tokens_forward, patch_embed_backward, patch_embed_forward,
+                     pos_embed_backward, pos_embed_forward, sincos_2d)
 from .params import ParamDict
 from .parallel import threads
 
@@ -41,8 +45,9 @@ def trunc_normal(rng: np.random.Generator, shape, std: float = 0.02) -> np.ndarr
 
 
 def init_params(cfg: ViTConfig, seed: int = 0) -> ParamDict:
-    """Weights and embeddings ~ truncated normal(std 0.02), biases 0, LayerNorm scale 1 / shift 0.
-    Drawn on the host with NumPy so a seed gives the same model on every backend."""
+    """Weights and embeddings ~ truncated normal(std 0.02), biases 0, LayerNorm scale 1 / shift 0,
+    LayerScale vectors cfg.layer_scale. Drawn on the host with NumPy so a seed gives the same
+    model on every backend."""
     rng = np.random.default_rng(seed)
     shapes = cfg.param_shapes()
     params = ParamDict.zeros(shapes, cfg.dtype, backend.xp())
@@ -51,15 +56,34 @@ def init_params(cfg: ViTConfig, seed: int = 0) -> ParamDict:
             continue                                      # zeros already
         if "norm" in name:                                # LayerNorm scale
             params[name] = np.ones(shape)
-        else:                                             # weights, cls_token, pos_embed
+        elif name.endswith((".ls1.g", ".ls2.g")):         # LayerScale
+            params[name] = np.full(shape, cfg.layer_scale)
+        else:                                             # weights, tokens, pos_embed
             params[name] = trunc_normal(rng, shape)
     return params
+
+
+def fixed_pos_table(cfg: ViTConfig) -> np.ndarray:
+    """The 'sincos' table (1, rows, D) for cfg's grid, zero in the class-token rows."""
+    table = sincos_2d(cfg.grid, cfg.dim, cfg.dtype)[:, 1:]                 # (1, P, D)
+    pad = np.zeros((1, cfg.num_pos_prefix, cfg.dim), dtype=table.dtype)
+    return np.concatenate([pad, table], axis=1)                            # (1, T' + P, D)
+
+
+def class_token_slots(cfg: ViTConfig) -> list:
+    """(parameter, row it is inserted at) of each class token, in insertion order: CLS at 0,
+    the distillation token after it."""
+    slots = [("cls_token", 0)] if cfg.class_token else []
+    if cfg.distilled:
+        slots.append(("dist_token", len(slots)))
+    return slots
 
 
 class Piece(NamedTuple):
     """What one batch piece's training forward keeps for its backward."""
     rows: slice                # this piece's rows of the batch
-    embed: Optional[tuple]     # (patch embedding cache, embedding dropout mask); None: head only
+    embed: Optional[tuple]     # (patch embedding cache, token insertion caches, embedding
+                               # dropout mask); None: head only
     blocks: Optional[list]     # one BlockCache per block; None: head only (frozen backbone)
     head: object               # HeadCache
 
@@ -86,7 +110,7 @@ class ViT:
         self.rng = backend.rng(seed + 1)                  # dropout and drop-path masks
         self.pos_table = None                             # fixed (1, N, D) table for 'sincos'
         if config.pos_embed == "sincos":
-            self.pos_table = backend.asarray(sincos_2d(config.grid, config.dim, config.dtype))
+            self.pos_table = backend.asarray(fixed_pos_table(config))
         d = config.depth
         self.drop_path_rates = [config.drop_path * i / max(d - 1, 1) for i in range(d)]
         self._pieces = None                               # set by a training forward only
@@ -133,23 +157,62 @@ class ViT:
         """Images (B, C, S, S) -> (tokens after the last block (B, N, D), embedding cache, block
         caches, attention maps); the caches are None unless keep_caches (then each layer's
         intermediates are freed as soon as possible).
-        cls_only: the last block computes only the CLS row (B, 1, D): all that CLS pooling reads."""
-        cfg, p = self.config, self.params
-        t, c_patch = patch_embed_forward(x, p["patch_embed.w"], p["patch_embed.b"], cfg.patch_size)
-        t, _ = cls_forward(t, p["cls_token"])                                 # (B, N, D)
-        t, _ = pos_embed_forward(t, p["pos_embed"] if self.pos_table is None else self.pos_table)
+        cls_only: the last block computes only the class-token rows (B, 1|2, D): all that CLS
+        pooling reads (two rows for a distilled model)."""
+        cfg = self.config
+        t, c_patch, c_tokens = self.embed_forward(x)                          # (B, N, D)
         t, m_emb = dropout_forward(t, cfg.dropout, rng)                       # (B, N, D)
         blocks, attn = [], []
+        last = cfg.num_class_tokens if cls_only else None
         for i, bp in enumerate(self.block_params()):
             t, c = block_forward(t, bp, cfg, drop_path=self.drop_path_rates[i], rng=rng,
-                                 cls_only=cls_only and i == cfg.depth - 1)
+                                 queries=last if i == cfg.depth - 1 else None)
             if keep_caches:
                 blocks.append(c)
             if return_attention:
                 attn.append(block_attention(c))
         if not keep_caches:
             return t, None, None, attn
-        return t, (c_patch, m_emb), blocks, attn
+        return t, (c_patch, c_tokens, m_emb), blocks, attn
+
+    def embed_forward(self, x):
+        """Images (B, C, S, S) -> tokens (B, N, D): the patch embedding, the class tokens (CLS,
+        distillation) and the position table (added before the class tokens go in when not
+        cfg.pos_embed_cls), then the registers, which carry no position. Returns the tokens,
+        the patch embedding's cache and the token insertions' caches.
+        d: the same pairs in reverse (embed_backward)."""
+        cfg, p = self.config, self.params
+        pos = p["pos_embed"] if self.pos_table is None else self.pos_table   # (1, T' + P, D)
+        t, c_patch = patch_embed_forward(x, p["patch_embed.w"], p["patch_embed.b"], cfg.patch_size)
+        if not cfg.pos_embed_cls:
+            t, _ = pos_embed_forward(t, pos)                                 # (B, P, D)
+        c_tokens = []
+        for name, at in class_token_slots(cfg):
+            t, c = insert_tokens_forward(t, p[name], at)                     # (B, at + 1 + P, D)
+            c_tokens.append(c)
+        if cfg.pos_embed_cls:
+            t, _ = pos_embed_forward(t, pos)                                 # (B, T' + P, D)
+        if cfg.num_registers:
+            t, c = insert_tokens_forward(t, p["reg_tokens"], cfg.num_class_tokens)   # (B, N, D)
+            c_tokens.append(c)
+        return t, c_patch, c_tokens
+
+    def embed_backward(self, dt, c_patch, c_tokens, g: dict):
+        """dL/dx (B, C, S, S) from dL/dtokens (B, N, D); the embedding's grads go into g."""
+        cfg = self.config
+        c_tokens = list(c_tokens)
+        if cfg.num_registers:
+            dt, g["reg_tokens"] = insert_tokens_backward(dt, c_tokens.pop())
+        if cfg.pos_embed_cls:
+            dt, dpos = pos_embed_backward(dt)
+        for name, _ in reversed(class_token_slots(cfg)):
+            dt, g[name] = insert_tokens_backward(dt, c_tokens.pop())
+        if not cfg.pos_embed_cls:
+            dt, dpos = pos_embed_backward(dt)
+        if self.pos_table is None:
+            g["pos_embed"] = dpos
+        dx, g["patch_embed.w"], g["patch_embed.b"] = patch_embed_backward(dt, c_patch)
+        return dx
 
     # ---- backward -------------------------------------------------------------------------
     def backward(self, dlogits):
@@ -159,7 +222,7 @@ class ViT:
             raise ValueError("backward() needs the caches of a forward(x, train=True); call it "
                              "first (an eval forward caches nothing, and each backward uses them up)")
         B, pieces = self._pieces
-        K = self.config.num_classes
+        K = self.config.num_outputs
         if getattr(dlogits, "shape", None) != (B, K):
             raise ValueError(f"dlogits has shape {getattr(dlogits, 'shape', None)}, expected "
                              f"({B}, {K}) like the logits of the last forward")
@@ -190,29 +253,25 @@ class ViT:
         for i in reversed(range(self.config.depth)):
             dt, gb = block_backward(dt, piece.blocks[i])
             g.update((f"blocks.{i}.{k}", v) for k, v in gb.items())
-        c_patch, m_emb = piece.embed
-        dt = dropout_backward(dt, m_emb)
-        dt, dpos = pos_embed_backward(dt)
-        if self.pos_table is None:
-            g["pos_embed"] = dpos
-        dt, g["cls_token"] = cls_backward(dt)
-        dx, g["patch_embed.w"], g["patch_embed.b"] = patch_embed_backward(dt, c_patch)
+        c_patch, c_tokens, m_emb = piece.embed
+        dx = self.embed_backward(dropout_backward(dt, m_emb), c_patch, c_tokens, g)
         return dx, g
 
     # ---- parameters -----------------------------------------------------------------------
     def block_params(self) -> list:
         """Per block, a dict of its params by short name (views into self.params)."""
-        p = self.params
-        return [{k: p[f"blocks.{i}.{k}"] for k in BLOCK_KEYS} for i in range(self.config.depth)]
+        p, keys = self.params, self.config.block_keys()
+        return [{k: p[f"blocks.{i}.{k}"] for k in keys} for i in range(self.config.depth)]
 
     def head_keys(self) -> list:
-        """The parameters after the blocks: final norm, [pre-logits], head."""
+        """The parameters after the blocks: final norm, [pre-logits], [head(s)]."""
         return [k for k in self.params if k in HEAD_KEYS]
 
     def decay_keys(self) -> set:
         """The parameters weight decay applies to: the weight matrices of the linear layers
         (patch embedding, qkv, proj, fc1, fc2, pre-logits, head), the model's only 2-D
-        parameters; never biases, LayerNorm parameters, the CLS token or the position table."""
+        parameters; never biases, LayerNorm or LayerScale parameters, the class and register
+        tokens or the position table."""
         return {k for k, v in self.params.items() if v.ndim == 2}
 
     def zero_grad(self) -> None:
@@ -237,38 +296,47 @@ class ViT:
 
     def reset_head(self, num_classes: int, keep_pre_logits: bool = False) -> "ViT":
         """A new task head, zero-initialized (weights and bias 0) as in the ViT paper's
-        fine-tuning. The tanh pre-logits layer is dropped too unless keep_pre_logits (vit_jax's
-        'drop-head variant'). In place; an optimizer must be built after it."""
-        cfg = dataclasses.replace(self.config, num_classes=num_classes)   # validates num_classes
+        fine-tuning (both heads of a distilled model). The tanh pre-logits layer is dropped too
+        unless keep_pre_logits (vit_jax's 'drop-head variant'). Works on a headless model
+        (num_classes=0) too. In place; an optimizer must be built after it."""
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer for a new head, got "
+                             f"{num_classes!r}")
+        cfg = dataclasses.replace(self.config, num_classes=num_classes)
         if not keep_pre_logits:
             cfg = dataclasses.replace(cfg, representation_size=None)
-        arrays = {k: v for k, v in self.params.items() if not k.startswith("head.")}
+        arrays = {k: v for k, v in self.params.items() if not k.startswith(("head.", "head_dist."))}
         xp = backend.xp_of(self.params.flat)
-        R = cfg.representation_size or cfg.dim
-        arrays["head.w"] = xp.zeros((R, num_classes), dtype=cfg.dtype)
-        arrays["head.b"] = xp.zeros((num_classes,), dtype=cfg.dtype)
+        heads = ("head", "head_dist") if cfg.distilled else ("head",)
+        for h in heads:
+            arrays[h + ".w"] = xp.zeros((cfg.num_features, num_classes), dtype=cfg.dtype)
+            arrays[h + ".b"] = xp.zeros((num_classes,), dtype=cfg.dtype)
         self._set_params(cfg, arrays)
         if self.preprocessing is not None:
             self.preprocessing = dataclasses.replace(self.preprocessing, class_names=None)
         return self
 
     def set_image_size(self, image_size: int, method: str = "bilinear",
-                       align_corners: bool = True) -> "ViT":
-        """Run at image_size x image_size: resample the learned position table (resample.py) or
-        rebuild the fixed sincos table for the new grid. In place; an optimizer must be built
-        after it."""
+                       align_corners: bool = True, antialias: bool = False) -> "ViT":
+        """Run at image_size x image_size: resample the patch rows of the learned position
+        table (resample.py; the class-token rows stay) or rebuild the fixed sincos table for the
+        new grid. In place; an optimizer must be built after it."""
         from .resample import resize_pos_embed
         cfg = dataclasses.replace(self.config, image_size=image_size)     # validates divisibility
         arrays = dict(self.params)
         if cfg.pos_embed == "learned":
             arrays["pos_embed"] = resize_pos_embed(self.params["pos_embed"], cfg.grid, method,
-                                                   align_corners)         # (1, N', D) host
+                                                   align_corners, prefix=cfg.num_pos_prefix,
+                                                   antialias=antialias)   # (1, T' + P', D) host
         else:
-            self.pos_table = backend.xp_of(self.params.flat).asarray(
-                sincos_2d(cfg.grid, cfg.dim, cfg.dtype))
+            self.pos_table = backend.xp_of(self.params.flat).asarray(fixed_pos_table(cfg))
         self._set_params(cfg, arrays)
-        if self.preprocessing is not None and self.preprocessing.image_size is not None:
-            self.preprocessing = dataclasses.replace(self.preprocessing, image_size=image_size)
+        pre = self.preprocessing
+        if pre is not None and pre.image_size is not None:
+            resize = pre.resize_size                      # keep the resize : crop ratio
+            if resize is not None:
+                resize = max(image_size, resize * image_size // pre.image_size)
+            self.preprocessing = dataclasses.replace(pre, image_size=image_size, resize_size=resize)
         return self
 
     # ---- input ----------------------------------------------------------------------------

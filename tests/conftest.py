@@ -3,7 +3,8 @@
 - `xp`: every test that takes it runs on NumPy, and again on CuPy when a GPU is present.
 - `needs(...)` marks: a test that needs an optional extra is skipped, with the reason, when the
   extra is not installed (the README's `pip install -e ".[test]"` has none of them).
-- Helpers: randn, randomize_params, images, relerr, load_example, idx_bytes.
+- Helpers: randn, randomize_params, images, relerr, load_example, idx_bytes,
+  synthetic_mnist.
 """
 import importlib.util
 import os
@@ -87,3 +88,19 @@ def idx_bytes(arr: np.ndarray) -> bytes:
     """Encode arr as IDX: 00 00 <code> <ndim>, big-endian uint32 dims, big-endian payload."""
     head = bytes([0, 0, CODES[arr.dtype.type], arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
     return head + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+
+
+def synthetic_mnist(n_train=1000, n_test=200, seed=0) -> dict:
+    """28x28 uint8 'digits': class k is a bright bar on row band k (plus noise): learnable."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for k in range(10):
+            x[y == k, 2 + 2 * k:4 + 2 * k, 4:24] = 255
+        return x, y
+    xtr, ytr = make(n_train)
+    xte, yte = make(n_test)
+    return {"train-images-idx3-ubyte": xtr, "train-labels-idx1-ubyte": ytr,
+            "t10k-images-idx3-ubyte": xte, "t10k-labels-idx1-ubyte": yte}

@@ -23,7 +23,8 @@ def print_numbers(res: dict, labels: np.ndarray, names) -> None:
 
 
 def render(x: np.ndarray, labels: np.ndarray, res: dict, path: str, names=None) -> bool:
-    """Write the grid PNG (atomically); False, with a note, when matplotlib is missing."""
+    """Write the grid PNG (atomically: files.WriteError, naming path, when it cannot be
+    written); False, with a note, when matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")

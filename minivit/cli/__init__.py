@@ -15,20 +15,29 @@ import argparse
 import os
 import sys
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError, ArithmeticError)
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ArithmeticError)
 
 
 def run(main, argv=None):
-    """Call main(argv). A ValueError/TypeError/FileNotFoundError/RuntimeError/ArithmeticError
-    (bad data, bad checkpoint, bad flag, no GPU, a diverging loss) prints 'error: <message>' and
-    exits with status 2; MINIVIT_DEBUG=1 shows the full traceback instead."""
+    """Call main(argv). A ValueError/TypeError/OSError/RuntimeError/ArithmeticError (bad data,
+    a bad file (files.FileFormatError), a failed write (files.WriteError: disk full, no
+    permission), a bad flag, no GPU, a diverging loss) prints one 'error: <message>' line naming
+    the file where there is one, and exits with status 2; MINIVIT_DEBUG=1 shows the traceback."""
     try:
         return main(argv)
     except USER_ERRORS as e:
         if os.environ.get("MINIVIT_DEBUG") == "1":
             raise
-        print(f"error: {e}\n(set MINIVIT_DEBUG=1 to see the traceback)", file=sys.stderr)
+        print(f"error: {describe(e)}\n(set MINIVIT_DEBUG=1 to see the traceback)", file=sys.stderr)
         raise SystemExit(2)
+
+
+def describe(e: BaseException) -> str:
+    """The message of a user error; an OSError from outside minivit's own errors gets its path."""
+    from ..files import FileFormatError, WriteError
+    if isinstance(e, OSError) and not isinstance(e, (FileFormatError, WriteError)) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e)
 
 
 def add_device_args(ap: argparse.ArgumentParser, workers: bool = True) -> None:
@@ -49,3 +58,61 @@ def use_device(args) -> None:
     backend.use(args.device, tf32=True if getattr(args, "tf32", False) else None)
     if getattr(args, "workers", None) is not None:
         threads.set_workers(args.workers)
+
+
+def add_parallel_args(ap: argparse.ArgumentParser) -> None:
+    """--procs and --dtype, for the training commands."""
+    ap.add_argument("--procs", default="auto", metavar="N|auto",
+                    help="data-parallel processes on this host, started under mpiexec (needs "
+                         "pip install -e .[mpi]); auto: one per core on the CPU when MPI is "
+                         "installed, else 1 (one process, worker threads)")
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                    help="parameter and activation dtype (float64: for exactness checks)")
+
+
+def resolve_procs(args) -> int:
+    """The number of processes --procs asks for (auto: see add_parallel_args)."""
+    from ..parallel import launch, launched_size
+    if launched_size() > 1:                              # already one of mpiexec's processes
+        if args.procs not in ("auto", "1"):
+            raise ValueError("--procs starts the processes itself; under mpiexec leave it out")
+        return 1
+    if args.procs == "auto":
+        cores = os.cpu_count() or 1
+        ok = getattr(args, "device", "cpu") == "cpu" and cores > 1 and launch.mpi_available()
+        return cores if ok and args.batch_size % cores == 0 else 1
+    try:
+        procs = int(args.procs)
+    except ValueError:
+        raise ValueError(f"--procs must be a positive integer or auto, got {args.procs!r}") from None
+    if procs < 1:
+        raise ValueError(f"--procs must be a positive integer or auto, got {procs}")
+    return procs
+
+
+def relaunched(args, argv, module: str):
+    """Run the command as --procs N processes under mpiexec when N > 1 and return the job's exit
+    status; None when this process should do the work itself."""
+    procs = resolve_procs(args)
+    if procs == 1:
+        return None
+    from ..parallel import launch
+    if args.batch_size % procs:
+        raise ValueError(f"--batch-size {args.batch_size} is not divisible by --procs {procs}; "
+                         f"each process takes an equal share of every batch")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    print(f"minivit: starting {procs} processes under mpiexec ({max(1, (os.cpu_count() or 1) // procs)} "
+          f"core(s) each; --procs 1 runs one process)", file=sys.stderr)
+    return launch.relaunch(procs, [a for a in _without_procs(argv)] + ["--procs", "1"], module)
+
+
+def _without_procs(argv: list) -> list:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--procs":
+            skip = True
+        elif not a.startswith("--procs="):
+            out.append(a)
+    return out

@@ -2,6 +2,12 @@
 
     python -m minivit.train                     # the default recipe (about 98.5% or better)
     python -m minivit.train --preset best       # the longer recipe (about 99%)
+    python -m minivit.train --procs 2           # 2 data-parallel processes on this host
+    mpiexec -n 4 python -m minivit.train        # 4 processes, on as many hosts as MPI is given
+
+By default (--procs auto) a CPU run on a machine with more than one core starts one process per
+core under mpiexec when MPI is installed (pip install -e .[mpi]): processes outrun threads here
+(benchmarks/README.md); otherwise one process splits each batch over worker threads.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from ..model import ViT
 from ..parallel import threads
 from ..training.loop import TrainOptions, fit
 from ..training.recipes import MODELS, PRESETS, mnist_config
-from . import add_device_args, run, use_device
+from . import add_device_args, add_parallel_args, relaunched, run, use_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--drop-path", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=d.seed)
     add_device_args(ap)
+    add_parallel_args(ap)
     ap.add_argument("--data", default=None, help="folder holding (or to receive) the MNIST files; "
                     "default $MINIVIT_DATA or ~/.cache/minivit/mnist")
     ap.add_argument("--out", default="runs/mnist", help="output folder")
@@ -54,10 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    code = relaunched(args, argv, "minivit.train")
+    if code is not None:                                  # ran as --procs N processes
+        if code:
+            raise SystemExit(code)
+        return {}
     use_device(args)
     preset = PRESETS[args.preset]
     cfg = mnist_config(args.model or preset["model"], dropout=args.dropout,
-                       drop_path=args.drop_path)
+                       drop_path=args.drop_path, dtype=args.dtype)
     opts = TrainOptions(epochs=args.epochs or preset["epochs"], batch_size=args.batch_size,
                         optimizer=args.optimizer, lr=args.lr, min_lr=args.min_lr,
                         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,

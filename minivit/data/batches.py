@@ -84,7 +84,7 @@ class BatchIterator:
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int,
                  shuffle: bool = True, seed: int = 0, epoch: int = 0, drop_last: bool = False,
                  augment: bool = False, max_shift: int = 2, dtype="float32",
-                 mean=0.0, std=1.0, xp=None):
+                 mean=0.0, std=1.0, xp=None, shard: tuple = (0, 1)):
         images, labels = backend.to_numpy(images), backend.to_numpy(labels)
         if images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(f"need images (N, H, W) or (N, C, H, W) and labels (N,), got "
@@ -95,6 +95,16 @@ class BatchIterator:
             raise ValueError(f"{len(images)} samples give no batch of {batch_size}"
                              f"{' with drop_last' if drop_last else ''}; lower batch_size "
                              f"or set drop_last=False")
+        rank, size = shard
+        if not (isinstance(size, int) and size >= 1 and 0 <= rank < size):
+            raise ValueError(f"shard must be (rank, size) with 0 <= rank < size, got {shard}")
+        if batch_size % size:
+            raise ValueError(f"batch_size={batch_size} is not divisible by the {size} processes; "
+                             f"choose a batch size that is a multiple of {size}")
+        if size > 1 and not drop_last:
+            raise ValueError("batches split over processes need drop_last=True (a short last "
+                             "batch could not be split evenly)")
+        self.shard = (int(rank), int(size))
         self.images = images if images.ndim == 4 else images[:, None]   # (N, C, H, W) view
         self.labels = labels
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, int(seed)
@@ -128,11 +138,17 @@ class BatchIterator:
         return self.batches(0)
 
     def make_batch(self, idx: np.ndarray, i: int = 0) -> tuple:
-        """Gather, maybe shift (on the host, uint8), move, then normalize on the backend."""
+        """Gather, maybe shift (on the host, uint8), move, then normalize on the backend.
+        With shard=(rank, size), the shifts are drawn for the whole batch and this process keeps
+        its equal slice of rows: the same pixels as one process would see."""
         x = self.images[idx]                                             # (B, C, H, W) uint8
         if self.augment:
             rng = np.random.default_rng((self.seed, self.epoch, 1, i))
             x = random_shift(x, self.max_shift, rng)                     # (B, C, H, W)
+        rank, size = self.shard
+        if size > 1:
+            b = len(idx) // size
+            x, idx = x[rank * b:(rank + 1) * b], idx[rank * b:(rank + 1) * b]  # (B/size, C, H, W)
         xp = backend.xp() if self.xp is None else self.xp
         xb = normalize(xp.asarray(x), self.dtype, self.mean, self.std, xp)  # (B, C, H, W)
         yb = xp.asarray(self.labels[idx].astype(np.int64))              # (B,)

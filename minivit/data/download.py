@@ -10,14 +10,15 @@ import urllib.request
 import zlib
 from typing import Callable, Sequence
 
-from ..files import atomic_write
+from ..files import FileFormatError, atomic_write
 
 GZIP_MAGIC = b"\x1f\x8b"
 _urlopen = urllib.request.urlopen   # the network call; tests replace it
 
 
-class DataError(ValueError):
-    """A data file is missing, corrupt or cannot be downloaded; the message says what to do."""
+class DataError(FileFormatError):
+    """A data file is missing, corrupt or cannot be downloaded; the message names the file and
+    says what to do. DataError.NotFound (also a FileNotFoundError) for a missing file."""
 
 
 def fetch_url(url: str, timeout: float) -> bytes:

@@ -12,7 +12,8 @@ folders are ignored. Files:
     .npy             uint8 (H, W), (H, W, C) or (C, H, W) with C = 1 or 3: a 3-D array is
                      channels-last when its last axis is 1 or 3, else channels-first. Other
                      integer dtypes must hold 0..255; float arrays must hold values in [0, 1]
-                     (scaled by 255 and rounded). Read without unpickling.
+                     (scaled by 255 and rounded). Read without unpickling, its header
+                     checked before anything is allocated (files.read_npy).
 
 Resizing to image_size x image_size is bilinear: Pillow's (antialiased when shrinking) for
 PNG/JPEG, a separable NumPy resample (pixel centres aligned, no antialiasing) for .npy.
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Optional
 
 import numpy as np
 
 from ..config import Preprocessing
+from ..files import FileFormatError, check_file, read_npy
 from ..resample import interp_matrix
 from .batches import Dataset
 
@@ -41,8 +44,12 @@ GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
 LUMA = np.array([0.299, 0.587, 0.114])          # ITU-R 601-2, the weights of Pillow's 'L'
 
 
-class ImageFolderError(ValueError):
-    """An image folder or image file that cannot be used; the message names it and the fix."""
+class ImageFolderError(FileFormatError):
+    """An image folder or image file that cannot be used; the message names it and the fix.
+    ImageFolderError.NotFound (also a FileNotFoundError) for a missing image file."""
+
+
+NPY_FIX = "re-save it with np.save or remove it"
 
 
 # ---- one image ----------------------------------------------------------------------------------
@@ -54,8 +61,7 @@ def read_image(path, image_size: Optional[int] = None) -> np.ndarray:
     if ext not in EXTENSIONS:
         raise ImageFolderError(f"{path}: unsupported file type {ext or '(no extension)'!r}; use "
                                f"one of {', '.join(EXTENSIONS)}")
-    if not os.path.isfile(path):
-        raise ImageFolderError(f"{path}: no such file; check the path")
+    check_file(path, ImageFolderError, "an image", "re-export it or remove it")
     if ext == ".npy":
         img = _read_npy(path)                                         # (C, H, W)
         if image_size is not None and img.shape[1:] != (image_size, image_size):
@@ -66,16 +72,10 @@ def read_image(path, image_size: Optional[int] = None) -> np.ndarray:
 
 def _read_npy(path: str) -> np.ndarray:
     """A .npy image (see the module docstring for the accepted layouts) -> uint8 (C, H, W)."""
-    try:
-        with open(path, "rb") as fh:                  # closed on errors too
-            arr = np.load(fh, allow_pickle=False)
-    except Exception as e:                         # ValueError, OSError, EOFError, ...
-        raise ImageFolderError(f"cannot read {path} as a .npy image ({type(e).__name__}: {e}); "
-                               f"the file is damaged or not a NumPy array: re-save it with "
-                               f"np.save or remove it") from e
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "uif":
+    arr = read_npy(path, ImageFolderError, "a .npy image", NPY_FIX)
+    if arr.dtype.kind not in "uif":
         raise ImageFolderError(f"{path}: a .npy image must hold integers or floats, got "
-                               f"{getattr(arr, 'dtype', type(arr).__name__)}; save uint8 0..255")
+                               f"{arr.dtype}; save uint8 0..255")
     if arr.ndim == 2:
         arr = arr[None]                                               # (1, H, W)
     elif arr.ndim == 3 and arr.shape[-1] in (1, 3):
@@ -120,13 +120,19 @@ def _read_pil(path: str, image_size: Optional[int]) -> np.ndarray:
                                f"installed; run `pip install -e .[images]` (or pip install "
                                f"pillow), or convert the images to .npy")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below
+            im = Image.open(path)                     # reads the header only
+        with im:
+            _check_pixels(path, im.size, Image.MAX_IMAGE_PIXELS)
             im.load()
             palette = im.mode in ("P", "PA")
             im = im.convert("L" if im.mode in GRAY_MODES else "RGB")
             if image_size is not None and im.size != (image_size, image_size):
                 im = im.resize((image_size, image_size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)                      # (H, W) or (H, W, 3)
+    except ImageFolderError:
+        raise
     except Exception as e:                         # UnidentifiedImageError, OSError, ...
         raise ImageFolderError(f"cannot read image {path} ({type(e).__name__}: {e}); the file "
                                f"is damaged or not a PNG/JPEG: re-export it or remove it") from e
@@ -136,6 +142,16 @@ def _read_pil(path: str, image_size: Optional[int]) -> np.ndarray:
     if palette and (arr[0] == arr[1]).all() and (arr[0] == arr[2]).all():
         return arr[:1].copy()                                         # a gray palette: (1, H, W)
     return arr
+
+
+def _check_pixels(path: str, size: tuple, limit) -> None:
+    """Refuse, before decoding, an image whose header declares more pixels than Pillow's
+    decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS; None turns the check off)."""
+    w, h = size
+    if limit and w * h > limit:
+        raise ImageFolderError(f"{path} declares {w}x{h} pixels, more than the {limit} that are "
+                               f"read safely (a damaged or hostile file?); shrink the image, or "
+                               f"raise PIL.Image.MAX_IMAGE_PIXELS if you trust it")
 
 
 def resize_image(img: np.ndarray, image_size: int) -> np.ndarray:

@@ -8,12 +8,14 @@ mirror that answers when missing (download.py), and always checked against the S
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Callable, NamedTuple, Sequence, Union
 
 import numpy as np
 
 from ..config import Preprocessing
+from ..files import check_file
 from .batches import Dataset
 from .download import DataError, download_verified, fetch_url, gunzip_if_needed, sha256
 
@@ -70,21 +72,28 @@ def parse_idx(data: bytes, where: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{where}: truncated IDX header ({len(data)} bytes, need {header}); {_FIX}")
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
     dtype = np.dtype(_IDX_DTYPES[code]).newbyteorder(">")
-    want = int(np.prod(dims)) * dtype.itemsize
+    want = math.prod(dims) * dtype.itemsize              # Python ints: no overflow
     got = len(data) - header
     if got != want:
         what = "truncated" if got < want else "has extra bytes"
         raise DataError(f"{where}: IDX payload {what}: {got} bytes after the header, expected "
                         f"{want} for shape {dims} of {dtype.name}; {_FIX}")
     arr = np.frombuffer(data, dtype, want // dtype.itemsize, header).reshape(dims)
+    if dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DataError(f"{where}: the IDX data holds NaN or inf; {_FIX}")
     return arr.astype(dtype.newbyteorder("="))   # native byte order, writable copy
 
 
 def read_idx(path: PathLike) -> np.ndarray:
-    """Read an IDX file, raw or gzip-compressed (detected from its first bytes)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    return parse_idx(gunzip_if_needed(data, str(path), _FIX), str(path))
+    """Read an IDX file, raw or gzip-compressed (detected from its first bytes); DataError
+    (DataError.NotFound when missing) for a bad file."""
+    path = check_file(path, DataError, "an IDX file", _FIX)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}; check that it is readable") from e
+    return parse_idx(gunzip_if_needed(data, path, _FIX), path)
 
 
 # ---- the files -----------------------------------------------------------------------------

@@ -5,32 +5,39 @@
     meta              JSON (as uint8 bytes): format version, model config, preprocessing (mean,
                       std, image size, channels, class names), optimizer class and
                       hyperparameters, step, epoch, RNG state, extra
-No object arrays, so np.load(allow_pickle=False) reads it. Written atomically.
+No object arrays, so np.load(allow_pickle=False) reads it. Written atomically (files.atomic_write).
+Read through files.read_npz: a missing, empty, truncated, corrupt or hostile file, another format
+version and NaN or inf in a parameter or optimizer buffer all raise CheckpointError.
 Version 1 files (no typed preprocessing; the trainer kept mean, std and class names in `extra`)
 still load: their preprocessing is read from there.
 """
 from __future__ import annotations
 
 import json
-import zipfile
+import os
 
 import numpy as np
 
 from .. import backend
 from ..config import Preprocessing, ViTConfig
-from ..files import atomic_write
+from ..files import FileFormatError, atomic_write, check_finite, read_npz
 
 FORMAT_VERSION = 2
 READS = (1, 2)                                            # the versions this minivit reads
+FIX = "use the other checkpoint of the run (last.npz / best.npz) or train again"
+NONFINITE_FIX = ("load an earlier checkpoint of the run, or pass allow_nonfinite=True to "
+                 "load_checkpoint to inspect this one")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: the message names the file, the problem and the fix."""
+class CheckpointError(FileFormatError):
+    """A checkpoint that cannot be loaded: the message names the file, the problem and the fix.
+    CheckpointError.NotFound (also a FileNotFoundError) when the file does not exist."""
 
 
 def save_checkpoint(path: str, model, optimizer=None, step: int = 0, epoch: int = 0,
                     rng_state=None, extra=None) -> None:
-    """Write model params, optimizer state and metadata to path (.npz), atomically."""
+    """Write model params, optimizer state and metadata to path (.npz), atomically: on a full
+    disk or an unwritable folder, files.WriteError names the path and the old file stays."""
     pre = model.preprocessing
     meta = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(),
             "preprocessing": None if pre is None else pre.to_dict(),
@@ -44,16 +51,11 @@ def save_checkpoint(path: str, model, optimizer=None, step: int = 0, epoch: int 
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def read_checkpoint(path: str) -> tuple:
-    """(meta dict, {name: array}) from a checkpoint file, with clear errors for a bad file."""
-    try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:   # closed on errors too
-            arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path} is truncated or not a minivit checkpoint ({e}); use the "
-                              f"other checkpoint of the run (last.npz / best.npz) or train again") from e
+def read_checkpoint(path, allow_nonfinite: bool = False) -> tuple:
+    """(meta dict, {name: array}) from a checkpoint file; CheckpointError for a bad file, or for
+    NaN or inf in an array unless allow_nonfinite."""
+    path = os.fspath(path)
+    arrays = read_npz(path, CheckpointError, "a minivit checkpoint", FIX)
     if "meta" not in arrays:
         raise CheckpointError(f"{path} has no 'meta' entry: it is not a minivit checkpoint "
                               f"(for Google ViT .npz files use minivit.io.load_google_npz)")
@@ -67,21 +69,27 @@ def read_checkpoint(path: str) -> tuple:
                               f"{type(meta).__name__}, not an object); it is not a minivit checkpoint")
     if meta.get("format_version") not in READS:
         raise CheckpointError(f"{path} has format version {meta.get('format_version')}, this "
-                              f"minivit reads versions {READS}; use a matching minivit")
+                              f"minivit reads versions {READS}; load it with the minivit that "
+                              f"wrote it, or train again")
     missing = sorted({"config", "step", "epoch", "optimizer"} - set(meta))
     if missing:
         raise CheckpointError(f"{path}: its 'meta' header lacks {missing}; the file was edited "
                               f"or written by another program")
+    if not allow_nonfinite:
+        check_finite({k[len("params/"):] if k.startswith("params/") else k: v
+                      for k, v in arrays.items()}, path, CheckpointError, NONFINITE_FIX)
     return meta, arrays
 
 
-def load_checkpoint(path: str, model=None, optimizer=None) -> dict:
+def load_checkpoint(path, model=None, optimizer=None, *, allow_nonfinite: bool = False) -> dict:
     """Load a checkpoint into model (built from the file's config when None) and optimizer.
     Everything is validated before anything is copied: a bad file never loads in part.
+    NaN or inf in the file is refused unless allow_nonfinite (to inspect a diverged model).
     Returns the metadata, with 'model' set to the model."""
     from ..model import ViT
 
-    meta, arrays = read_checkpoint(path)
+    path = os.fspath(path)
+    meta, arrays = read_checkpoint(path, allow_nonfinite)
     try:
         cfg = ViTConfig.from_dict(meta["config"])
     except (TypeError, ValueError, KeyError) as e:

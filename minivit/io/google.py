@@ -24,6 +24,10 @@ The file stores weights only. Flax's defaults are assumed on load: GELU with the
 approximation (jax.nn.gelu approximate=True), LayerNorm eps 1e-6, CLS-token pooling; pass
 overrides (gelu='erf', ...) for anything else. Unsupported: 'gap' classifier files (no CLS token)
 and hybrid R50+ViT files; minivit's fixed 'sincos' table has no place in this layout.
+
+Reading goes through files.read_npz (never unpickles; every array header is checked before
+anything is allocated). Anything wrong with a file raises GoogleNpzError naming it, including
+NaN or inf in a weight unless allow_nonfinite=True.
 """
 from __future__ import annotations
 
@@ -31,18 +35,16 @@ import dataclasses
 import math
 import os
 import re
-import zipfile
-import zlib
 
 import numpy as np
 
 from .. import backend
 from ..config import Preprocessing, ViTConfig
-from ..files import atomic_write
+from ..files import FileFormatError, atomic_write, check_finite, read_npz
 from ..model import ViT
 
-__all__ = ["load_google_npz", "save_google_npz", "read_google_npz", "google_config",
-           "google_shapes", "check_google_arrays", "from_google", "to_google"]
+__all__ = ["GoogleNpzError", "load_google_npz", "save_google_npz", "read_google_npz",
+           "google_config", "google_shapes", "check_google_arrays", "from_google", "to_google"]
 
 PREFIXES = ("opt/target/", "params/")    # Flax optimizer target / big_vision-style trees
 OVERRIDABLE = ("gelu", "pool", "dropout", "attn_dropout", "drop_path", "eps", "dtype")
@@ -59,6 +61,13 @@ BLOCK = {"norm1.w": "LayerNorm_0/scale", "norm1.b": "LayerNorm_0/bias",
          "mlp.fc2.w": "MlpBlock_3/Dense_1/kernel", "mlp.fc2.b": "MlpBlock_3/Dense_1/bias",
          "attn.proj.b": ATTN + "out/bias"}
 POS = TOP["pos_embed"]
+FIX = "download or export it again"
+NONFINITE_FIX = "download it again, or pass allow_nonfinite=True to inspect it"
+
+
+class GoogleNpzError(FileFormatError):
+    """A file that is not a usable vit_jax .npz; the message names the file, the problem and the
+    fix. GoogleNpzError.NotFound (also a FileNotFoundError) when the file does not exist."""
 
 
 # ---- layout -------------------------------------------------------------------------------------
@@ -117,39 +126,18 @@ def to_google(params: dict, cfg: ViTConfig) -> dict[str, np.ndarray]:
 
 
 # ---- reading ------------------------------------------------------------------------------------
-def read_google_npz(path) -> dict[str, np.ndarray]:
+def read_google_npz(path, allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
     """All arrays of an .npz (never unpickling), with an 'opt/target/' or 'params/' prefix
-    stripped; with 'opt/target/', the optimizer state under 'opt/' is skipped."""
-    with open(path, "rb") as fh:                          # closed on every error path too
-        arrays = _read_npz_arrays(fh, os.fspath(path))
-    return _strip_prefix(arrays)
-
-
-def _read_npz_arrays(fh, path: str) -> dict[str, np.ndarray]:
-    """The arrays of an open .npz file, with an error that says what is wrong with it."""
+    stripped; with 'opt/target/', the optimizer state under 'opt/' is skipped. GoogleNpzError
+    for a bad file, or for NaN or inf in an array unless allow_nonfinite."""
+    path = os.fspath(path)
+    arrays = read_npz(path, GoogleNpzError, "a vit_jax .npz", FIX)
     try:
-        f = np.load(fh, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise ValueError(f"cannot read {path!r} as an .npz archive ({e}); the file is "
-                         f"not a NumPy .npz, or it is truncated/corrupted: download it again"
-                         ) from e
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path!r} holds a single array, not an .npz archive of named "
-                         f"parameters; pass the checkpoint's .npz file")
-    try:
-        with f:
-            arrays = {k: f[k] for k in f.files}
+        arrays = _strip_prefix(arrays)
     except ValueError as e:
-        if "allow_pickle" not in str(e):
-            raise ValueError(f"{path!r} is a damaged .npz archive ({e}); download or "
-                             f"save it again") from e
-        raise ValueError(f"{path!r} holds object (pickled) arrays, which are never "
-                         f"loaded (unsafe); a vit_jax checkpoint holds only float arrays") from e
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise ValueError(f"{path!r} is a damaged .npz archive ({type(e).__name__}: "
-                         f"{e}); download or save it again") from e
+        raise GoogleNpzError(f"{path}: {e}") from e
+    if not allow_nonfinite:
+        check_finite(arrays, path, GoogleNpzError, NONFINITE_FIX)
     return arrays
 
 
@@ -262,13 +250,20 @@ def check_google_arrays(arrays: dict, cfg: ViTConfig) -> None:
 
 # ---- public entry points ------------------------------------------------------------------------
 def load_google_npz(path, image_size: int | None = None, *, resize_method: str = "bilinear",
-                    align_corners: bool = True, seed: int = 0, **overrides) -> ViT:
+                    align_corners: bool = True, seed: int = 0, allow_nonfinite: bool = False,
+                    **overrides) -> ViT:
     """A ViT with the weights of a vit_jax .npz. The architecture comes from the shapes;
     overrides set gelu/pool/dropout/attn_dropout/drop_path/eps/dtype. image_size, when it
-    differs from the file's, resamples the position grid (ViT.set_image_size)."""
-    arrays = read_google_npz(path)
-    cfg = google_config(arrays, **overrides)
-    check_google_arrays(arrays, cfg)
+    differs from the file's, resamples the position grid (ViT.set_image_size). A bad file
+    raises GoogleNpzError naming it; NaN or inf weights too, unless allow_nonfinite."""
+    _check_overrides(overrides)                           # the caller's mistake, not the file's
+    path = os.fspath(path)
+    arrays = read_google_npz(path, allow_nonfinite)
+    try:
+        cfg = google_config(arrays, **overrides)
+        check_google_arrays(arrays, cfg)
+    except ValueError as e:
+        raise GoogleNpzError(f"{path}: {e}") from e
     model = ViT(cfg, seed=seed, preprocessing=google_preprocessing(cfg))
     for k, v in from_google(arrays, cfg).items():
         model.params[k] = v                               # copied into the flat buffer
@@ -285,7 +280,8 @@ def google_preprocessing(cfg: ViTConfig) -> Preprocessing:
 
 
 def save_google_npz(model: ViT, path) -> None:
-    """Write the model's weights as a vit_jax .npz (atomically: temp file + os.replace).
+    """Write the model's weights as a vit_jax .npz (atomically: temp file + os.replace; an
+    OSError becomes files.WriteError naming the path, and the old file stays).
     Only weights are stored: reload with the same gelu/pool/eps overrides if not the defaults."""
     cfg = model.config
     if cfg.pos_embed != "learned":

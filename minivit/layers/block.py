@@ -8,6 +8,7 @@ from .attention import MHSACache, attention_probs, mhsa_backward, mhsa_forward
 from .dropout import drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .norm import fold_affine_backward, fold_affine_forward, normalize_backward, normalize_forward
+from .scale import layer_scale_backward, layer_scale_forward
 
 
 class MLPCache(NamedTuple):
@@ -25,12 +26,14 @@ class BlockCache(NamedTuple):
     fold1: tuple               # norm1's affine folded into the qkv weights
     attn: MHSACache
     drop_attn: object          # dropout mask on the attention branch, or None
+    scale_attn: tuple | None   # LayerScale of the attention branch, or None
     path_attn: object          # drop-path mask on the attention branch, or None
     norm2: tuple
     fold2: tuple               # norm2's affine folded into the fc1 weights
     mlp: MLPCache
+    scale_mlp: tuple | None    # LayerScale of the MLP branch, or None
     path_mlp: object           # drop-path mask on the MLP branch, or None
-    cls_only: bool
+    queries: int | None        # only the first `queries` rows were computed, or None: all
 
 
 def mlp_forward(x, w1, b1, w2, b2, gelu: str = "tanh", dropout: float = 0.0, rng=None):
@@ -53,31 +56,38 @@ def mlp_backward(dy, cache: MLPCache):
     return dx, dw1, db1, dw2, db2
 
 
-def block_forward(x, p: dict, cfg, *, drop_path: float = 0.0, rng=None, cls_only: bool = False):
+def block_forward(x, p: dict, cfg, *, drop_path: float = 0.0, rng=None, cls_only: bool = False,
+                  queries: int | None = None):
     """Pre-norm encoder block on x (B, N, D); p holds this block's params by short name
-    (config.BLOCK_KEYS); cfg gives heads, gelu, eps, dropout and attn_dropout:
-        x = x + drop_path(drop(mhsa(norm1(x))))
-        x = x + drop_path(mlp(norm2(x)))
-    Each LayerNorm's affine is folded into the qkv and fc1 weights (norm.py): the branches read
-    normalize(x) and the folded weights, which is the same function.
-    cls_only: return only the CLS row (B, 1, D), exactly; its attention still reads every token.
+    (cfg.block_keys()); cfg gives heads, gelu, eps, dropout, attn_dropout and layer_scale:
+        x = x + drop_path(ls1 * drop(mhsa(norm1(x))))
+        x = x + drop_path(ls2 * mlp(norm2(x)))
+    (ls1, ls2: LayerScale vectors when cfg.layer_scale, else 1.) Each LayerNorm's affine is
+    folded into the qkv and fc1 weights (norm.py): the branches read normalize(x) and the folded
+    weights, which is the same function.
+    queries=Q: return only the first Q rows (B, Q, D), exactly; their attention still reads every
+    token (Q = 1, cls_only=True: the CLS row; Q = 2: CLS and distillation rows).
     d: each residual passes dx straight through and adds its branch's input gradient."""
+    Q = 1 if cls_only else queries
+    scaled = cfg.layer_scale is not None
     h, c_n1 = normalize_forward(x, cfg.eps)                                    # (B, N, D)
     (qkv_w, qkv_b), c_f1 = fold_affine_forward(p["norm1.w"], p["norm1.b"], p["attn.qkv.w"],
                                                p["attn.qkv.b"])
     a, c_att = mhsa_forward(h, qkv_w, qkv_b, p["attn.proj.w"], p["attn.proj.b"], cfg.heads,
-                            cfg.attn_dropout, rng, 1 if cls_only else None)    # (B, N|1, D)
+                            cfg.attn_dropout, rng, Q)                          # (B, N|Q, D)
     a, m_a = dropout_forward(a, cfg.dropout, rng)
+    a, c_s1 = layer_scale_forward(a, p["ls1.g"]) if scaled else (a, None)     # (B, N|Q, D)
     a, m_pa = drop_path_forward(a, drop_path, rng)
-    x = (x[:, :1] if cls_only else x) + a                                      # (B, N|1, D)
-    h, c_n2 = normalize_forward(x, cfg.eps)                                    # (B, N|1, D)
+    x = (x if Q is None else x[:, :Q]) + a                                     # (B, N|Q, D)
+    h, c_n2 = normalize_forward(x, cfg.eps)                                    # (B, N|Q, D)
     (fc1_w, fc1_b), c_f2 = fold_affine_forward(p["norm2.w"], p["norm2.b"], p["mlp.fc1.w"],
                                                p["mlp.fc1.b"])
     m, c_mlp = mlp_forward(h, fc1_w, fc1_b, p["mlp.fc2.w"], p["mlp.fc2.b"], cfg.gelu,
                            cfg.dropout, rng)
+    m, c_s2 = layer_scale_forward(m, p["ls2.g"]) if scaled else (m, None)     # (B, N|Q, D)
     m, m_pm = drop_path_forward(m, drop_path, rng)
-    x = x + m                                                                  # (B, N|1, D)
-    return x, BlockCache(c_n1, c_f1, c_att, m_a, m_pa, c_n2, c_f2, c_mlp, m_pm, cls_only)
+    x = x + m                                                                  # (B, N|Q, D)
+    return x, BlockCache(c_n1, c_f1, c_att, m_a, c_s1, m_pa, c_n2, c_f2, c_mlp, c_s2, m_pm, Q)
 
 
 def block_backward(dx, cache: BlockCache) -> tuple:
@@ -85,21 +95,26 @@ def block_backward(dx, cache: BlockCache) -> tuple:
     c = cache
     g = {}
     dm = drop_path_backward(dx, c.path_mlp)
+    if c.scale_mlp is not None:
+        dm, g["ls2.g"] = layer_scale_backward(dm, c.scale_mlp)
     dh, dfc1_w, dfc1_b, g["mlp.fc2.w"], g["mlp.fc2.b"] = mlp_backward(dm, c.mlp)
     g["norm2.w"], g["norm2.b"], g["mlp.fc1.w"], g["mlp.fc1.b"] = \
         fold_affine_backward(dfc1_w, dfc1_b, c.fold2)
     dx = dx + normalize_backward(dh, c.norm2)
-    da = dropout_backward(drop_path_backward(dx, c.path_attn), c.drop_attn)
+    da = drop_path_backward(dx, c.path_attn)
+    if c.scale_attn is not None:
+        da, g["ls1.g"] = layer_scale_backward(da, c.scale_attn)
+    da = dropout_backward(da, c.drop_attn)
     dh, dqkv_w, dqkv_b, g["attn.proj.w"], g["attn.proj.b"] = mhsa_backward(da, c.attn)
     g["norm1.w"], g["norm1.b"], g["attn.qkv.w"], g["attn.qkv.b"] = \
         fold_affine_backward(dqkv_w, dqkv_b, c.fold1)
     dh = normalize_backward(dh, c.norm1)
-    if c.cls_only:                                        # the residual reached the CLS row only
-        dh[:, :1] += dx
+    if c.queries is not None:                             # the residual reached the first rows only
+        dh[:, :c.queries] += dx
         return dh, g
     return dx + dh, g
 
 
 def block_attention(cache: BlockCache):
-    """The block's attention probabilities (B, H, Q, N) (Q = N unless cls_only)."""
+    """The block's attention probabilities (B, H, Q, N) (Q = N unless queries was given)."""
     return attention_probs(cache.attn.core)

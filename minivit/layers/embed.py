@@ -53,6 +53,27 @@ def cls_backward(dx, cache=None):
     return dx[:, 1:], dx[:, :1].sum(0, keepdims=True)    # (B, P, D), (1, 1, D)
 
 
+def insert_tokens_forward(x, tokens, at: int = 0):
+    """Learned tokens (1, R, D) inserted into every sequence x (B, M, D) before row `at`:
+    y = [x[:, :at]; tokens; x[:, at:]], (B, M + R, D). The CLS, distillation and register
+    tokens all enter this way.  d: dx = dy without rows at..at+R-1,  dtokens = sum_b dy[b, at:at+R]."""
+    xp = backend.xp_of(x)
+    B, M, D = x.shape
+    R = tokens.shape[1]
+    y = xp.empty((B, M + R, D), dtype=x.dtype)           # (B, M + R, D)
+    y[:, :at] = x[:, :at]
+    y[:, at:at + R] = tokens[0]
+    y[:, at + R:] = x[:, at:]
+    return y, (at, R)
+
+
+def insert_tokens_backward(dy, cache):
+    at, R = cache
+    xp = backend.xp_of(dy)
+    dx = dy[:, R:] if at == 0 else xp.concatenate([dy[:, :at], dy[:, at + R:]], 1)   # (B, M, D)
+    return dx, dy[:, at:at + R].sum(0, keepdims=True)                  # (B, M, D), (1, R, D)
+
+
 def pos_embed_forward(x, pos):
     """y = x + pos, pos (1, N, D) broadcast over the batch.  d: dx = dy, dpos = sum_b dy."""
     return x + pos, None

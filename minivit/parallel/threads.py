@@ -42,6 +42,7 @@ def tune_host_allocator() -> bool:
 
 
 _workers = None   # None: decided from the core count on first use
+_cores = None     # the cores this process may use (None: all of the machine's)
 _pool = None
 _blas_local = None
 
@@ -50,27 +51,53 @@ def _openblas_local_setter():
     """OpenBLAS's per-thread thread-count setter (OpenBLAS >= 0.3.27), or None."""
     global _blas_local
     if _blas_local is None:
-        _blas_local = False
-        try:
-            import ctypes
-            with open("/proc/self/maps") as f:
-                paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
-            for path in sorted(paths):
-                lib = ctypes.CDLL(path)
-                if hasattr(lib, "openblas_set_num_threads_local"):
-                    _blas_local = lib.openblas_set_num_threads_local
-                    break
-        except OSError:
-            pass
+        _blas_local = _openblas("openblas_set_num_threads_local") or False
     return _blas_local or None
+
+
+def _openblas(name: str):
+    """A function of the OpenBLAS that NumPy loaded, or None."""
+    try:
+        import ctypes
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
+        for path in sorted(paths):
+            fn = getattr(ctypes.CDLL(path), name, None)
+            if fn is not None:
+                return fn
+    except OSError:
+        pass
+    return None
+
+
+def cores() -> int:
+    """The cores this process may use: all of the machine's, or its share (set_cores)."""
+    return _cores or os.cpu_count() or 1
+
+
+def set_cores(n: int) -> None:
+    """Use n cores in this process (e.g. cores // local ranks under MPI): the default number of
+    worker threads and the BLAS threads of the main thread follow. Unpinned, two processes that
+    each use every core run several times slower than they should."""
+    global _cores
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"cores must be a positive integer, got {n!r}")
+    _cores = n
+    set_workers(_workers if _workers_from_user else None)
+    setter = _openblas("openblas_set_num_threads")
+    if setter is not None:
+        setter(n)
+
+
+_workers_from_user = False
 
 
 def set_workers(n) -> None:
     """Worker threads for NumPy forward/backward (1 disables the batch split; None: automatic)."""
-    global _workers, _pool
+    global _workers, _pool, _workers_from_user
     if n is not None and (not isinstance(n, int) or n < 1):
         raise ValueError(f"workers must be a positive integer or None, got {n!r}")
-    _workers = n
+    _workers, _workers_from_user = n, n is not None
     if _pool is not None:
         _pool.shutdown()
         _pool = None
@@ -81,7 +108,7 @@ def workers() -> int:
     global _workers
     if _workers is None:
         env = os.environ.get("MINIVIT_WORKERS")
-        _workers = int(env) if env else min(os.cpu_count() or 1, 8)
+        _workers = int(env) if env else min(cores(), 8)
     if _workers > 1 and _openblas_local_setter() is None:
         return 1          # cannot pin BLAS per thread: let BLAS use the cores itself
     return _workers
@@ -96,7 +123,7 @@ def parallel_map(fn, items: list) -> list:
     if _pool is None or _pool._max_workers < len(items):
         from concurrent.futures import ThreadPoolExecutor
         setter = _openblas_local_setter()
-        blas_threads = max(1, (os.cpu_count() or 1) // len(items))
+        blas_threads = max(1, cores() // len(items))
         _pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="minivit",
                                    initializer=lambda: setter(blas_threads))
     return list(_pool.map(fn, items))

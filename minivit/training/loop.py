@@ -3,6 +3,11 @@
     fit(model, data, opts, out_dir)   trains with AdamW (or SGD), warmup + cosine, clipping and
                                       label smoothing; evaluates after every epoch; writes
                                       last.npz, best.npz, metrics.jsonl, config.json, curves.png
+
+Every file is written atomically (files.atomic_write), so a run killed at any moment leaves files
+that load. metrics.jsonl is rewritten whole from the history kept in the checkpoints, after them:
+on --resume it is rewritten from the resumed checkpoint, so it never repeats or misses an epoch.
+A run starts by removing the temporary files a killed run left in its folder.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from ..data.batches import Dataset, iterate_batches
+from ..files import atomic_write, clean_stale_temps
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..layers import cross_entropy_backward, cross_entropy_forward
 from ..model import ViT
@@ -24,6 +30,9 @@ from ..optim import SGD, AdamW, clip_grad_norm, warmup_cosine
 from .evaluate import confusion_matrix, predict, report
 from .interrupt import GracefulInterrupt
 from .plots import plot_curves
+
+
+OUTPUTS = ("last.npz", "best.npz", "metrics.jsonl", "config.json", "curves.png")   # in out_dir
 
 
 @dataclass
@@ -73,6 +82,8 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
     model.preprocessing = data.preprocessing
     pre = data.preprocessing
     os.makedirs(out_dir, exist_ok=True)
+    for path in clean_stale_temps(out_dir, OUTPUTS):
+        print(f"removed {path}, left by an interrupted run", file=sys.stderr)
     opt = make_optimizer(model, opts)
     steps_per_epoch = len(data.x_train) // opts.batch_size
     if steps_per_epoch == 0:
@@ -84,13 +95,17 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
     if resume:
         meta = load_checkpoint(resume, model, opt)
         step, best = int(meta["step"]), float(meta["extra"].get("best_acc", -1.0))
-        history = list(meta["extra"].get("history", []))
+        history = (meta.get("extra") or {}).get("history")
+        if history is None:                               # a checkpoint not written by fit
+            history = read_metrics(out_dir, step // steps_per_epoch)
+        history = list(history)
         if meta.get("rng_state") is not None:
             set_rng_state(model.rng, meta["rng_state"])
+        write_metrics(out_dir, history)                   # what the checkpoint holds, no more
         print(f"resumed from {resume} at step {step} (epoch {step // steps_per_epoch})")
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(run_config or {"model": model.config.to_dict(),
-                                 "train": dataclasses.asdict(opts)}, f, indent=2)
+    config = run_config or {"model": model.config.to_dict(), "train": dataclasses.asdict(opts)}
+    atomic_write(os.path.join(out_dir, "config.json"),
+                 lambda f: f.write(json.dumps(config, indent=2).encode()))
 
     def save(name: str) -> None:
         save_checkpoint(os.path.join(out_dir, name), model, opt, step=step,
@@ -133,8 +148,6 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
                       "images_per_s": round(seen / max(epoch_time, 1e-9), 1),
                       "wall_s": round(time.perf_counter() - t_start, 2)}
             history.append(record)
-            with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
             tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} "
                        f"acc {record['train_acc']:.4f} | test acc {test_acc:.4f} | "
                        f"{record['images_per_s']:.0f} img/s")
@@ -142,6 +155,7 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
                 best = test_acc
                 save("best.npz")
             save("last.npz")
+            write_metrics(out_dir, history)               # after the checkpoint that holds it
             if stop.requested:
                 stop.save_and_exit(save, step, out_dir)
     except KeyboardInterrupt:                             # a second Ctrl-C: stop mid-step
@@ -162,6 +176,32 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
             "epochs": opts.epochs, "steps": step, "wall_s": round(wall, 1),
             "train_images_per_s": round(images_seen / max(train_time, 1e-9), 1),
             "out": out_dir}
+
+
+def write_metrics(out_dir: str, history: list) -> None:
+    """out_dir/metrics.jsonl: one JSON line per finished epoch of history, written whole and
+    atomically, so that it always agrees with a checkpoint's history."""
+    text = "".join(json.dumps(record) + "\n" for record in history)
+    atomic_write(os.path.join(out_dir, "metrics.jsonl"), lambda f: f.write(text.encode()))
+
+
+def read_metrics(out_dir: str, upto: int) -> list:
+    """The records of out_dir/metrics.jsonl for epochs 1..upto, one per epoch (the last line of
+    a repeated epoch wins); damaged lines are skipped."""
+    records = {}
+    try:
+        with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                epoch = r.get("epoch") if isinstance(r, dict) else None
+                if isinstance(epoch, int) and 0 < epoch <= upto:
+                    records[epoch] = r
+    except OSError:                                       # none yet, or unreadable: start afresh
+        return []
+    return [records[e] for e in sorted(records)]
 
 
 def train_step(model: ViT, opt, x, y, lr: float, opts: TrainOptions) -> tuple:

@@ -5,7 +5,8 @@ from ..files import atomic_write
 
 
 def plot_curves(history: list, path: str) -> bool:
-    """Loss and accuracy per epoch as a PNG; says so and returns False without matplotlib."""
+    """Loss and accuracy per epoch as a PNG (atomically: files.WriteError when it cannot be
+    written); says so and returns False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")

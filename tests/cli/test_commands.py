@@ -35,7 +35,7 @@ def test_help(script):
 
 
 def test_bad_flag_is_one_error_line():
-    out = subprocess.run([sys.executable, "examples/train_mnist.py", "--workers", "0"],
+    out = subprocess.run([sys.executable, "examples/train_mnist.py", "--procs", "1", "--workers", "0"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: workers must be a positive integer")

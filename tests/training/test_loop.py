@@ -16,26 +16,11 @@ from minivit.training import loop
 from minivit.training.evaluate import confusion_matrix, report
 from minivit.training.plots import plot_curves
 
-from conftest import has, idx_bytes
+from conftest import has, idx_bytes, synthetic_mnist
 
-TINY = ["--model", "tiny", "--batch-size", "50", "--quiet", "--warmup-epochs", "0.5",
+TINY = ["--procs", "1", "--model", "tiny", "--batch-size", "50", "--quiet", "--warmup-epochs", "0.5",
         "--lr", "3e-3", "--workers", "2"]
 
-
-def synthetic_mnist(n_train=1000, n_test=200, seed=0) -> dict:
-    """28x28 uint8 'digits': class k is a bright bar on row band k (plus noise): learnable."""
-    rng = np.random.default_rng(seed)
-
-    def make(n):
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for k in range(10):
-            x[y == k, 2 + 2 * k:4 + 2 * k, 4:24] = 255
-        return x, y
-    xtr, ytr = make(n_train)
-    xte, yte = make(n_test)
-    return {"train-images-idx3-ubyte": xtr, "train-labels-idx1-ubyte": ytr,
-            "t10k-images-idx3-ubyte": xte, "t10k-labels-idx1-ubyte": yte}
 
 
 @pytest.fixture
@@ -161,13 +146,13 @@ def test_cli_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(download, "_urlopen", None)           # no network: every mirror fails
     monkeypatch.delenv("MINIVIT_DEBUG", raising=False)
     with pytest.raises(SystemExit) as e:
-        run(train.main, ["--data", empty, "--out", str(tmp_path / "o"), "--quiet"])
+        run(train.main, ["--procs", "1", "--data", empty, "--out", str(tmp_path / "o"), "--quiet"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "error: could not download" in err and "--data DIR" in err and "Traceback" not in err
     monkeypatch.setenv("MINIVIT_DEBUG", "1")
     with pytest.raises(data.DataError):
-        run(train.main, ["--data", empty, "--out", str(tmp_path / "o"), "--quiet"])
+        run(train.main, ["--procs", "1", "--data", empty, "--out", str(tmp_path / "o"), "--quiet"])
 
 
 def test_diverging_loss_stops_with_advice():

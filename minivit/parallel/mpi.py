@@ -1,0 +1,119 @@
+"""Data-parallel training across processes and hosts: MPI through mpi4py (the `mpi` extra), and
+NCCL between GPUs (nccl.py), bootstrapped over MPI.
+
+    world = parallel.world()          # Single() outside mpiexec, else an MPIWorld
+    world.rank, world.size            # this process, how many
+    world.allreduce_(array)           # in place, summed over the processes
+
+Every process runs the same program on its share of each global batch; after the backward pass
+the gradients (and the step's loss and hit counts, in the spare slots of the same buffer) are
+summed by one in-place all-reduce, so every process takes the same optimizer step.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+# Set by the launchers: MPICH's hydra (PMI_*), Open MPI (OMPI_*), PMIx-based ones (PMIX_*).
+SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+INSTALL = "pip install -e .[mpi]  (mpi4py and the mpich wheel, which brings mpiexec)"
+
+
+def launched_size() -> int:
+    """How many processes the MPI launcher started (1 when not under mpiexec)."""
+    for var in SIZE_VARS:
+        v = os.environ.get(var)
+        if v and v.isdigit():
+            return int(v)
+    return 1
+
+
+class Single:
+    """The world of one process: every collective is the identity."""
+    rank, size, local_rank, local_size = 0, 1, 0, 1
+    is_root = True
+    name = "single process"
+
+    def allreduce_(self, buf):
+        return buf
+
+    def bcast(self, obj):
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int = 1) -> None:
+        raise SystemExit(code)
+
+
+class MPIWorld:
+    """COMM_WORLD of mpi4py, with the local (same-host) rank from a shared-memory split."""
+    name = "MPI"
+
+    def __init__(self, MPI):
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+        local.Free()
+        self.is_root = self.rank == 0
+
+    def allreduce_(self, buf):
+        """Sum buf over the processes, in place (host arrays; GPU arrays go through NCCL, since
+        the pip MPI builds are not CUDA-aware)."""
+        if not isinstance(buf, np.ndarray):
+            raise TypeError(f"MPI all-reduce takes host arrays, got {type(buf).__module__}; on the "
+                            f"GPU the NCCL world does it (parallel/nccl.py)")
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        return buf
+
+    def bcast(self, obj):
+        return self.comm.bcast(obj, root=0)
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        """End every process of the job now (never a hang waiting in a collective)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+
+_world = None
+
+
+def world():
+    """The processes of this job: Single() unless started by mpiexec with more than one process.
+    Under MPI each process gets its share of the cores (threads.set_cores)."""
+    global _world
+    if _world is not None:
+        return _world
+    if launched_size() <= 1:
+        _world = Single()
+        return _world
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise RuntimeError(f"this program was started by mpiexec with {launched_size()} "
+                           f"processes, but mpi4py is not installed; {INSTALL}") from e
+    _world = MPIWorld(MPI)
+    from . import threads
+    threads.set_cores(max(1, (os.cpu_count() or 1) // _world.local_size))
+    return _world
+
+
+def fail(world, message: str, code: int = 2) -> None:
+    """Print one `error:` line for the whole job and end it. Every process that fails calls this;
+    the root prints at once and aborts the job, the others wait a moment first, so an error that
+    every process hits is printed once, and one that only some hit is still printed."""
+    if not world.is_root:
+        time.sleep(1.0)
+    prefix = "" if world.is_root else f"[rank {world.rank}] "
+    print(f"{prefix}{message}", file=sys.stderr)
+    world.abort(code)
