@@ -17,6 +17,7 @@ setup(
         "plot": ["matplotlib>=3.5"],
         "images": ["pillow>=9"],
         "fast-erf": ["scipy>=1.8"],
+        "mpi": ["mpi4py>=3.1", "mpich"],
     },
     entry_points={"console_scripts": [
         "minivit-train=minivit.cli.train:entry",

@@ -22,14 +22,34 @@ def run(main, argv=None):
     """Call main(argv). A ValueError/TypeError/OSError/RuntimeError/ArithmeticError (bad data,
     a bad file (files.FileFormatError), a failed write (files.WriteError: disk full, no
     permission), a bad flag, no GPU, a diverging loss) prints one 'error: <message>' line naming
-    the file where there is one, and exits with status 2; MINIVIT_DEBUG=1 shows the traceback."""
+    the file where there is one, and exits with status 2; MINIVIT_DEBUG=1 shows the traceback.
+    Under mpiexec a failing process ends the whole job (parallel/mpi.py fail): the error is
+    printed once, and no process is left waiting in a collective."""
     try:
         return main(argv)
     except USER_ERRORS as e:
-        if os.environ.get("MINIVIT_DEBUG") == "1":
+        if os.environ.get("MINIVIT_DEBUG") == "1" and not _under_mpi():
             raise
-        print(f"error: {describe(e)}\n(set MINIVIT_DEBUG=1 to see the traceback)", file=sys.stderr)
+        message = f"error: {describe(e)}"
+        if _under_mpi():
+            _fail_job(message)
+        print(f"{message}\n(set MINIVIT_DEBUG=1 to see the traceback)", file=sys.stderr)
         raise SystemExit(2)
+    except Exception:
+        if not _under_mpi():
+            raise
+        import traceback
+        _fail_job(traceback.format_exc().rstrip())
+
+
+def _under_mpi() -> bool:
+    from ..parallel import launched_size
+    return launched_size() > 1
+
+
+def _fail_job(message: str) -> None:
+    from ..parallel import mpi
+    mpi.fail(mpi.world(), message)
 
 
 def describe(e: BaseException) -> str:

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import sys
 
-from .. import backend
+from .. import backend, parallel
 from ..data.mnist import mnist_dataset
 from ..model import ViT
 from ..parallel import threads
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a tested recipe (default: ~98.5%% in minutes; best: ~99%%)")
     ap.add_argument("--model", choices=sorted(MODELS), help="model size (overrides the preset)")
     ap.add_argument("--epochs", type=int, help="epochs (overrides the preset)")
+    ap.add_argument("--stop-after-epochs", type=int, default=None, metavar="E",
+                    help="save and stop after E epochs (the schedule stays that of --epochs); "
+                         "continue later with --resume")
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
     ap.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
@@ -74,19 +77,23 @@ def main(argv=None) -> dict:
                         optimizer=args.optimizer, lr=args.lr, min_lr=args.min_lr,
                         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                         smoothing=args.smoothing, clip=args.clip, augment=args.augment,
-                        seed=args.seed)
+                        seed=args.seed, stop_after_epochs=args.stop_after_epochs)
+    world = parallel.training_world(args.device)
     data = mnist_dataset(args.data, args.limit_train, args.limit_test)
     model = ViT(cfg, seed=args.seed)
-    print(f"minivit: ViT patch {cfg.patch_size}, dim {cfg.dim}, depth {cfg.depth}, heads "
-          f"{cfg.heads}, {model.num_params():,} parameters, on {backend.name()} "
-          f"({threads.workers() if backend.name() == 'numpy' else 1} worker(s)); "
-          f"{len(data.x_train)} training / {len(data.x_test)} test images")
+    if world.is_root:
+        procs = f"{world.size} processes x " if world.size > 1 else ""
+        print(f"minivit: ViT patch {cfg.patch_size}, dim {cfg.dim}, depth {cfg.depth}, heads "
+              f"{cfg.heads}, {model.num_params():,} parameters, on {backend.name()} ({procs}"
+              f"{threads.workers() if backend.name() == 'numpy' else 1} worker(s)); "
+              f"{len(data.x_train)} training / {len(data.x_test)} test images")
     run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(opts),
                   "argv": sys.argv[1:] if argv is None else list(argv)}
     summary = fit(model, data, opts, args.out, resume=args.resume, run_config=run_config,
-                  quiet=args.quiet)
+                  quiet=args.quiet, world=world)
     summary["device"] = args.device
-    print(json.dumps(summary))
+    if world.is_root:
+        print(json.dumps(summary))
     return summary
 
 

@@ -8,4 +8,16 @@
 """
 from .mpi import Single, launched_size, world
 
-__all__ = ["Single", "launched_size", "world"]
+
+def training_world(device: str = "cpu"):
+    """The processes of this job as training sees them: world(), and on the GPU with more than
+    one process the NCCL world over it (one GPU per local process, gradients summed on the
+    device)."""
+    w = world()
+    if device == "gpu" and w.size > 1:
+        from .nccl import NcclWorld
+        return NcclWorld(w)
+    return w
+
+
+__all__ = ["Single", "launched_size", "world", "training_world"]

@@ -83,6 +83,7 @@ class MPIWorld:
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(code)
+        os._exit(code)                    # MPI_Abort may return before this process is killed
 
 
 _world = None
@@ -113,7 +114,7 @@ def fail(world, message: str, code: int = 2) -> None:
     the root prints at once and aborts the job, the others wait a moment first, so an error that
     every process hits is printed once, and one that only some hit is still printed."""
     if not world.is_root:
-        time.sleep(1.0)
+        time.sleep(3.0)
     prefix = "" if world.is_root else f"[rank {world.rank}] "
     print(f"{prefix}{message}", file=sys.stderr)
     world.abort(code)

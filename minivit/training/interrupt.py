@@ -12,8 +12,9 @@ class GracefulInterrupt:
     """The first Ctrl-C asks the loop to stop after the current step (and save); a second one
     raises KeyboardInterrupt at once. Only installed in the main thread."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.requested = False
+        self.announce = announce                          # print (one process of a job does)
         self._old = None
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handle)
@@ -22,15 +23,16 @@ class GracefulInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: saving a checkpoint after this step (press again to quit at once)",
-              file=sys.stderr)
+        if self.announce:
+            print("\nCtrl-C: saving a checkpoint after this step (press again to quit at once)",
+                  file=sys.stderr)
 
-    @staticmethod
-    def save_and_exit(save, step: int, out_dir: str) -> None:
+    def save_and_exit(self, save, step: int, out_dir: str) -> None:
         save("last.npz")
         last = os.path.join(out_dir, "last.npz")
-        print(f"\ninterrupted at step {step}: saved {last}; continue with the same command "
-              f"plus --resume {last}", file=sys.stderr)
+        if self.announce:
+            print(f"\ninterrupted at step {step}: saved {last}; continue with the same command "
+                  f"plus --resume {last}", file=sys.stderr)
         raise SystemExit(130)
 
     def restore(self) -> None:

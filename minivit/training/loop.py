@@ -4,6 +4,10 @@
                                       label smoothing; evaluates after every epoch; writes
                                       last.npz, best.npz, metrics.jsonl, config.json, curves.png
 
+Data-parallel (parallel/mpi.py): under mpiexec every process runs fit on its equal share of each
+global batch (the same order, shifts and dropout masks as one process), the gradients and the
+step's statistics are summed by one all-reduce, and only rank 0 prints and writes.
+
 Every file is written atomically (files.atomic_write), so a run killed at any moment leaves files
 that load. metrics.jsonl is rewritten whole from the history kept in the checkpoints, after them:
 on --resume it is rewritten from the resumed checkpoint, so it never repeats or misses an epoch.
@@ -17,17 +21,19 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .. import backend
 from ..data.batches import Dataset, iterate_batches
 from ..files import atomic_write, clean_stale_temps
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..layers import cross_entropy_backward, cross_entropy_forward
-from ..model import ViT
+from ..model import GRAD_SPARE, ViT
 from ..optim import SGD, AdamW, clip_grad_norm, warmup_cosine
-from .evaluate import confusion_matrix, predict, report
+from ..parallel import Single, world as default_world
+from .evaluate import evaluate, report
 from .interrupt import GracefulInterrupt
 from .plots import plot_curves
 
@@ -51,6 +57,8 @@ class TrainOptions:
     seed: int = 0
     eval_batch_size: int = 500
     frozen: list = field(default_factory=list)   # parameter names the optimizer leaves alone
+    stop_after_epochs: Optional[int] = None      # save and stop after this many epochs (the
+                                                 # schedule stays that of `epochs`); resume later
 
 
 def make_optimizer(model: ViT, opts: TrainOptions):
@@ -65,25 +73,34 @@ def make_optimizer(model: ViT, opts: TrainOptions):
     raise ValueError(f"unknown optimizer {opts.optimizer!r}; use 'adamw' or 'sgd'")
 
 
-def batches(data: Dataset, opts: TrainOptions, epoch: int, start: int, dtype: str):
-    """This epoch's shuffled training batches from index `start` on: (x (B, C, H, W), y (B,))."""
+def batches(data: Dataset, opts: TrainOptions, epoch: int, start: int, dtype: str, world=None):
+    """This epoch's shuffled training batches from index `start` on: (x (b, C, H, W), y (b,)),
+    this process's share b = B / world.size of each global batch of B."""
     pre = data.preprocessing
+    shard = (0, 1) if world is None else (world.rank, world.size)
     return iterate_batches(data.x_train, data.y_train, opts.batch_size, shuffle=True,
                            seed=opts.seed, epoch=epoch, drop_last=True, augment=opts.augment,
-                           dtype=dtype, mean=pre.mean, std=pre.std).batches(start)
+                           dtype=dtype, mean=pre.mean, std=pre.std, shard=shard).batches(start)
 
 
 def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Optional[str] = None,
-        run_config: Optional[dict] = None, quiet: bool = False) -> dict:
+        run_config: Optional[dict] = None, quiet: bool = False, world=None) -> dict:
     """Train, evaluate after each epoch, keep last/best checkpoints and metrics; return a summary.
-    The model takes the data's Preprocessing, so that its checkpoints carry it."""
+    The model takes the data's Preprocessing, so that its checkpoints carry it. world: the
+    processes of a data-parallel job (default: parallel.world(), one process outside mpiexec)."""
     from tqdm import tqdm
 
+    world = default_world() if world is None else world
+    root = world.is_root
+    if opts.batch_size % world.size:
+        raise ValueError(f"batch_size={opts.batch_size} is not divisible by the {world.size} "
+                         f"processes; choose a batch size that is a multiple of {world.size}")
     model.preprocessing = data.preprocessing
     pre = data.preprocessing
-    os.makedirs(out_dir, exist_ok=True)
-    for path in clean_stale_temps(out_dir, OUTPUTS):
-        print(f"removed {path}, left by an interrupted run", file=sys.stderr)
+    if root:
+        os.makedirs(out_dir, exist_ok=True)
+        for path in clean_stale_temps(out_dir, OUTPUTS):
+            print(f"removed {path}, left by an interrupted run", file=sys.stderr)
     opt = make_optimizer(model, opts)
     steps_per_epoch = len(data.x_train) // opts.batch_size
     if steps_per_epoch == 0:
@@ -101,81 +118,100 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
         history = list(history)
         if meta.get("rng_state") is not None:
             set_rng_state(model.rng, meta["rng_state"])
-        write_metrics(out_dir, history)                   # what the checkpoint holds, no more
-        print(f"resumed from {resume} at step {step} (epoch {step // steps_per_epoch})")
-    config = run_config or {"model": model.config.to_dict(), "train": dataclasses.asdict(opts)}
-    atomic_write(os.path.join(out_dir, "config.json"),
-                 lambda f: f.write(json.dumps(config, indent=2).encode()))
+        if root:
+            write_metrics(out_dir, history)               # what the checkpoint holds, no more
+            print(f"resumed from {resume} at step {step} (epoch {step // steps_per_epoch})")
+    if root:
+        config = run_config or {"model": model.config.to_dict(), "train": dataclasses.asdict(opts)}
+        atomic_write(os.path.join(out_dir, "config.json"),
+                     lambda f: f.write(json.dumps(config, indent=2).encode()))
 
-    def save(name: str) -> None:
-        save_checkpoint(os.path.join(out_dir, name), model, opt, step=step,
-                        epoch=step // steps_per_epoch, rng_state=rng_state(model.rng),
-                        extra={"best_acc": best, "history": history})
+    def save(name: str) -> None:                          # rank 0 writes; the others hold the same
+        if root:
+            save_checkpoint(os.path.join(out_dir, name), model, opt, step=step,
+                            epoch=step // steps_per_epoch, rng_state=rng_state(model.rng),
+                            extra={"best_acc": best, "history": history})
 
-    t_start, images_seen, train_time, preds = time.perf_counter(), 0, 0.0, None
-    stop = GracefulInterrupt()
+    t_start, images_seen, train_time, cm = time.perf_counter(), 0, 0.0, None
+    stop = GracefulInterrupt(announce=root)
+    stopping = False
     try:
         for epoch in range(step // steps_per_epoch, opts.epochs):
             skip = step - epoch * steps_per_epoch                 # batches done before a resume
             loss_sum = correct = seen = 0
             t_epoch = time.perf_counter()
             bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{opts.epochs}",
-                       unit="batch", disable=quiet, dynamic_ncols=True, leave=True)
-            for x, y in batches(data, opts, epoch, skip, model.config.dtype):
+                       unit="batch", disable=quiet or not root, dynamic_ncols=True, leave=True)
+            for x, y in batches(data, opts, epoch, skip, model.config.dtype, world):
                 lr = warmup_cosine(step, total, opts.lr, warmup, opts.min_lr)
-                loss, hits = train_step(model, opt, x, y, lr, opts)
+                r = train_step(model, opt, x, y, lr, opts, world, stop.requested)
                 step += 1
-                loss_sum += loss * len(y)
-                correct += hits
-                seen += len(y)
+                B = len(y) * world.size                   # the global batch
+                loss_sum += r.loss * B
+                correct += r.hits
+                seen += B
                 elapsed = time.perf_counter() - t_epoch
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
                                 lr=f"{lr:.2e}", img_s=f"{seen / max(elapsed, 1e-9):.0f}",
                                 refresh=False)            # drawn by update, at most 10 times a second
                 bar.update(1)
-                if stop.requested and step % steps_per_epoch:    # Ctrl-C: stop on this step
+                # Ctrl-C: one process's own flag, or, with several, the flags summed in the step's
+                # all-reduce, so that every process stops after the same step
+                stopping = r.stop if world.size > 1 else stop.requested
+                if stopping and step % steps_per_epoch:   # Ctrl-C: stop on this step
                     bar.close()
                     stop.save_and_exit(save, step, out_dir)
             bar.close()
             epoch_time = time.perf_counter() - t_epoch
             train_time += epoch_time
             images_seen += seen
-            preds = predict(model, data.x_test, opts.eval_batch_size, pre.mean, pre.std)
-            test_acc = float((preds == data.y_test).mean())
+            cm = evaluate(model, data.x_test, data.y_test, opts.eval_batch_size, pre.mean, pre.std,
+                          world)
+            test_acc = float(cm.diagonal().sum() / max(cm.sum(), 1))
             record = {"epoch": epoch + 1, "step": step, "lr": lr,
                       "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                       "test_acc": test_acc, "epoch_time_s": round(epoch_time, 2),
                       "images_per_s": round(seen / max(epoch_time, 1e-9), 1),
                       "wall_s": round(time.perf_counter() - t_start, 2)}
             history.append(record)
-            tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} "
-                       f"acc {record['train_acc']:.4f} | test acc {test_acc:.4f} | "
-                       f"{record['images_per_s']:.0f} img/s")
+            if root:
+                tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} "
+                           f"acc {record['train_acc']:.4f} | test acc {test_acc:.4f} | "
+                           f"{record['images_per_s']:.0f} img/s")
             if test_acc > best:
                 best = test_acc
                 save("best.npz")
             save("last.npz")
-            write_metrics(out_dir, history)               # after the checkpoint that holds it
-            if stop.requested:
+            if root:
+                write_metrics(out_dir, history)           # after the checkpoint that holds it
+            if stopping:
                 stop.save_and_exit(save, step, out_dir)
+            if opts.stop_after_epochs is not None and epoch + 1 >= opts.stop_after_epochs \
+                    and epoch + 1 < opts.epochs:
+                if root:
+                    print(f"stopped after epoch {epoch + 1} of {opts.epochs} as asked; continue "
+                          f"with --resume {os.path.join(out_dir, 'last.npz')}", file=sys.stderr)
+                break
     except KeyboardInterrupt:                             # a second Ctrl-C: stop mid-step
-        print(f"\nstopped mid-step without saving; {out_dir}/last.npz (if any) holds the end of "
-              f"the last finished epoch: resume from it with --resume", file=sys.stderr)
+        if root:
+            print(f"\nstopped mid-step without saving; {out_dir}/last.npz (if any) holds the end "
+                  f"of the last finished epoch: resume from it with --resume", file=sys.stderr)
         raise SystemExit(130)
     finally:
         stop.restore()
 
-    plot_curves(history, os.path.join(out_dir, "curves.png"))
-    if preds is None:                                     # resumed after the last epoch
-        preds = predict(model, data.x_test, opts.eval_batch_size, pre.mean, pre.std)
-    cm = confusion_matrix(data.y_test, preds, model.config.num_classes)
-    if not quiet:
+    if root:
+        plot_curves(history, os.path.join(out_dir, "curves.png"))
+    if cm is None:                                        # resumed after the last epoch
+        cm = evaluate(model, data.x_test, data.y_test, opts.eval_batch_size, pre.mean, pre.std,
+                      world)
+    if not quiet and root:
         print(report(cm, pre.class_names))
     wall = time.perf_counter() - t_start
     return {"test_acc": float(cm.diagonal().sum() / max(cm.sum(), 1)), "best_test_acc": best,
             "epochs": opts.epochs, "steps": step, "wall_s": round(wall, 1),
             "train_images_per_s": round(images_seen / max(train_time, 1e-9), 1),
-            "out": out_dir}
+            "world_size": world.size, "out": out_dir}
 
 
 def write_metrics(out_dir: str, history: list) -> None:
@@ -204,21 +240,44 @@ def read_metrics(out_dir: str, upto: int) -> list:
     return [records[e] for e in sorted(records)]
 
 
-def train_step(model: ViT, opt, x, y, lr: float, opts: TrainOptions) -> tuple:
+class StepResult(NamedTuple):
+    loss: float         # mean loss over the global batch
+    hits: int           # right predictions in the global batch
+    stop: bool          # some process asked to stop (Ctrl-C)
+
+
+def train_step(model: ViT, opt, x, y, lr: float, opts: TrainOptions, world=None,
+               stop: bool = False) -> StepResult:
     """One update: forward, loss, backward, clip the trainable gradients, optimizer step.
-    Returns the loss and how many of the batch's predictions were right."""
+    With a world of R processes, x (b, ...) is this process's rows of a global batch of B = R b:
+    its loss gradient is scaled by b / B, and one in-place all-reduce sums the gradients and,
+    in the spare slots of the same buffer, the loss, the hits and the stop flags; every process
+    then clips by the global norm and takes the same step."""
+    world = Single() if world is None else world
+    b = len(y)
+    B = b * world.size
     backbone = not set(model.params).difference(model.head_keys()) <= opt.frozen
-    logits = model.forward(x, train=True, backbone_grads=backbone)          # (B, K)
+    logits = model.forward(x, train=True, backbone_grads=backbone,
+                           batch_rows=(world.rank * b, B))                  # (b, K)
     loss, cache = cross_entropy_forward(logits, y, opts.smoothing)
+    dlogits = cross_entropy_backward(cache)                                 # (b, K), mean over b
+    hits = int((logits.argmax(1) == y).sum())
+    if world.size > 1:
+        dlogits *= b / B                                  # this process's share of the mean over B
+    model.backward(dlogits)
+    if world.size > 1:
+        stats = model.grads.buffer[-GRAD_SPARE:]          # ride along in the same all-reduce
+        stats[:3] = backend.xp_of(stats).asarray([loss * b, hits, float(stop)])
+        world.allreduce_(model.grads.buffer)
+        loss, hits, stop = float(stats[0]) / B, int(round(float(stats[1]))), float(stats[2]) > 0
     if not np.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss}; lower --lr (now {opts.lr}) or keep "
                                  f"--clip on, and resume from the last good last.npz")
-    model.backward(cross_entropy_backward(cache))
     if opts.clip:                         # the model's flat grads, or the trainable ones alone
         clip_grad_norm(model.grads if not opt.frozen else
                        {k: g for k, g in model.grads.items() if k not in opt.frozen}, opts.clip)
     opt.step(model.grads, lr=lr)
-    return loss, int((logits.argmax(1) == y).sum())
+    return StepResult(loss, hits, bool(stop))
 
 
 def rng_state(rng):

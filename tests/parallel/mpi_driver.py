@@ -1,0 +1,29 @@
+"""The training command as the MPI tests run it under mpiexec: the synthetic MNIST files of the
+test pass the checksum check (their sums come in MINIVIT_TEST_SUMS, JSON), and a fault can be
+injected with MINIVIT_TEST_FAULT="rank:step:kind" (kind: raise, or kill for SIGKILL)."""
+import json
+import os
+import signal
+
+from minivit.data import mnist
+from minivit.training import loop
+
+mnist.MNIST_FILES.update(json.loads(os.environ["MINIVIT_TEST_SUMS"]))
+fault = os.environ.get("MINIVIT_TEST_FAULT")
+if fault:
+    rank, step, kind = fault.split(":")
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def faulty_step(model, opt, x, y, lr, opts, *args, **kwargs):
+        calls["n"] += 1
+        from minivit import parallel
+        if parallel.world().rank == int(rank) and calls["n"] == int(step):
+            if kind == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError(f"injected fault on rank {rank} at step {step}")
+        return real_step(model, opt, x, y, lr, opts, *args, **kwargs)
+    loop.train_step = faulty_step
+
+from minivit.cli.train import entry  # noqa: E402
+
+entry()
