@@ -80,12 +80,12 @@ def use_device(args) -> None:
         threads.set_workers(args.workers)
 
 
-def add_parallel_args(ap: argparse.ArgumentParser) -> None:
+def add_parallel_args(ap: argparse.ArgumentParser, default_procs: str = "auto") -> None:
     """--procs and --dtype, for the training commands."""
-    ap.add_argument("--procs", default="auto", metavar="N|auto",
+    ap.add_argument("--procs", default=default_procs, metavar="N|auto",
                     help="data-parallel processes on this host, started under mpiexec (needs "
                          "pip install -e .[mpi]); auto: one per core on the CPU when MPI is "
-                         "installed, else 1 (one process, worker threads)")
+                         f"installed, else 1 (one process, worker threads); default {default_procs}")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                     help="parameter and activation dtype (float64: for exactness checks)")
 

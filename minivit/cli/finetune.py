@@ -16,10 +16,10 @@ import dataclasses
 import json
 import sys
 
-from .. import backend
+from .. import backend, parallel
 from ..training.finetune import frozen_keys, load_folder_for, load_source
 from ..training.loop import TrainOptions, fit
-from . import add_device_args, run, use_device
+from . import add_device_args, add_parallel_args, relaunched, run, use_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--std", type=float, nargs="+", default=None, help="see --mean")
     ap.add_argument("--seed", type=int, default=0)
     add_device_args(ap)
+    add_parallel_args(ap, default_procs="1")
     ap.add_argument("--out", default="runs/finetune", help="output folder")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
@@ -65,8 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    code = relaunched(args, argv, "minivit.cli.finetune")
+    if code is not None:                                  # ran as --procs N processes
+        if code:
+            raise SystemExit(code)
+        return {}
     use_device(args)
-    model = load_source(args.npz, args.checkpoint, args.image_size, args.gelu, args.seed)
+    world = parallel.training_world(args.device)
+    model = load_source(args.npz, args.checkpoint, args.image_size, args.gelu, args.seed,
+                        dtype=args.dtype)
     data = load_folder_for(model, args.data, args.image_size, args.test_fraction, args.seed,
                            args.mean, args.std)
     names = data.preprocessing.class_names
@@ -80,19 +88,23 @@ def main(argv=None) -> dict:
                         frozen=frozen)
     cfg = model.config
     trainable = sum(v.size for k, v in model.params.items() if k not in frozen)
-    print(f"minivit fine-tune: {args.npz or args.checkpoint} -> {K} classes "
-          f"({', '.join(names[:8])}{', ...' if K > 8 else ''}); ViT patch "
-          f"{cfg.patch_size}, dim {cfg.dim}, depth {cfg.depth}, {cfg.image_size}x"
-          f"{cfg.image_size}x{cfg.in_channels}; {trainable:,} of {model.num_params():,} "
-          f"parameters trainable; {len(data.x_train)} training / {len(data.x_test)} test images "
-          f"on {backend.name()}")
+    if world.is_root:
+        print(f"minivit fine-tune: {args.npz or args.checkpoint} -> {K} classes "
+              f"({', '.join(names[:8])}{', ...' if K > 8 else ''}); ViT patch "
+              f"{cfg.patch_size}, dim {cfg.dim}, depth {cfg.depth}, {cfg.image_size}x"
+              f"{cfg.image_size}x{cfg.in_channels}; {trainable:,} of {model.num_params():,} "
+              f"parameters trainable; {len(data.x_train)} training / {len(data.x_test)} test "
+              f"images on {backend.name()}"
+              + (f", {world.size} processes" if world.size > 1 else ""))
     run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(opts),
                   "source": {"npz": args.npz, "checkpoint": args.checkpoint},
                   "data": {"folder": args.data, **data.preprocessing.to_dict()},
                   "argv": sys.argv[1:] if argv is None else list(argv)}
-    summary = fit(model, data, opts, args.out, run_config=run_config, quiet=args.quiet)
+    summary = fit(model, data, opts, args.out, run_config=run_config, quiet=args.quiet,
+                  world=world)
     summary.update(device=args.device, classes=K, head_only=args.head_only)
-    print(json.dumps(summary))
+    if world.is_root:
+        print(json.dumps(summary))
     return summary
 
 

@@ -32,13 +32,14 @@ def frozen_keys(model: ViT, head_only: bool = True) -> set[str]:
 
 def load_source(npz: Optional[str] = None, checkpoint: Optional[str] = None,
                 image_size: Optional[int] = None, gelu: Optional[str] = None,
-                seed: int = 0) -> ViT:
-    """The pretrained model from a Google .npz or a minivit checkpoint, at image_size if given."""
+                seed: int = 0, dtype: str = "float32") -> ViT:
+    """The pretrained model from a Google .npz or a minivit checkpoint, at image_size if given;
+    a Google file is loaded in `dtype` (a minivit checkpoint keeps its own)."""
     if (npz is None) == (checkpoint is None):
         raise ValueError("give exactly one source: a Google .npz or a minivit checkpoint")
     if npz is not None:
         overrides = {"gelu": gelu} if gelu else {}
-        return load_google_npz(npz, image_size=image_size, seed=seed, **overrides)
+        return load_google_npz(npz, image_size=image_size, seed=seed, dtype=dtype, **overrides)
     if gelu:
         raise ValueError("--gelu applies to --npz only: a minivit checkpoint records its GELU")
     model = load_checkpoint(checkpoint)["model"]
