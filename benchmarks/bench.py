@@ -185,8 +185,10 @@ def cpu_name() -> str:
 # ---- --impl all: fresh processes, alternating ---------------------------------------------------
 def child_command(args, impl: str, what: str) -> list:
     """The command line that measures `what` for `impl` in a fresh process (JSON output)."""
+    split = impl == "minivit" and what in ("train", "infer")
+    threads = args.threads // args.procs if split else args.threads
     cmd = [sys.executable, os.path.abspath(__file__), "--impl", impl, "--what", what, "--json",
-           "--config", args.config, "--batch", str(args.batch), "--threads", str(args.threads),
+           "--config", args.config, "--batch", str(args.batch), "--threads", str(max(1, threads)),
            "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--layer-reps", str(args.layer_reps), "--peak-n", str(args.peak_n),
            "--peak-reps", str(args.peak_reps), "--wait-quiet", str(args.wait_quiet)]
@@ -195,8 +197,15 @@ def child_command(args, impl: str, what: str) -> list:
     return cmd + ["--smoke"] * args.smoke + ["--tf32"] * args.tf32 + ["--torch-sdpa"] * args.torch_sdpa
 
 
-def run_child(cmd: list, threads: int) -> list:
-    """Run one measurement process with the thread variables set before its imports."""
+def run_child(cmd: list, threads: int, procs: int = 1) -> list:
+    """Run one measurement process (or `procs` of them under mpiexec, splitting the threads)
+    with the thread variables set before its imports."""
+    if procs > 1:
+        from minivit.parallel import launch
+        if launch.mpiexec_path() is None or not launch.mpi_available():
+            raise SystemExit("--procs needs MPI: pip install -e .[mpi]")
+        cmd = [launch.mpiexec_path(), "-n", str(procs)] + cmd
+        threads = max(1, threads // procs)
     env = {**os.environ, **{v: str(threads) for v in THREAD_VARS}}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode:
@@ -220,7 +229,8 @@ def run_all(args, whats: list, emit) -> list:
     records = []
 
     def child(impl, what, rnd=None):
-        recs = run_child(child_command(args, impl, what), args.threads)
+        procs = args.procs if impl == "minivit" and what in ("train", "infer") else 1
+        recs = run_child(child_command(args, impl, what), args.threads, procs)
         for r in recs:
             if rnd is not None:
                 r["round"] = rnd
@@ -283,10 +293,14 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
           f"{cfg.mlp_ratio:g}, {cfg.num_classes} classes | batch {args.batch} | device "
           f"{args.device} | threads {args.threads}")
     print(f"forward {measure.vit_flops(cfg, args.batch) / 1e9:.3f} GFLOP/batch (train 3x), matmuls only")
+    if args.procs > 1:
+        print(f"minivit's train/infer ran as {args.procs} processes under mpiexec, each on "
+              f"{args.batch // args.procs} images with {max(1, args.threads // args.procs)} "
+              f"thread(s); a training step includes the all-reduce")
     seen = set()
     for m in metas:
         line = {k: m[k] for k in ("impl", "numpy", "torch", "backend", "params", "pools",
-                                  "batch_pieces", "sdpa", "cpu") if k in m}
+                                  "procs", "batch_pieces", "sdpa", "cpu") if k in m}
         key = json.dumps(line, sort_keys=True)
         if key not in seen:
             seen.add(key)
@@ -360,6 +374,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=None,
                     help="minivit batch-split worker threads (default: --threads)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="minivit as this many data-parallel processes under mpiexec, each with "
+                         "--threads / procs threads and its share of the batch (default 1)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 30)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5)")
     ap.add_argument("--rounds", type=int, default=None,
@@ -422,6 +439,10 @@ def main(argv=None) -> list:
         print(f"note: {args.config} on the CPU is slow ({measure.vit_flops(cfg, 1) / 1e9:.0f} "
               f"GFLOP per image forward); consider --device gpu or a small --batch",
               file=sys.stderr)
+    from minivit import parallel
+    if parallel.launched_size() > 1 and not parallel.world().is_root:
+        run_local(args, cfg, whats)                       # one of --procs' processes: rank 0 reports
+        return []
     emit = (lambda r: print(json.dumps(r), flush=True)) if args.json else (lambda r: None)
     if args.impl == "all":
         records = run_all(args, whats, emit)

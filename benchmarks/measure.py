@@ -25,7 +25,7 @@ TESTS = os.path.join(ROOT, "tests")
 if TESTS not in sys.path:
     sys.path.append(TESTS)
 
-from minivit import ViT, ViTConfig, backend  # noqa: E402
+from minivit import ViT, ViTConfig, backend, parallel  # noqa: E402
 from minivit.layers import cross_entropy_backward, cross_entropy_forward  # noqa: E402
 from minivit.optim import AdamW  # noqa: E402
 from minivit.parallel import threads  # noqa: E402
@@ -124,40 +124,57 @@ def host_batch(cfg: ViTConfig, batch: int):
 
 # ---- the two implementations ------------------------------------------------------------------
 class MinivitBench:
-    """minivit on NumPy (CPU) or CuPy (GPU): the model, a batch, and its step functions."""
+    """minivit on NumPy (CPU) or CuPy (GPU): the model, a batch, and its step functions.
+    Under mpiexec (world.size R > 1) each process runs its B / R rows of the batch, and a
+    training step adds the in-place all-reduce of the gradients that data-parallel training runs
+    (minivit.training.loop.train_step)."""
     name = "minivit"
 
     def __init__(self, cfg: ViTConfig, batch: int, gpu: bool = False, tf32: bool = False):
         if gpu:
             backend.use("gpu", tf32=tf32)
+        self.world = parallel.training_world("gpu" if gpu else "cpu")
+        R, r = self.world.size, self.world.rank
+        if batch % R:
+            raise SystemExit(f"--batch {batch} is not divisible by --procs {R}")
         self.cfg, self.gpu = cfg, gpu
         self.model = ViT(cfg, seed=0)
+        b = batch // R
         hx, hy = host_batch(cfg, batch)
-        self.x, self.y = backend.asarray(hx), backend.asarray(hy)   # (B, C, S, S), (B,)
+        self.rows = (r * b, batch)                                   # this process's rows
+        self.x = backend.asarray(hx[r * b:(r + 1) * b])              # (B / R, C, S, S)
+        self.y = backend.asarray(hy[r * b:(r + 1) * b])              # (B / R,)
         self.sync = backend.synchronize
         self.xp = backend.xp()
         self._pool_high = 0
 
     def info(self) -> dict:
         return {"numpy": np.__version__, "backend": backend.name(),
-                "params": self.model.num_params(), "batch_pieces": len(batch_pieces(len(self.x)))}
+                "params": self.model.num_params(), "batch_pieces": len(batch_pieces(len(self.x))),
+                "procs": self.world.size}
 
     def train_step(self):
-        """forward(train=True) + cross-entropy + backward + AdamW step, as training runs it."""
-        model, x, y = self.model, self.x, self.y
+        """forward(train=True) + cross-entropy + backward [+ all-reduce] + AdamW step."""
+        model, x, y, world = self.model, self.x, self.y, self.world
         opt = AdamW(model.params, lr=LR, weight_decay=WEIGHT_DECAY, decay=model.decay_keys())
+        share = len(y) / self.rows[1]
 
         def step():
-            logits = model.forward(x, train=True)            # (B, K)
+            logits = model.forward(x, train=True, batch_rows=self.rows)   # (B / R, K)
             _, cache = cross_entropy_forward(logits, y)
-            model.backward(cross_entropy_backward(cache))
+            dlogits = cross_entropy_backward(cache)
+            if world.size > 1:
+                dlogits *= share
+            model.backward(dlogits)
+            world.allreduce_(model.grads.buffer)
             opt.step(model.grads)
             self._track()
         return step
 
     def infer_step(self):
         def step():
-            self.model.forward(self.x, train=False)          # (B, K)
+            self.model.forward(self.x, train=False)          # (B / R, K)
+            self.world.barrier()                              # the batch is done when all are
             self._track()
         return step
 

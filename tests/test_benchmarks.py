@@ -166,9 +166,9 @@ def test_impl_all_alternates_and_aggregates(monkeypatch):
     medians per implementation and the throughput ratio (children faked: no timing here)."""
     calls = []
 
-    def fake_child(cmd, threads):
+    def fake_child(cmd, threads, procs=1):
         impl, what = cmd[cmd.index("--impl") + 1], cmd[cmd.index("--what") + 1]
-        assert "--json" in cmd and threads == 2
+        assert "--json" in cmd and threads == 2 and procs == 1
         calls.append((impl, what))
         ms = {"minivit": 10.0, "torch": 20.0}[impl] + len(calls)
         if what == "peak":
