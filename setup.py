@@ -18,6 +18,7 @@ setup(
         "images": ["pillow>=9"],
         "fast-erf": ["scipy>=1.8"],
         "mpi": ["mpi4py>=3.1", "mpich"],
+        "hub": ["safetensors>=0.4"],
     },
     entry_points={"console_scripts": [
         "minivit-train=minivit.cli.train:entry",

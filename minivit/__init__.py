@@ -8,4 +8,13 @@ from .config import Preprocessing, ViTConfig
 from .model import ViT
 
 __version__ = "0.2.0"
-__all__ = ["ViT", "ViTConfig", "Preprocessing", "__version__"]
+__all__ = ["ViT", "ViTConfig", "Preprocessing", "load_pretrained", "save_pretrained",
+           "__version__"]
+
+
+def __getattr__(name):
+    """load_pretrained / save_pretrained (minivit.io), imported on first use."""
+    if name in ("load_pretrained", "save_pretrained"):
+        from . import io
+        return getattr(io, name)
+    raise AttributeError(f"module 'minivit' has no attribute {name!r}")

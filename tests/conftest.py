@@ -20,6 +20,7 @@ CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float
          np.float64: 0x0E}                       # IDX dtype codes
 EXTRAS = {   # import name -> the extra that installs it
     "torch": "torch", "matplotlib": "plot", "PIL": "images", "scipy": "fast-erf",
+    "mpi4py": "mpi", "safetensors": "hub",
 }
 
 

@@ -41,3 +41,31 @@ def test_model_carries_preprocessing_through_surgery():
     model.reset_head(3)                                   # new classes: the old names no longer fit
     assert model.preprocessing.class_names is None and model.preprocessing.mean == [0.5]
     assert np.isfinite(model.forward(np.zeros((1, 1, 12, 12))).sum())
+
+
+def test_preprocessing_resize_fields_default_and_old_dicts_load():
+    """The resize/crop fields of released checkpoints default to 'none': a dict written before
+    they existed loads unchanged, and a new one round-trips."""
+    old = {"mean": [0.5], "std": [0.5], "image_size": 28, "channels": 1, "class_names": None}
+    pre = Preprocessing.from_dict(old)
+    assert (pre.resize_size, pre.resize_mode, pre.center_crop, pre.resample) == \
+        (None, "square", False, "bilinear")
+    new = Preprocessing(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], image_size=224,
+                        channels=3, resize_size=256, resize_mode="shortest", center_crop=True,
+                        resample="bicubic")
+    assert Preprocessing.from_dict(new.to_dict()) == new
+    for kwargs, match in [(dict(resize_mode="fit"), "resize_mode"), (dict(resample="lanczos"),
+                                                                     "resample"),
+                          (dict(center_crop=True, image_size=None), "give image_size"),
+                          (dict(resize_size=0), "resize_size")]:
+        with pytest.raises(ValueError, match=match):
+            Preprocessing(**{**dict(mean=[0.5], std=[0.5], image_size=8), **kwargs})
+
+
+def test_model_surgery_keeps_the_resize_to_crop_ratio():
+    pre = Preprocessing(mean=[0.5], std=[0.5], image_size=8, channels=1, resize_size=10,
+                        resize_mode="shortest", center_crop=True)
+    model = ViT(ViTConfig(image_size=8, patch_size=4, dim=8, depth=1, heads=2, num_classes=2),
+                preprocessing=pre)
+    model.set_image_size(16)
+    assert (model.preprocessing.image_size, model.preprocessing.resize_size) == (16, 20)

@@ -101,3 +101,28 @@ def test_resize_rejects_bad_tables():
         resize_pos_embed(np.zeros((1, 17, 4)), 3, method="nearest")
     with pytest.raises(ValueError, match="positive integer"):
         resize_pos_embed(np.zeros((1, 17, 4)), 0)
+
+
+@needs_torch
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("g, g2", [(37, 16), (14, 24), (9, 4), (7, 5), (4, 9), (3, 3 * 7)])
+@pytest.mark.parametrize("prefix", [0, 1, 2])
+def test_antialiased_resize_matches_torch(method, g, g2, prefix):
+    """antialias=True (timm's resample_abs_pos_embed, DINOv2 with registers) against
+    F.interpolate(antialias=True) in float64, shrinking and growing; the class rows stay."""
+    import torch
+    pos = np.random.default_rng(g * g2 + prefix).standard_normal((1, prefix + g * g, 5))
+    out = resize_pos_embed(pos, g2, method, align_corners=False, prefix=prefix, antialias=True)
+    grid = torch.from_numpy(pos[0, prefix:].reshape(1, g, g, 5)).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.interpolate(grid, size=(g2, g2), mode=method, align_corners=False,
+                                          antialias=True)
+    ref = ref.permute(0, 2, 3, 1).reshape(1, g2 * g2, 5).numpy()
+    assert relerr(out[:, prefix:], ref) < 1e-12
+    assert np.array_equal(out[:, :prefix], pos[:, :prefix])
+
+
+def test_antialias_needs_pixel_centres():
+    with pytest.raises(ValueError, match="align_corners=False"):
+        interp_matrix(4, 2, "bicubic", align_corners=True, antialias=True)
+    W = interp_matrix(9, 4, "bicubic", align_corners=False, antialias=True)
+    np.testing.assert_allclose(W.sum(1), 1.0, rtol=1e-14)               # rows renormalized

@@ -3,10 +3,14 @@
     python -m minivit.predict --checkpoint runs/finetune/best.npz photo.jpg digit.npy
     python -m minivit.predict --checkpoint runs/mnist/best.npz --resize --top-k 3 scan.png
     python -m minivit.predict --npz ViT-B_16.npz --resize cat.jpg        # class indices only
+    python -m minivit.predict --pretrained vit-base-patch16-224/ cat.jpg  # transformers / timm
 
 Images: PNG/JPEG (needs Pillow: pip install -e .[images]) or .npy (see
 minivit/data/imagefolder.py). They are converted to the model's channels (gray repeated to RGB,
 or RGB to luma; a note says so) and must be the model's size unless --resize (bilinear).
+--pretrained takes any checkpoint minivit.io.load_pretrained reads (a transformers or timm
+folder, a .safetensors file, a Google or minivit .npz) and applies its own preprocessing: the
+resize, center crop and normalization of its preprocessor_config.json / pretrained_cfg.
 Normalization and class names: the model's Preprocessing (saved in minivit checkpoints; for
 --npz, vit_jax's [-1, 1] inputs). --mean/--std override it.
 """
@@ -21,6 +25,8 @@ import numpy as np
 from ..data.imagefolder import load_images
 from ..io.checkpoint import load_checkpoint
 from ..io.google import load_google_npz
+from ..io.pretrained import load_pretrained
+from ..io.preprocess import prepare_images
 from ..training.evaluate import predict_probs
 from . import add_device_args, run, use_device
 
@@ -31,8 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="FILE", help="a minivit checkpoint (.npz)")
     src.add_argument("--npz", metavar="FILE", help="a Google (vit_jax) ViT .npz")
+    src.add_argument("--pretrained", metavar="PATH",
+                     help="a transformers or timm folder (config.json + model.safetensors), a "
+                          ".safetensors file, or a Google/minivit .npz; its preprocessing is "
+                          "applied (resize, center crop, normalization)")
     ap.add_argument("--gelu", choices=("tanh", "erf"), default=None,
-                    help="GELU of a --npz model (default tanh)")
+                    help="GELU of a --npz or --pretrained model (default: the source's)")
     ap.add_argument("--top-k", type=int, default=5, help="classes to show per image")
     ap.add_argument("--resize", action="store_true",
                     help="resize images to the model's size (bilinear) instead of failing")
@@ -47,8 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_model(args) -> tuple:
     """(model, class names or None, mean, std) from --checkpoint or --npz."""
+    gelu = {"gelu": args.gelu} if args.gelu else {}
     if args.npz:
-        model = load_google_npz(args.npz, **({"gelu": args.gelu} if args.gelu else {}))
+        model = load_google_npz(args.npz, **gelu)
+    elif args.pretrained:
+        model = load_pretrained(args.pretrained, **gelu)
+        if not model.config.num_classes:
+            raise ValueError(f"{args.pretrained} has no classifier head (a feature extractor: "
+                             f"forward returns its pooled features); fine-tune a head first")
     else:
         if args.gelu:
             raise ValueError("--gelu applies to --npz only: a minivit checkpoint records its GELU")
@@ -65,8 +81,9 @@ def load_model(args) -> tuple:
     mean = args.mean if args.mean is not None else mean
     std = args.std if args.std is not None else std
     if mean is None or std is None:
-        raise ValueError(f"{args.checkpoint} records no normalization (mean and std of "
-                         f"pixel / 255); pass --mean and --std as used in training")
+        raise ValueError(f"{args.checkpoint or args.npz or args.pretrained} records no "
+                         f"normalization (mean and std of pixel / 255); pass --mean and --std "
+                         f"as used in training")
     return model, names, mean, std
 
 
@@ -84,8 +101,12 @@ def main(argv=None) -> list:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     use_device(args)
     model, names, mean, std = load_model(args)
-    images = load_images(args.images, model.config.image_size, model.config.in_channels,
-                         args.resize)                                 # (M, C, S, S)
+    pre = model.preprocessing
+    if pre is not None and pre.resize_size is not None:               # the source's own resize
+        images = prepare_images(args.images, pre, model.config.in_channels)   # (M, C, S, S)
+    else:
+        images = load_images(args.images, model.config.image_size, model.config.in_channels,
+                             args.resize)                             # (M, C, S, S)
     probs = predict_probs(model, images, args.batch_size, mean, std)  # (M, K)
     k = min(args.top_k, probs.shape[1])
     results = []

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..files import FileFormatError, atomic_write, check_file, check_header
 
-__all__ = ["SafetensorsError", "read_safetensors", "read_safetensors_header", "write_safetensors",
+__all__ = ["SafetensorsError", "MissingExtra", "read_safetensors", "read_safetensors_header",
+           "write_safetensors",
            "refuse_pickle", "PICKLE_SUFFIXES", "require_safetensors"]
 
 DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
@@ -37,6 +38,11 @@ MAX_HEADER = 100_000_000                  # the limit the safetensors package it
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
 FIX = "download the file again"
 INSTALL = 'pip install -e ".[hub]" (or pip install safetensors)'
+
+
+class MissingExtra(ImportError, RuntimeError):
+    """An optional package is not installed; the message says what to install (a RuntimeError
+    too, so the commands print it as one error line)."""
 
 
 class SafetensorsError(FileFormatError):
@@ -50,8 +56,8 @@ def require_safetensors():
         import safetensors
         import safetensors.numpy
     except ImportError as e:
-        raise ImportError(f"reading and writing .safetensors checkpoints needs the safetensors "
-                          f"package: {INSTALL}") from e
+        raise MissingExtra(f"reading and writing .safetensors checkpoints needs the safetensors "
+                           f"package: {INSTALL}") from e
     return safetensors
 
 

@@ -11,3 +11,17 @@ from .loss import cross_entropy_backward, cross_entropy_forward
 from .norm import (fold_affine_backward, fold_affine_forward, layernorm_backward, layernorm_forward,
                    normalize_backward, normalize_forward)
 from .scale import layer_scale_backward, layer_scale_forward
+
+__all__ = ["GELU", "gelu_erf_backward", "gelu_erf_forward", "gelu_tanh_backward",
+           "gelu_tanh_forward", "tanh_backward", "tanh_forward", "AttentionCache", "MHSACache",
+           "attention_backward", "attention_forward", "attention_probs", "mhsa_backward",
+           "mhsa_forward", "softmax_backward", "softmax_forward", "BlockCache", "MLPCache",
+           "block_attention", "block_backward", "block_forward", "mlp_backward", "mlp_forward",
+           "BatchRows", "drop_path_backward", "drop_path_forward", "dropout_backward",
+           "dropout_forward", "cls_backward", "cls_forward", "insert_tokens_backward",
+           "insert_tokens_forward", "patch_embed_backward", "patch_embed_forward", "patchify",
+           "pos_embed_backward", "pos_embed_forward", "sincos_2d", "unpatchify", "HeadCache",
+           "head_backward", "head_forward", "linear_backward", "linear_forward",
+           "cross_entropy_backward", "cross_entropy_forward", "fold_affine_backward",
+           "fold_affine_forward", "layernorm_backward", "layernorm_forward", "normalize_backward",
+           "normalize_forward", "layer_scale_backward", "layer_scale_forward"]

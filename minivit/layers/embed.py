@@ -56,7 +56,8 @@ def cls_backward(dx, cache=None):
 def insert_tokens_forward(x, tokens, at: int = 0):
     """Learned tokens (1, R, D) inserted into every sequence x (B, M, D) before row `at`:
     y = [x[:, :at]; tokens; x[:, at:]], (B, M + R, D). The CLS, distillation and register
-    tokens all enter this way.  d: dx = dy without rows at..at+R-1,  dtokens = sum_b dy[b, at:at+R]."""
+    tokens all enter this way.
+    d: dx = dy without rows at..at+R-1,  dtokens = sum_b dy[b, at:at+R]."""
     xp = backend.xp_of(x)
     B, M, D = x.shape
     R = tokens.shape[1]
