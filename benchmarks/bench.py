@@ -225,7 +225,7 @@ def installed_impls() -> list:
 def run_all(args, whats: list, emit) -> list:
     """Each (what, impl) in its own process; train/infer alternate minivit, torch for --rounds.
     Returns the per-round records followed by aggregates (medians) and ratios."""
-    impls = installed_impls()
+    impls = installed_impls() if args.impl == "all" else [args.impl]
     records = []
 
     def child(impl, what, rnd=None):
@@ -444,7 +444,7 @@ def main(argv=None) -> list:
         run_local(args, cfg, whats)                       # one of --procs' processes: rank 0 reports
         return []
     emit = (lambda r: print(json.dumps(r), flush=True)) if args.json else (lambda r: None)
-    if args.impl == "all":
+    if args.impl == "all" or args.procs > 1:             # --procs: the processes are children
         records = run_all(args, whats, emit)
     else:
         records = run_local(args, cfg, whats)

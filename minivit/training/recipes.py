@@ -10,9 +10,10 @@ MODELS = {
     "default": dict(patch_size=7, dim=64, depth=6, heads=4, mlp_ratio=2.0),
     "wide": dict(patch_size=4, dim=128, depth=6, heads=4, mlp_ratio=2.0),
 }
-PRESETS = {
-    "default": dict(model="default", epochs=12),
-    "best": dict(model="default", epochs=40),
+PRESETS = {   # measured in the README's MNIST table (2-core CPU, two processes)
+    "default": dict(model="default", epochs=12),   # >= 98.5% in about 3.5 minutes
+    "best": dict(model="default", epochs=17),      # >= 99.0% in under 5 minutes
+    "long": dict(model="default", epochs=50),      # the most accuracy in about 15 minutes
 }
 
 
