@@ -39,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "continue later with --resume")
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
-    ap.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    ap.add_argument("--lr", type=float, default=None,
+                    help=f"peak learning rate (default: the preset's, else {d.lr})")
     ap.add_argument("--min-lr", type=float, default=d.min_lr)
     ap.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    ap.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    ap.add_argument("--warmup-epochs", type=float, default=None,
+                    help=f"linear warmup (default: the preset's, else {d.warmup_epochs})")
     ap.add_argument("--smoothing", type=float, default=d.smoothing, help="label smoothing")
     ap.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip (0: off)")
     ap.add_argument("--no-augment", dest="augment", action="store_false",
@@ -74,9 +76,13 @@ def main(argv=None) -> dict:
     preset = PRESETS[args.preset]
     cfg = mnist_config(args.model or preset["model"], dropout=args.dropout,
                        drop_path=args.drop_path, dtype=args.dtype)
+    d = TrainOptions()
+    lr = args.lr if args.lr is not None else preset.get("lr", d.lr)
+    warmup = args.warmup_epochs if args.warmup_epochs is not None else \
+        preset.get("warmup_epochs", d.warmup_epochs)
     opts = TrainOptions(epochs=args.epochs or preset["epochs"], batch_size=args.batch_size,
-                        optimizer=args.optimizer, lr=args.lr, min_lr=args.min_lr,
-                        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                        optimizer=args.optimizer, lr=lr, min_lr=args.min_lr,
+                        weight_decay=args.weight_decay, warmup_epochs=warmup,
                         smoothing=args.smoothing, clip=args.clip, augment=args.augment,
                         seed=args.seed, stop_after_epochs=args.stop_after_epochs)
     world = parallel.training_world(args.device)
