@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--npz", metavar="FILE", help="a Google (vit_jax) ViT .npz")
     src.add_argument("--checkpoint", metavar="FILE", help="a minivit checkpoint (.npz)")
+    src.add_argument("--pretrained", metavar="PATH",
+                     help="a Hugging Face (transformers or timm) folder or .safetensors file, or "
+                          "any layout minivit reads (needs pip install -e .[hub]); its "
+                          "normalization is used unless --mean/--std are given")
     ap.add_argument("--data", required=True, metavar="DIR",
                     help="DIR/<class>/<image> (split by --test-fraction) or DIR/train/<class> "
                          "and DIR/test/<class>; .png/.jpg need Pillow, .npy always works")
@@ -74,9 +78,14 @@ def main(argv=None) -> dict:
     use_device(args)
     world = parallel.training_world(args.device)
     model = load_source(args.npz, args.checkpoint, args.image_size, args.gelu, args.seed,
-                        dtype=args.dtype)
+                        dtype=args.dtype, pretrained=args.pretrained)
+    mean, std = args.mean, args.std
+    pre = model.preprocessing
+    if args.pretrained and pre is not None:               # the source's own normalization
+        mean = pre.mean if mean is None else mean
+        std = pre.std if std is None else std
     data = load_folder_for(model, args.data, args.image_size, args.test_fraction, args.seed,
-                           args.mean, args.std)
+                           mean, std)
     names = data.preprocessing.class_names
     K = len(names)
     model.reset_head(K)                                             # zero-initialized
@@ -89,7 +98,8 @@ def main(argv=None) -> dict:
     cfg = model.config
     trainable = sum(v.size for k, v in model.params.items() if k not in frozen)
     if world.is_root:
-        print(f"minivit fine-tune: {args.npz or args.checkpoint} -> {K} classes "
+        source = args.npz or args.checkpoint or args.pretrained
+        print(f"minivit fine-tune: {source} -> {K} classes "
               f"({', '.join(names[:8])}{', ...' if K > 8 else ''}); ViT patch "
               f"{cfg.patch_size}, dim {cfg.dim}, depth {cfg.depth}, {cfg.image_size}x"
               f"{cfg.image_size}x{cfg.in_channels}; {trainable:,} of {model.num_params():,} "
@@ -97,7 +107,8 @@ def main(argv=None) -> dict:
               f"images on {backend.name()}"
               + (f", {world.size} processes" if world.size > 1 else ""))
     run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(opts),
-                  "source": {"npz": args.npz, "checkpoint": args.checkpoint},
+                  "source": {"npz": args.npz, "checkpoint": args.checkpoint,
+                             "pretrained": args.pretrained},
                   "data": {"folder": args.data, **data.preprocessing.to_dict()},
                   "argv": sys.argv[1:] if argv is None else list(argv)}
     summary = fit(model, data, opts, args.out, run_config=run_config, quiet=args.quiet,

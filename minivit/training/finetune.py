@@ -32,11 +32,19 @@ def frozen_keys(model: ViT, head_only: bool = True) -> set[str]:
 
 def load_source(npz: Optional[str] = None, checkpoint: Optional[str] = None,
                 image_size: Optional[int] = None, gelu: Optional[str] = None,
-                seed: int = 0, dtype: str = "float32") -> ViT:
-    """The pretrained model from a Google .npz or a minivit checkpoint, at image_size if given;
-    a Google file is loaded in `dtype` (a minivit checkpoint keeps its own)."""
-    if (npz is None) == (checkpoint is None):
-        raise ValueError("give exactly one source: a Google .npz or a minivit checkpoint")
+                seed: int = 0, dtype: str = "float32", pretrained: Optional[str] = None) -> ViT:
+    """The pretrained model from a Google .npz, a minivit checkpoint or any layout
+    io.load_pretrained reads (Hugging Face, timm), at image_size if given; a foreign file is
+    loaded in `dtype` (a minivit checkpoint keeps its own)."""
+    if sum(s is not None for s in (npz, checkpoint, pretrained)) != 1:
+        raise ValueError("give exactly one source: a Google .npz, a minivit checkpoint or a "
+                         "pretrained folder")
+    if pretrained is not None:
+        from ..io.pretrained import load_pretrained
+        overrides = {"gelu": gelu} if gelu else {}
+        if image_size is not None:
+            overrides["image_size"] = image_size
+        return load_pretrained(pretrained, seed=seed, dtype=dtype, **overrides)
     if npz is not None:
         overrides = {"gelu": gelu} if gelu else {}
         return load_google_npz(npz, image_size=image_size, seed=seed, dtype=dtype, **overrides)

@@ -14,7 +14,7 @@ from minivit.data.imagefolder import (channel_stats, load_image_folder)
 from minivit.io import google as io
 from minivit.io.checkpoint import load_checkpoint, save_checkpoint
 
-from conftest import has, load_example
+from conftest import has, load_example, needs
 
 TINY = dict(image_size=8, patch_size=4, in_channels=1, num_classes=4, dim=16, depth=1, heads=2)
 
@@ -84,3 +84,21 @@ def test_finetune_all_params_from_checkpoint(tmp_path, capsys):
     assert tuned.config.num_classes == 2
     assert not np.array_equal(tuned.params["blocks.0.attn.qkv.w"], model.params["blocks.0.attn.qkv.w"])
     assert load_example("finetune").main is finetune_cli.main          # the example is thin
+
+
+@needs("safetensors")
+def test_finetune_from_a_pretrained_hf_folder(tmp_path, capsys):
+    """--pretrained: a Hugging Face folder (here minivit's own hf export) is the source; its
+    preprocessing's mean and std normalize the folder's images unless --mean/--std say otherwise."""
+    from minivit import Preprocessing
+    from minivit.io import save_pretrained
+    model = ViT(ViTConfig(**TINY), seed=2)
+    model.preprocessing = Preprocessing(mean=[0.5], std=[0.25], image_size=8, channels=1)
+    save_pretrained(model, str(tmp_path / "hf"), format="hf")
+    data = make_folder(tmp_path / "imgs", classes=("p", "q"), n=8, size=8)
+    out = str(tmp_path / "run")
+    summary = finetune_cli.main(["--pretrained", str(tmp_path / "hf"), "--data", data,
+                                 "--epochs", "1", "--batch-size", "6", "--quiet", "--out", out])
+    assert summary["classes"] == 2
+    pre = load_checkpoint(os.path.join(out, "last.npz"))["preprocessing"]
+    assert pre.mean == [0.5] and pre.std == [0.25] and pre.class_names == ["p", "q"]
