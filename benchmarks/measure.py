@@ -106,12 +106,12 @@ def limit_threads(blas_threads: int, workers: int | None = None) -> dict:
     return info
 
 
-def batch_pieces(batch: int) -> list:
+def batch_pieces(batch: int, tokens: int) -> list:
     """The sizes of the batch pieces minivit's forward runs on its worker threads (ViT.forward:
     split on NumPy, whole on the GPU)."""
     if backend.xp() is not np:
         return [batch]
-    return [len(range(batch)[s]) for s in threads.split_batch(batch)]
+    return [len(range(batch)[s]) for s in threads.split_batch(batch, tokens)]
 
 
 def host_batch(cfg: ViTConfig, batch: int):
@@ -150,7 +150,8 @@ class MinivitBench:
 
     def info(self) -> dict:
         return {"numpy": np.__version__, "backend": backend.name(),
-                "params": self.model.num_params(), "batch_pieces": len(batch_pieces(len(self.x))),
+                "params": self.model.num_params(),
+                "batch_pieces": len(batch_pieces(len(self.x), self.cfg.num_tokens)),
                 "procs": self.world.size}
 
     def train_step(self):

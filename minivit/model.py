@@ -130,7 +130,7 @@ class ViT:
         xp = backend.xp_of(x)
         B = x.shape[0]
         start, total = (0, B) if batch_rows is None else batch_rows
-        pieces = threads.split_batch(B) if xp is np else [slice(0, B)]
+        pieces = threads.split_batch(B, self.config.num_tokens) if xp is np else [slice(0, B)]
         rngs = [None] * len(pieces)
         if train:                                         # one draw from self.rng per step
             seed = int(self.rng.integers(2 ** 63))

@@ -102,8 +102,9 @@ def test_step_layers_run_the_package_pairs(extra):
 
 
 def test_batch_pieces_follow_the_model_split():
-    assert sum(measure.batch_pieces(128)) == 128
-    assert measure.batch_pieces(8) == [8]                   # below two pieces of MIN_PIECE
+    assert sum(measure.batch_pieces(128, 17)) == 128
+    assert measure.batch_pieces(8, 17) == [8]              # below two pieces of MIN_PIECE rows
+    assert measure.batch_pieces(8, 197) == [4, 4]          # ViT-B/16: 4 x 197 rows each
 
 
 # ---- the command line --------------------------------------------------------------------------
