@@ -294,3 +294,12 @@ def check_finite(arrays: dict, path: str, error: type, fix: str) -> None:
         more = f" and {len(bad) - 8} more arrays" if len(bad) > 8 else ""
         raise error(f"{path}: NaN or inf in {shown}{more}: the model diverged or the file is "
                     f"damaged; {fix}")
+
+
+def save_figure(fig, path) -> None:
+    """A matplotlib figure as a PNG at path, atomically; the figure is closed either way."""
+    import matplotlib.pyplot as plt
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

@@ -4,7 +4,7 @@
 - `needs(...)` marks: a test that needs an optional extra is skipped, with the reason, when the
   extra is not installed (the README's `pip install -e ".[test]"` has none of them).
 - Helpers: randn, randomize_params, images, relerr, load_example, idx_bytes,
-  synthetic_mnist.
+  synthetic_mnist, digit, make_folder.
 """
 import importlib.util
 import os
@@ -105,3 +105,23 @@ def synthetic_mnist(n_train=1000, n_test=200, seed=0) -> dict:
     xte, yte = make(n_test)
     return {"train-images-idx3-ubyte": xtr, "train-labels-idx1-ubyte": ytr,
             "t10k-images-idx3-ubyte": xte, "t10k-labels-idx1-ubyte": yte}
+
+
+
+def digit(label: int, size: int, rng) -> np.ndarray:
+    """uint8 (size, size): noise plus a bright row band whose place encodes the label."""
+    x = rng.integers(0, 50, (size, size)).astype(np.uint8)
+    r = 1 + 2 * label
+    x[r:r + 2, 1:size - 1] = 255
+    return x
+
+
+
+def make_folder(root, classes=("a", "b", "c"), n=5, size=8, seed=0) -> str:
+    """root/<class>/<i>.npy with n uint8 (size, size) images per class."""
+    rng = np.random.default_rng(seed)
+    for k, c in enumerate(classes):
+        os.makedirs(os.path.join(root, c), exist_ok=True)
+        for i in range(n):
+            np.save(os.path.join(root, c, f"{i}.npy"), digit(k, size, rng))
+    return str(root)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..files import atomic_write
+from ..files import save_figure
 from .attention import upsample
 
 
@@ -52,8 +52,5 @@ def render(x: np.ndarray, labels: np.ndarray, res: dict, path: str, names=None) 
     for ax in axes.ravel():
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return True

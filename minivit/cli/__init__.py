@@ -110,6 +110,15 @@ def resolve_procs(args) -> int:
     return procs
 
 
+def ran_as_processes(args, argv, module: str) -> bool:
+    """True when the command ran as --procs N processes under mpiexec (N > 1); a failed job
+    exits with its status. False: this process does the work itself."""
+    code = relaunched(args, argv, module)
+    if code:
+        raise SystemExit(code)
+    return code is not None
+
+
 def relaunched(args, argv, module: str):
     """Run the command as --procs N processes under mpiexec when N > 1 and return the job's exit
     status; None when this process should do the work itself."""

@@ -19,7 +19,7 @@ import sys
 from .. import backend, parallel
 from ..training.finetune import frozen_keys, load_folder_for, load_source
 from ..training.loop import TrainOptions, fit
-from . import add_device_args, add_parallel_args, relaunched, run, use_device
+from . import add_device_args, add_parallel_args, ran_as_processes, run, use_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,10 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    code = relaunched(args, argv, "minivit.cli.finetune")
-    if code is not None:                                  # ran as --procs N processes
-        if code:
-            raise SystemExit(code)
+    if ran_as_processes(args, argv, "minivit.cli.finetune"):   # --procs N: the job is done
         return {}
     use_device(args)
     world = parallel.training_world(args.device)

@@ -22,7 +22,7 @@ from ..model import ViT
 from ..parallel import threads
 from ..training.loop import TrainOptions, fit
 from ..training.recipes import MODELS, PRESETS, mnist_config
-from . import add_device_args, add_parallel_args, relaunched, run, use_device
+from . import add_device_args, add_parallel_args, ran_as_processes, run, use_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    code = relaunched(args, argv, "minivit.train")
-    if code is not None:                                  # ran as --procs N processes
-        if code:
-            raise SystemExit(code)
+    if ran_as_processes(args, argv, "minivit.train"):   # --procs N: the job is done
         return {}
     use_device(args)
     preset = PRESETS[args.preset]

@@ -1,7 +1,7 @@
 """The training-curve PNG (needs matplotlib, the `plot` extra; without it a note is printed)."""
 from __future__ import annotations
 
-from ..files import atomic_write
+from ..files import save_figure
 
 
 def plot_curves(history: list, path: str) -> bool:
@@ -26,8 +26,5 @@ def plot_curves(history: list, path: str) -> bool:
     a2.set_xlabel("epoch"), a2.set_ylabel("accuracy"), a2.legend(), a2.grid(alpha=0.3)
     fig.suptitle(f"best test accuracy {max(h['test_acc'] for h in history):.4f}")
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return True

@@ -14,27 +14,9 @@ from minivit.data.imagefolder import (channel_stats, load_image_folder)
 from minivit.io import google as io
 from minivit.io.checkpoint import load_checkpoint, save_checkpoint
 
-from conftest import has, load_example, needs
+from conftest import has, load_example, make_folder, needs
 
 TINY = dict(image_size=8, patch_size=4, in_channels=1, num_classes=4, dim=16, depth=1, heads=2)
-
-
-def digit(label: int, size: int, rng) -> np.ndarray:
-    """uint8 (size, size): noise plus a bright row band whose place encodes the label."""
-    x = rng.integers(0, 50, (size, size)).astype(np.uint8)
-    r = 1 + 2 * label
-    x[r:r + 2, 1:size - 1] = 255
-    return x
-
-
-def make_folder(root, classes=("a", "b", "c"), n=5, size=8, seed=0) -> str:
-    """root/<class>/<i>.npy with n uint8 (size, size) images per class."""
-    rng = np.random.default_rng(seed)
-    for k, c in enumerate(classes):
-        os.makedirs(os.path.join(root, c), exist_ok=True)
-        for i in range(n):
-            np.save(os.path.join(root, c, f"{i}.npy"), digit(k, size, rng))
-    return str(root)
 
 
 def test_finetune_head_only_from_google_npz(tmp_path, capsys):

@@ -11,13 +11,8 @@ from minivit.training.finetune import frozen_keys, trainable_keys
 
 from conftest import images, randomize_params
 
-TOL = 1e-10
-POS = "Transformer/posembed_input/pos_embedding"
-MHA = "MultiHeadDotProductAttention_1"
 SMALL = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2, heads=2,
              mlp_ratio=1.5, dtype="float64")
-# an odd architecture for the parity tests: F/D = 20/12 is not a short float
-ODD = dict(p=3, C=2, D=12, H=3, F=20, depth=2, grid=3, K=4)
 
 
 def test_trainable_and_frozen_keys():
