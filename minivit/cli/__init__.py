@@ -85,7 +85,8 @@ def add_parallel_args(ap: argparse.ArgumentParser, default_procs: str = "auto") 
     ap.add_argument("--procs", default=default_procs, metavar="N|auto",
                     help="data-parallel processes on this host, started under mpiexec (needs "
                          "pip install -e .[mpi]); auto: one per core on the CPU when MPI is "
-                         f"installed, else 1 (one process, worker threads); default {default_procs}")
+                         "installed (at most one per 16 images of the batch), else 1 (one "
+                         f"process, worker threads); default {default_procs}")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                     help="parameter and activation dtype (float64: for exactness checks)")
 
@@ -99,8 +100,9 @@ def resolve_procs(args) -> int:
         return 1
     if args.procs == "auto":
         cores = os.cpu_count() or 1
-        ok = getattr(args, "device", "cpu") == "cpu" and cores > 1 and launch.mpi_available()
-        return cores if ok and args.batch_size % cores == 0 else 1
+        if getattr(args, "device", "cpu") != "cpu" or cores < 2 or not launch.mpi_available():
+            return 1
+        return auto_procs(cores, args.batch_size)
     try:
         procs = int(args.procs)
     except ValueError:
@@ -117,6 +119,16 @@ def ran_as_processes(args, argv, module: str) -> bool:
     if code:
         raise SystemExit(code)
     return code is not None
+
+
+def auto_procs(cores: int, batch_size: int, min_share: int = 16) -> int:
+    """The most processes, at most one per core, that split the batch evenly with at least
+    min_share images each (smaller shares run the small models' many NumPy calls for too
+    little work); 1 when none does."""
+    for p in range(min(cores, batch_size // min_share), 1, -1):
+        if batch_size % p == 0:
+            return p
+    return 1
 
 
 def relaunched(args, argv, module: str):

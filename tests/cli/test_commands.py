@@ -39,3 +39,11 @@ def test_bad_flag_is_one_error_line():
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: workers must be a positive integer")
+
+
+def test_auto_procs_splits_the_batch_evenly_with_enough_images_each():
+    from minivit.cli import auto_procs
+    assert auto_procs(2, 128) == 2
+    assert auto_procs(64, 128) == 8            # 16 images each, not 2
+    assert auto_procs(6, 128) == 4             # 128 is not divisible by 6 or 5
+    assert auto_procs(2, 24) == 1 and auto_procs(1, 128) == 1
