@@ -179,12 +179,17 @@ class ViTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ViTConfig":
         """Build from a dict (e.g. a checkpoint's JSON); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ViTConfig fields {unknown}; this checkpoint was written "
-                             f"by an incompatible minivit version")
-        return cls(**d)
+        return _from_known_fields(cls, d, "; this checkpoint was written by an incompatible "
+                                          "minivit version")
+
+
+def _from_known_fields(cls, d: dict, fix: str):
+    """cls(**d) for a dataclass, naming any field of d that cls does not have."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}{fix}")
+    return cls(**d)
 
 
 def _divisor(dim: int, heads: int) -> int:
@@ -243,11 +248,9 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown Preprocessing fields {unknown}")
-        return cls(**d)
+        """Build from a dict (e.g. a checkpoint's JSON); unknown keys are an error."""
+        return _from_known_fields(cls, d, "; this file was written by an incompatible minivit "
+                                          "version")
 
 
 def _as_list(v, name: str) -> list:

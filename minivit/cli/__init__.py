@@ -144,7 +144,7 @@ def relaunched(args, argv, module: str):
     argv = sys.argv[1:] if argv is None else list(argv)
     print(f"minivit: starting {procs} processes under mpiexec ({max(1, (os.cpu_count() or 1) // procs)} "
           f"core(s) each; --procs 1 runs one process)", file=sys.stderr)
-    return launch.relaunch(procs, [a for a in _without_procs(argv)] + ["--procs", "1"], module)
+    return launch.relaunch(procs, _without_procs(argv) + ["--procs", "1"], module)
 
 
 def _without_procs(argv: list) -> list:
