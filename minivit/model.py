@@ -11,7 +11,8 @@ the class rows (timm's no_embed_class), LayerScale in each block, the norm after
 
 `params` and `grads` are ParamDicts: named views into one flat vector each (params.py). On
 NumPy a large batch is split into pieces run by worker threads (parallel/threads.py); each
-piece runs the same pairs, and backward sums the pieces' gradients into `grads`.
+piece runs the same pairs, and backward sums the pieces' gradients into `grads` block by block
+as they are made (threads.OrderedSum: in piece order, the same bits as summing at the end).
 """
 from __future__ import annotations
 
@@ -227,35 +228,41 @@ class ViT:
             raise ValueError(f"dlogits has shape {getattr(dlogits, 'shape', None)}, expected "
                              f"({B}, {K}) like the logits of the last forward")
         self._pieces = None
-        out = threads.parallel_map(lambda c: self.backward_piece(dlogits[c.rows], c), pieces)
-        xp = backend.xp_of(dlogits)
-        head_only = out[0][0] is None
-        if head_only:
+        if pieces[0].blocks is None:
             self.grads.flat[...] = 0                      # a frozen backbone: only the head's grads
-        for k in out[0][1]:                               # sum the pieces' parameter gradients
-            view = self.grads[k]
-            if len(out) == 1:
-                view[...] = out[0][1][k]
-                continue
-            xp.add(out[0][1][k], out[1][1][k], out=view)
-            for o in out[2:]:
-                view += o[1][k]
-        if head_only or len(out) == 1:
-            return out[0][0]
-        return xp.concatenate([o[0] for o in out])
+        total = threads.OrderedSum(len(pieces))           # grads = piece 0's + piece 1's + ...
 
-    def backward_piece(self, dlogits, piece: Piece):
-        """Backward of one piece's forward: dx and a dict of grads (None and the head's grads
-        alone when the forward kept no backbone caches)."""
+        def run(i):
+            def put(g: dict):
+                for k, v in g.items():
+                    total.add(i, self.grads[k], v)
+            try:
+                return self.backward_piece(dlogits[pieces[i].rows], pieces[i], put)
+            except BaseException:
+                total.fail()
+                raise
+
+        dx = threads.parallel_map(run, list(range(len(pieces))))
+        if dx[0] is None or len(dx) == 1:
+            return dx[0]
+        return backend.xp_of(dlogits).concatenate(dx)
+
+    def backward_piece(self, dlogits, piece: Piece, put) -> object:
+        """Backward of one piece's forward: returns its dx (None when the forward kept no
+        backbone caches) and hands its parameter gradients to put(dict) as they are made: the
+        head's, each block's (last to first), the embedding's."""
         dt, g = head_backward(dlogits, piece.head)                            # (B, N, D)
+        put(g)
         if piece.blocks is None:
-            return None, g
+            return None
         for i in reversed(range(self.config.depth)):
             dt, gb = block_backward(dt, piece.blocks[i])
-            g.update((f"blocks.{i}.{k}", v) for k, v in gb.items())
+            put({f"blocks.{i}.{k}": v for k, v in gb.items()})
         c_patch, c_tokens, m_emb = piece.embed
+        g = {}
         dx = self.embed_backward(dropout_backward(dt, m_emb), c_patch, c_tokens, g)
-        return dx, g
+        put(g)
+        return dx
 
     # ---- parameters -----------------------------------------------------------------------
     def block_params(self) -> list:

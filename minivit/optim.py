@@ -53,8 +53,9 @@ class Optimizer:
         self.state = {s: self.unflatten(buf, params) for s, buf in self.flat.items()}
 
     def flatten(self, arrays: dict):
-        """The trainable entries of arrays (e.g. the grads) as one new (P,) vector: a copy of
-        the range of arrays.flat they occupy for a ParamDict, else a concatenation."""
+        """The trainable entries of arrays (e.g. the grads) as one (P,) vector: a view of the
+        range of arrays.flat they occupy for a ParamDict laid out like the params (read only,
+        never written), else a new concatenation."""
         changed = [k for k in self.keys if arrays[k].shape != self.state_shapes[k]]
         if changed:
             raise ValueError(f"{changed[:3]} changed shape since this {type(self).__name__} was "
@@ -62,7 +63,7 @@ class Optimizer:
                              f"{self.state_shapes[changed[0]]}); build the optimizer after "
                              f"changing the model (e.g. after reset_head or set_image_size)")
         if self.run is not None and self._same_layout(arrays):
-            return arrays.flat[self.run[0]:self.run[1]].copy()
+            return arrays.flat[self.run[0]:self.run[1]]
         xp = backend.xp_of(arrays[self.keys[0]])
         return xp.concatenate([arrays[k].ravel() for k in self.keys])
 
@@ -164,6 +165,7 @@ class AdamW(Optimizer):
     p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)   (Loshchilov & Hutter; torch.optim.AdamW)."""
 
     state_names = ("m", "v")
+    CHUNK = 1 << 18           # numbers per chunk of a NumPy step (1 MB each of g, m, v, scratch)
 
     def __init__(self, params: dict, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.05, frozen=(), decay=None):
@@ -173,36 +175,50 @@ class AdamW(Optimizer):
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
 
     def step(self, grads: dict, lr: float = None) -> None:
-        """The update above on the flat vectors (module docstring), then p -= its share per key."""
+        """The update above on the flat vectors (module docstring), then p -= its share per key.
+        On NumPy the vectors go by in chunks of CHUNK numbers through one chunk-sized scratch
+        vector: each chunk's dozen operations run while it sits in the cache, and no
+        parameter-sized temporary is made (346 MB for ViT-B/16). Every number gets the same
+        operations in the same order either way, so the result does not depend on the chunk."""
         self.t += 1
         if not self.keys:
             return
         lr = self.lr if lr is None else float(lr)
         b1, b2 = self.betas
         m, v = self.flat["m"], self.flat["v"]             # (P,)
-        g = self.flatten(grads)                           # (P,), a copy, reused as scratch below
-        m *= b1
-        m += (1.0 - b1) * g
-        g *= g
-        g *= 1.0 - b2
-        v *= b2
-        v += g
+        g = self.flatten(grads)                           # (P,), read only
         xp = backend.xp_of(v)
-        delta = xp.multiply(v, 1.0 / (1.0 - b2 ** self.t), out=g)
-        xp.sqrt(delta, out=delta)
-        delta += self.eps                                 # sqrt(v / (1 - b2^t)) + eps
-        xp.divide(m, delta, out=delta)
-        delta *= lr / (1.0 - b1 ** self.t)                # lr m_hat / (sqrt(v_hat) + eps)
         if self.weight_decay:
             for k in self.decay:
                 p = self.params[k]                        # a view: scaled in place
                 p *= 1.0 - lr * self.weight_decay
-        if self.run is not None:                          # the params' own flat vector
-            self.params.flat[self.run[0]:self.run[1]] -= delta
-            return
-        for k, d in self.unflatten(delta, self.params).items():
-            p = self.params[k]
-            p -= d
+        flat = self.run is not None                       # update the params' own flat vector
+        out = self.params.flat[self.run[0]:self.run[1]] if flat else xp.empty_like(m)  # or delta
+        size = m.size if xp is not np else min(self.CHUNK, m.size)
+        scratch = xp.empty(size, dtype=m.dtype)
+        unbias1, unbias2 = lr / (1.0 - b1 ** self.t), 1.0 / (1.0 - b2 ** self.t)
+        for a in range(0, m.size, size):
+            b = min(a + size, m.size)
+            gc, mc, vc, d = g[a:b], m[a:b], v[a:b], scratch[:b - a]
+            mc *= b1
+            mc += xp.multiply(gc, 1.0 - b1, out=d)        # m = b1 m + (1 - b1) g
+            xp.multiply(gc, gc, out=d)
+            d *= 1.0 - b2
+            vc *= b2
+            vc += d                                       # v = b2 v + (1 - b2) g^2
+            xp.multiply(vc, unbias2, out=d)
+            xp.sqrt(d, out=d)
+            d += self.eps                                 # sqrt(v / (1 - b2^t)) + eps
+            xp.divide(mc, d, out=d)
+            d *= unbias1                                  # lr m_hat / (sqrt(v_hat) + eps)
+            if flat:
+                out[a:b] -= d
+            else:
+                out[a:b] = d
+        if not flat:                                      # shared out per key
+            for k, d in self.unflatten(out, self.params).items():
+                p = self.params[k]
+                p -= d
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps}

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .activations import GELU
+from .activations import GELU, gelu_output
 from .attention import MHSACache, attention_probs, mhsa_backward, mhsa_forward
 from .dropout import drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
-from .norm import fold_affine_backward, fold_affine_forward, normalize_backward, normalize_forward
+from .norm import (fold_affine_backward, fold_affine_forward, fold_affine_weight,
+                   normalize_backward, normalize_forward)
 from .scale import layer_scale_backward, layer_scale_forward
 
 
 class MLPCache(NamedTuple):
     fc1: tuple
-    act: tuple
+    act: tuple                 # the GELU's (input, s): its output is x s
     drop_hidden: object        # dropout mask after the GELU, or None
-    fc2: tuple
+    fc2: tuple                 # fc2's cache without its input (None): backward remakes it
     drop_out: object           # dropout mask after fc2, or None
     gelu: str
 
@@ -30,7 +31,7 @@ class BlockCache(NamedTuple):
     path_attn: object          # drop-path mask on the attention branch, or None
     norm2: tuple
     fold2: tuple               # norm2's affine folded into the fc1 weights
-    mlp: MLPCache
+    mlp: MLPCache              # (its fc1 cache, like attn's qkv cache, holds no weight: below)
     scale_mlp: tuple | None    # LayerScale of the MLP branch, or None
     path_mlp: object           # drop-path mask on the MLP branch, or None
     queries: int | None        # only the first `queries` rows were computed, or None: all
@@ -38,19 +39,26 @@ class BlockCache(NamedTuple):
 
 def mlp_forward(x, w1, b1, w2, b2, gelu: str = "tanh", dropout: float = 0.0, rng=None):
     """y = drop(drop(gelu(x @ w1 + b1)) @ w2 + b2), w1 (D, F), w2 (F, D).
-    d: the linear, dropout and GELU pairs in reverse."""
+    d: the linear, dropout and GELU pairs in reverse. The cache does not keep fc2's input
+    drop(gelu(h)) (B, N, F), the largest activation of a block: backward remakes it from the
+    GELU's cache with the forward's own multiplications (the same bits, one cheap pass)."""
     act_forward, _ = GELU[gelu]
     h, c_fc1 = linear_forward(x, w1, b1)                  # (B, N, F)
     h, c_act = act_forward(h)                             # (B, N, F)
     h, m_h = dropout_forward(h, dropout, rng)             # (B, N, F)
-    y, c_fc2 = linear_forward(h, w2, b2)                  # (B, N, D)
+    y, (_, _, h_shape) = linear_forward(h, w2, b2)        # (B, N, D)
     y, m_y = dropout_forward(y, dropout, rng)             # (B, N, D)
-    return y, MLPCache(c_fc1, c_act, m_h, c_fc2, m_y, gelu)
+    return y, MLPCache(c_fc1, c_act, m_h, (None, w2, h_shape), m_y, gelu)
 
 
 def mlp_backward(dy, cache: MLPCache):
     _, act_backward = GELU[cache.gelu]
-    dh, dw2, db2 = linear_backward(dropout_backward(dy, cache.drop_out), cache.fc2)
+    h = gelu_output(cache.act)                            # fc2's input again: (B, N, F)
+    if cache.drop_hidden is not None:
+        h = h * cache.drop_hidden                         # as dropout_forward computed it
+    _, w2, h_shape = cache.fc2
+    c_fc2 = (h.reshape(-1, h_shape[-1]), w2, h_shape)
+    dh, dw2, db2 = linear_backward(dropout_backward(dy, cache.drop_out), c_fc2)
     dh = act_backward(dropout_backward(dh, cache.drop_hidden), cache.act)
     dx, dw1, db1 = linear_backward(dh, cache.fc1)
     return dx, dw1, db1, dw2, db2
@@ -64,7 +72,9 @@ def block_forward(x, p: dict, cfg, *, drop_path: float = 0.0, rng=None, cls_only
         x = x + drop_path(ls2 * mlp(norm2(x)))
     (ls1, ls2: LayerScale vectors when cfg.layer_scale, else 1.) Each LayerNorm's affine is
     folded into the qkv and fc1 weights (norm.py): the branches read normalize(x) and the folded
-    weights, which is the same function.
+    weights, which is the same function. The cache does not keep the folded weights (7 + 9 MB
+    per block and batch piece for ViT-B/16): backward folds them again, the same bits in a
+    fraction of a millisecond.
     queries=Q: return only the first Q rows (B, Q, D), exactly; their attention still reads every
     token (Q = 1, cls_only=True: the CLS row; Q = 2: CLS and distillation rows).
     d: each residual passes dx straight through and adds its branch's input gradient."""
@@ -87,7 +97,15 @@ def block_forward(x, p: dict, cfg, *, drop_path: float = 0.0, rng=None, cls_only
     m, c_s2 = layer_scale_forward(m, p["ls2.g"]) if scaled else (m, None)     # (B, N|Q, D)
     m, m_pm = drop_path_forward(m, drop_path, rng)
     x = x + m                                                                  # (B, N|Q, D)
+    c_att = c_att._replace(qkv=_weight(c_att.qkv, None))                      # refolded in backward
+    c_mlp = c_mlp._replace(fc1=_weight(c_mlp.fc1, None))
     return x, BlockCache(c_n1, c_f1, c_att, m_a, c_s1, m_pa, c_n2, c_f2, c_mlp, c_s2, m_pm, Q)
+
+
+def _weight(c_linear: tuple, w) -> tuple:
+    """A linear layer's cache (x2, w, shape) with its weight replaced (None: dropped)."""
+    x2, _, shape = c_linear
+    return x2, w, shape
 
 
 def block_backward(dx, cache: BlockCache) -> tuple:
@@ -97,7 +115,8 @@ def block_backward(dx, cache: BlockCache) -> tuple:
     dm = drop_path_backward(dx, c.path_mlp)
     if c.scale_mlp is not None:
         dm, g["ls2.g"] = layer_scale_backward(dm, c.scale_mlp)
-    dh, dfc1_w, dfc1_b, g["mlp.fc2.w"], g["mlp.fc2.b"] = mlp_backward(dm, c.mlp)
+    c_mlp = c.mlp._replace(fc1=_weight(c.mlp.fc1, fold_affine_weight(c.fold2)))
+    dh, dfc1_w, dfc1_b, g["mlp.fc2.w"], g["mlp.fc2.b"] = mlp_backward(dm, c_mlp)
     g["norm2.w"], g["norm2.b"], g["mlp.fc1.w"], g["mlp.fc1.b"] = \
         fold_affine_backward(dfc1_w, dfc1_b, c.fold2)
     dx = dx + normalize_backward(dh, c.norm2)
@@ -105,7 +124,8 @@ def block_backward(dx, cache: BlockCache) -> tuple:
     if c.scale_attn is not None:
         da, g["ls1.g"] = layer_scale_backward(da, c.scale_attn)
     da = dropout_backward(da, c.drop_attn)
-    dh, dqkv_w, dqkv_b, g["attn.proj.w"], g["attn.proj.b"] = mhsa_backward(da, c.attn)
+    c_att = c.attn._replace(qkv=_weight(c.attn.qkv, fold_affine_weight(c.fold1)))
+    dh, dqkv_w, dqkv_b, g["attn.proj.w"], g["attn.proj.b"] = mhsa_backward(da, c_att)
     g["norm1.w"], g["norm1.b"], g["attn.qkv.w"], g["attn.qkv.b"] = \
         fold_affine_backward(dqkv_w, dqkv_b, c.fold1)
     dh = normalize_backward(dh, c.norm1)

@@ -29,19 +29,20 @@ _A = "0.044715"
 
 
 def gelu_tanh_forward(x):
-    """y = 0.5 x (1 + t), t = tanh(c (x + a x^3)); returns y and t (the cache)."""
-    k = _elementwise("gelu_tanh_fwd", "T x", "T y, T t",
-                     f"T u = (T)({_C}) * (x + (T){_A} * x * x * x); t = tanh(u); "
-                     f"y = (T)0.5 * x * ((T)1 + t);")
+    """y = x s, s = 1 / (1 + exp(-2u)) = 0.5 (1 + tanh u), u = c (x + a x^3); returns y and s
+    (the cache, as on the CPU)."""
+    k = _elementwise("gelu_tanh_fwd", "T x", "T y, T s",
+                     f"T u = (T)({_C}) * (x + (T){_A} * x * x * x); "
+                     f"s = (T)1 / ((T)1 + exp((T)-2 * u)); y = x * s;")
     return k(x)
 
 
-def gelu_tanh_backward(dy, x, t):
-    """dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2))."""
-    k = _elementwise("gelu_tanh_bwd", "T dy, T x, T t", "T dx",
-                     f"dx = dy * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * (T)({_C}) "
+def gelu_tanh_backward(dy, x, s):
+    """dx = dy (s + x s (1 - s) 2c (1 + 3 a x^2))."""
+    k = _elementwise("gelu_tanh_bwd", "T dy, T x, T s", "T dx",
+                     f"dx = dy * (s + x * s * ((T)1 - s) * (T)(2 * {_C}) "
                      f"* ((T)1 + (T)3 * (T){_A} * x * x));")
-    return k(dy, x, t)
+    return k(dy, x, s)
 
 
 def layernorm_affine(x, mu, rstd, w, b):

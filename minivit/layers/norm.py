@@ -66,7 +66,13 @@ def fold_affine_forward(w, b, W, c):
     """The affine of a LayerNorm folded into the linear (W (D, F), c (F,)) that reads it:
         (xhat * w + b) @ W + c = xhat @ W' + c',   W' = w[:, None] * W,   c' = b @ W + c.
     d: dW = w[:, None] * dW' + b[:, None] * dc';  dw = sum_j W * dW';  db = W @ dc';  dc = dc'."""
-    return (w[:, None] * W, b @ W + c), (w, b, W)        # (D, F), (F,)
+    return (fold_affine_weight((w, b, W)), b @ W + c), (w, b, W)   # (D, F), (F,)
+
+
+def fold_affine_weight(cache):
+    """W' = w[:, None] * W again from fold_affine_forward's cache (the same bits)."""
+    w, _, W = cache
+    return w[:, None] * W                                 # (D, F)
 
 
 def fold_affine_backward(dW2, dc2, cache):

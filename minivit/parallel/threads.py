@@ -8,6 +8,7 @@ not oversubscribed. On CuPy the batch is never split.
 from __future__ import annotations
 
 import os
+import threading
 
 MIN_PIECE = 16 * 17  # smallest piece worth a worker thread, in token rows (images x tokens):
                      # 16 MNIST images; 2 images of ViT-B/16 (197 tokens)
@@ -138,3 +139,42 @@ def split_batch(batch_size: int, tokens: int = 1) -> list:
     n = max(1, min(workers(), batch_size, batch_size * tokens // MIN_PIECE))
     edges = [batch_size * i // n for i in range(n + 1)]
     return [slice(edges[i], edges[i + 1]) for i in range(n)]
+
+
+class OrderedSum:
+    """Sums the batch pieces' gradients into shared arrays while the pieces' backward passes run,
+    in piece order: piece 0 assigns, piece 1 adds once piece 0 has written that array, and so
+    on. The sum is the one a finished backward would take, out = g0 + g1 + ... bit for bit,
+    but no piece holds a parameter-sized set of gradients of its own (346 MB each for
+    ViT-B/16): each block's are added and freed as soon as they exist.
+
+    Each piece must add the same arrays in the same order (they run the same code). Piece i's
+    k-th add waits for piece i - 1's k-th; piece 0 never waits, so there is no deadlock as long
+    as every piece has its own thread (parallel_map gives them one each)."""
+
+    def __init__(self, pieces: int):
+        self._done = [0] * pieces                 # adds finished, per piece
+        self._changed = threading.Condition()
+        self._failed = False
+
+    def add(self, piece: int, out, value) -> None:
+        """out = value (piece 0) or out += value (later pieces, each after the one before)."""
+        k = self._done[piece]
+        if piece > 0:
+            with self._changed:
+                while self._done[piece - 1] <= k and not self._failed:
+                    self._changed.wait()
+                if self._failed:
+                    raise RuntimeError("another batch piece failed during backward")
+            out += value
+        else:
+            out[...] = value
+        with self._changed:
+            self._done[piece] = k + 1
+            self._changed.notify_all()
+
+    def fail(self) -> None:
+        """A piece failed: release the pieces waiting on it (they raise)."""
+        with self._changed:
+            self._failed = True
+            self._changed.notify_all()

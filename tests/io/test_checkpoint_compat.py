@@ -16,7 +16,11 @@ def test_format_1_checkpoint_loads_with_its_preprocessing(tmp_path):
     model = meta["model"]
     assert meta["format_version"] == 1 and meta["step"] == 3
     x = np.load(os.path.join(HERE, "v1_checkpoint_input.npy"))
-    np.testing.assert_array_equal(model.forward(x), np.load(os.path.join(HERE, "v1_checkpoint_logits.npy")))
+    # The logits were computed by 0.1.0. The float32 forward may round differently from one
+    # version to the next (the tanh GELU is now computed through exp: 1 ulp here), so a few ulps
+    # are allowed; a parameter loaded wrong would move the logits by far more.
+    np.testing.assert_allclose(model.forward(x), np.load(os.path.join(HERE, "v1_checkpoint_logits.npy")),
+                               rtol=5e-7, atol=0)
     pre = model.preprocessing
     assert pre.mean == [0.25] and pre.std == [0.5] and pre.class_names == ["a", "b", "c"]
     assert pre.image_size == 8 and pre.channels == 1

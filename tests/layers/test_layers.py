@@ -10,7 +10,7 @@ from minivit.layers import (attention_backward, attention_forward, cls_backward,
                             cross_entropy_backward, cross_entropy_forward, drop_path_backward,
                             drop_path_forward, dropout_backward, dropout_forward,
                             gelu_erf_backward, gelu_erf_forward, gelu_tanh_backward,
-                            gelu_tanh_forward, fold_affine_backward, fold_affine_forward,
+                            gelu_tanh_forward, gelu_output, fold_affine_backward, fold_affine_forward,
                             layernorm_backward, layernorm_forward, normalize_backward,
                             normalize_forward,
                             linear_backward, linear_forward, mhsa_backward, mhsa_forward,
@@ -88,6 +88,28 @@ def test_layernorm_normalizes(xp):
 def test_activations(xp, fwd, bwd):
     x = randn(xp, 2, 3, 10, scale=2.0)
     check_pair(fwd, bwd, (x,), randn(xp, 2, 3, 10, seed=2), ["x"])
+
+
+@pytest.mark.parametrize("fwd", [gelu_tanh_forward, gelu_erf_forward])
+def test_gelu_output_from_cache_is_the_forward_output(xp, fwd):
+    """The MLP's backward remakes fc2's input from the GELU's cache: it must be the same bits."""
+    for dtype in ("float32", "float64"):
+        x = xp.asarray(np.linspace(-12, 12, 997).astype(dtype))
+        y, cache = fwd(x)
+        np.testing.assert_array_equal(backend.to_numpy(gelu_output(cache)), backend.to_numpy(y))
+
+
+def test_gelu_tanh_extremes(xp):
+    """The tanh GELU, computed through exp(-2u), stays finite and quiet far out in float32."""
+    x = xp.asarray(np.array([-1e4, -100.0, -10.0, 0.0, 10.0, 100.0, 1e4], dtype=np.float32))
+    with np.errstate(all="raise"):
+        y, cache = gelu_tanh_forward(x)
+        dx = gelu_tanh_backward(xp.ones_like(x), cache)
+    y, dx = backend.to_numpy(y), backend.to_numpy(dx)
+    np.testing.assert_array_equal(y[[0, 1, 3]], 0.0)
+    np.testing.assert_allclose(y[4:], [10.0, 100.0, 1e4], rtol=1e-7)
+    assert abs(y[2]) < 1e-30
+    np.testing.assert_array_equal(dx[[0, 1, 5, 6]], [0.0, 0.0, 1.0, 1.0])
 
 
 def test_gelu_values(xp):
@@ -267,6 +289,8 @@ def test_block(xp, rates):
     fwd = lambda x_: block_forward(x_, p, cfg, drop_path=drop_path,
                                    rng=backend.rng(11) if any(rates) else None)
     _, cache = fwd(x)
+    # what the cache leaves out, backward remakes: the folded qkv and fc1 weights, fc2's input
+    assert cache.attn.qkv[1] is None and cache.mlp.fc1[1] is None and cache.mlp.fc2[0] is None
     dx, g = block_backward(dy, cache)
     assert set(g) == set(p)
     names = ["x"] + list(p)
