@@ -1,20 +1,25 @@
 """minivit benchmarks: a training step and inference against the PyTorch reference ViT of the
-same shape, a per-layer breakdown of minivit's step, and the machine's float32 matmul peak.
+same shape (and inference against that reference exported to ONNX Runtime), a per-layer
+breakdown of minivit's step, and the machine's float32 matmul peak.
 
     python benchmarks/bench.py --config mnist --impl all --what train --rounds 3
     python benchmarks/bench.py --config mnist-p4 --impl all --what train,infer,peak
     python benchmarks/bench.py --config mnist --what layers
     python benchmarks/bench.py --smoke                    # every part on a tiny model, seconds
     python benchmarks/bench.py --config vit-b16 --device gpu --impl all --batch 64
+    python benchmarks/bench.py --config mnist --impl onnx --what infer   # pip install -e '.[onnx]'
 
 This file is the orchestration: the command line, one fresh process per measurement (alternating
-minivit and torch rounds), the wait for a quiet machine, the aggregation and the output (table or
-JSON lines). measure.py measures (step timing, matmul peak, memory, threads, vit_flops);
-layers.py is the per-layer breakdown; the PyTorch reference is tests/torch_vit.py.
+minivit, torch [and onnx] rounds), the wait for a quiet machine, the aggregation and the output
+(table or JSON lines). measure.py measures (step timing, matmul peak, memory, threads,
+vit_flops); layers.py is the per-layer breakdown; the PyTorch reference is tests/torch_vit.py;
+onnx_ref.py exports it for ONNX Runtime (the onnx implementation: CPU, inference and peak only;
+train and layers are reported as skipped).
 
 Method (benchmarks/README.md has the long form):
 - train step = forward(train=True) + cross-entropy + backward + AdamW step; inference =
-  forward(train=False) (torch: eval mode under torch.no_grad()). Random images, fixed seeds.
+  forward(train=False) (torch: eval mode under torch.no_grad(); onnx: session.run of the
+  exported reference, same weights). Random images, fixed seeds.
   ms/step is the median over --steps timed steps after --warmup untimed ones.
 - GFLOP/s = vit_flops(cfg, batch) (x3 for training) / time: matmul FLOPs only.
 - OpenBLAS/OpenMP worker threads spin after each call and slow whatever runs next, so
@@ -57,6 +62,7 @@ if __name__ == "__main__":
 
 import layers  # noqa: E402  (benchmarks/ is not a package: its modules import each other by name)
 import measure  # noqa: E402
+import onnx_ref  # noqa: E402
 from minivit import ViTConfig  # noqa: E402
 
 CONFIGS = {
@@ -74,7 +80,7 @@ CONFIGS = {
                  heads=2, mlp_ratio=2.0),
 }
 WHATS = ("peak", "train", "infer", "layers")     # the order they run in
-IMPLS = tuple(measure.BENCHES)                   # minivit, torch
+IMPLS = tuple(measure.BENCHES)                   # minivit, torch, onnx
 
 
 # ---- one process: the measurements ------------------------------------------------------------
@@ -84,27 +90,72 @@ def make_bench(args, cfg: ViTConfig):
     if args.impl == "torch":
         return measure.TorchBench(cfg, args.batch, gpu=gpu, tf32=args.tf32, sdpa=args.torch_sdpa,
                                   num_threads=args.threads)
+    if args.impl == "onnx":                  # the torch child's model and threads, CPU only
+        return measure.OnnxBench(cfg, args.batch, sdpa=args.torch_sdpa, num_threads=args.threads)
     return measure.MinivitBench(cfg, args.batch, gpu=gpu, tf32=args.tf32)
+
+
+def unsupported(impl: str, what: str, device: str) -> str | None:
+    """Why `impl` does not measure `what` on `device`, or None when it does. ONNX Runtime runs
+    the exported forward pass on the CPU here: inference and the matmul peak only."""
+    if impl != "onnx":
+        return None
+    if device == "gpu":
+        return "CPU only here (onnxruntime's CPUExecutionProvider); not measured with --device gpu"
+    if what in ("train", "layers"):
+        return f"{what} not measured: inference only (ONNX Runtime runs the exported forward pass)"
+    return None
+
+
+def unavailable(impl: str) -> str | None:
+    """Why `impl` cannot run in this environment (a package is missing), or None. Imports what
+    the measuring process itself uses (torch, onnxruntime) so that it counts in rss_base; the
+    ONNX export's packages are only looked up (the export runs in a child process)."""
+    if impl == "torch":
+        try:        # first, so that its OpenMP pool is limited and counted in rss_base
+            importlib.import_module("torch")
+        except ImportError:
+            return "torch not installed"
+    if impl == "onnx":
+        gone = onnx_ref.missing()
+        if gone:
+            return f"{', '.join(gone)} not installed ({onnx_ref.INSTALL})"
+        importlib.import_module("onnxruntime")
+    return None
 
 
 def run_local(args, cfg: ViTConfig, whats: list) -> list:
     """Every measurement of one implementation in this process; returns the result records."""
     base = {"impl": args.impl, "config": args.config, "batch": args.batch,
             "device": args.device, "threads": args.threads}
-    if args.impl == "torch":
-        try:        # first, so that its OpenMP pool is limited and counted in rss_base
-            importlib.import_module("torch")
-        except ImportError:
-            print("torch not installed; skipped", file=sys.stderr)
-            return [{**base, "what": "skipped", "reason": "torch not installed"}]
+
+    def skipped(reason: str, what: str | None = None) -> dict:
+        print(f"{args.impl}: {reason}; skipped", file=sys.stderr)
+        return {**base, "what": "skipped", "reason": reason, **({"of": what} if what else {})}
+
+    reason = unavailable(args.impl)
+    if reason:
+        return [skipped(reason)]
+    skips, todo = [], []
+    for what in whats:
+        reason = unsupported(args.impl, what, args.device)
+        if reason:
+            skips.append(skipped(reason, what))
+        else:
+            todo.append(what)
+    if not todo:                                          # nothing left: build no model
+        return skips
     thread_info = measure.limit_threads(args.threads, args.workers)
     rss_base = measure.rss_now_mb()                       # after the imports, before the model
-    impl = make_bench(args, cfg)
+    try:
+        impl = make_bench(args, cfg)
+    except onnx_ref.Unavailable as e:                     # the export child could not import
+        return [skipped(str(e))]
     meta = {**base, "what": "meta", **impl.info(), **thread_info, "rss_base_mb": rss_base,
             "python": platform.python_version(), "cpu": cpu_name(), "tf32": args.tf32,
             "wait_quiet_s": args.wait_quiet}
-    records = [meta]
-    for what in whats:
+    records = [meta] + skips
+    for what in todo:
         if what == "layers" and args.impl == "torch":
             print("per-layer breakdown is minivit-only; skipped for torch", file=sys.stderr)
             continue
@@ -215,20 +266,34 @@ def run_child(cmd: list, threads: int, procs: int = 1) -> list:
 
 
 def installed_impls() -> list:
-    """minivit, and torch when it is installed."""
+    """minivit; torch when it is installed; onnx when onnxruntime and the export's packages
+    (onnx_ref.REQUIRES: onnx, onnxscript, torch) are."""
     if importlib.util.find_spec("torch") is None:
         print("torch not installed; skipped", file=sys.stderr)
         return ["minivit"]
+    gone = onnx_ref.missing()
+    if gone:
+        print(f"onnx: {', '.join(gone)} not installed ({onnx_ref.INSTALL}); skipped",
+              file=sys.stderr)
+        return ["minivit", "torch"]
     return list(IMPLS)
 
 
 def run_all(args, whats: list, emit) -> list:
-    """Each (what, impl) in its own process; train/infer alternate minivit, torch for --rounds.
-    Returns the per-round records followed by aggregates (medians) and ratios."""
+    """Each (what, impl) in its own process; train/infer alternate minivit, torch [, onnx] for
+    --rounds. An (impl, what) that unsupported() rules out starts no process: one "skipped"
+    record says why. Returns the per-round records followed by aggregates (medians) and ratios."""
     impls = installed_impls() if args.impl == "all" else [args.impl]
     records = []
 
     def child(impl, what, rnd=None):
+        reason = unsupported(impl, what, args.device)
+        if reason:
+            if rnd in (None, 0):                          # once, not every round
+                r = {"impl": impl, "what": "skipped", "of": what, "reason": reason}
+                emit(r)
+                records.append(r)
+            return []
         procs = args.procs if impl == "minivit" and what in ("train", "infer") else 1
         recs = run_child(child_command(args, impl, what), args.threads, procs)
         for r in recs:
@@ -254,8 +319,9 @@ def run_all(args, whats: list, emit) -> list:
 
 
 def aggregate(records: list, impls: list, args) -> list:
-    """Median over rounds per (what, impl); ratio minivit/torch of images/s (= torch ms /
-    minivit ms) per what; fraction of the machine peak (the best matmul peak measured)."""
+    """Median over rounds per (what, impl); ratios minivit/torch and minivit/onnx of images/s
+    (= other ms / minivit ms) per what, for those measured; fraction of the machine peak (the
+    best matmul peak measured)."""
     peaks = [r["gflops"] for r in records if r["what"] == "peak"]
     peak = max(peaks) if peaks else args.peak_gflops
     out = []
@@ -279,9 +345,10 @@ def aggregate(records: list, impls: list, args) -> list:
                 a["frac_peak"] = a["gflops"] / peak
             out.append(a)
             ms[impl] = m
-        if len(ms) == 2:
-            out.append({"what": "ratio", "of": what, "aggregate": True,
-                        "minivit_over_torch": ms["torch"] / ms["minivit"]})
+        ratios = {f"minivit_over_{k}": v / ms["minivit"] for k, v in ms.items()
+                  if k != "minivit" and "minivit" in ms}
+        if ratios:
+            out.append({"what": "ratio", "of": what, "aggregate": True, **ratios})
     return out
 
 
@@ -299,8 +366,11 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
               f"thread(s); a training step includes the all-reduce")
     seen = set()
     for m in metas:
-        line = {k: m[k] for k in ("impl", "numpy", "torch", "backend", "params", "pools",
-                                  "procs", "batch_pieces", "sdpa", "cpu") if k in m}
+        line = {k: m[k] for k in ("impl", "numpy", "torch", "onnxruntime", "backend", "params",
+                                  "pools", "procs", "batch_pieces", "sdpa", "providers",
+                                  "ort_threads", "opset", "onnx_rel_err", "cpu") if k in m}
+        if "onnx_rel_err" in line:                 # ORT's logits against the reference's
+            line["onnx_rel_err"] = f"{line['onnx_rel_err']:.1e}"
         key = json.dumps(line, sort_keys=True)
         if key not in seen:
             seen.add(key)
@@ -340,8 +410,10 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
                   f"{r['gflops']:8.1f} {fp:>8} {mem if mem is None else round(mem):>11}  {rounds}")
         for r in records:
             if r["what"] == "ratio":
-                print(f"{r['of']}: minivit/torch throughput = {r['minivit_over_torch']:.2f}x "
-                      f"(medians of {args.rounds} alternating rounds)")
+                for k, v in r.items():
+                    if k.startswith("minivit_over_"):
+                        print(f"{r['of']}: minivit/{k[len('minivit_over_'):]} throughput = "
+                              f"{v:.2f}x (medians of {args.rounds} alternating rounds)")
 
     layers = [r for r in records if r["what"] == "layers"]
     if layers:
@@ -370,7 +442,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="model shape (default mnist; tiny with --smoke)")
     ap.add_argument("--batch", type=int, default=None, help="images per step (default 128)")
     ap.add_argument("--threads", type=int, default=2,
-                    help="BLAS/OpenMP threads (torch.set_num_threads too) (default 2)")
+                    help="BLAS/OpenMP threads (torch.set_num_threads and ONNX Runtime's "
+                         "intra-op threads too) (default 2)")
     ap.add_argument("--workers", type=int, default=None,
                     help="minivit batch-split worker threads (default: --threads)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -381,7 +454,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="alternating A B rounds with --impl all (default 3)")
-    ap.add_argument("--impl", choices=IMPLS + ("all",), default="minivit")
+    ap.add_argument("--impl", choices=IMPLS + ("all",), default="minivit",
+                    help="minivit, torch (the PyTorch reference), onnx (that reference exported "
+                         "to ONNX Runtime: CPU inference and peak only), or all installed "
+                         "(default minivit)")
     ap.add_argument("--what", default=None,
                     help="comma list of train, infer, layers, peak, or all (default train)")
     ap.add_argument("--layer-reps", type=int, default=None, help="calls per layer timing (30)")
@@ -397,7 +473,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="TF32 matmuls on the GPU (minivit: backend.use('gpu', tf32=True); "
                          "torch: torch.backends.cuda.matmul.allow_tf32)")
     ap.add_argument("--torch-sdpa", action="store_true",
-                    help="torch reference uses F.scaled_dot_product_attention")
+                    help="torch reference uses F.scaled_dot_product_attention (the onnx "
+                         "export too)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny model, 3 steps, every part: checks the script in seconds")
     ap.add_argument("--json", action="store_true", help="one JSON line per result, no table")

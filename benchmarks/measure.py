@@ -1,9 +1,10 @@
 """Measurement, inside one process: a training step or inference of minivit (NumPy or CuPy) or of
-the PyTorch reference ViT, the float32 matmul peak, memory (max RSS; the GPU allocators' pools),
+the PyTorch reference ViT, inference of that reference exported to ONNX Runtime (OnnxBench; its
+export is onnx_ref.py), the float32 matmul peak, memory (max RSS; the GPU allocators' pools),
 the thread limits, and vit_flops, the FLOP count that turns a time into GFLOP/s.
 
 bench.py decides what runs in which process and prints the results; nothing here starts a
-process or prints a table.
+measurement process or prints a table (OnnxBench runs its export in a child process).
 """
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def host_batch(cfg: ViTConfig, batch: int):
     return x, rng.integers(0, cfg.num_classes, batch).astype(np.int64)
 
 
-# ---- the two implementations ------------------------------------------------------------------
+# ---- the implementations ---------------------------------------------------------------------
 class MinivitBench:
     """minivit on NumPy (CPU) or CuPy (GPU): the model, a batch, and its step functions.
     Under mpiexec (world.size R > 1) each process runs its B / R rows of the batch, and a
@@ -274,7 +275,66 @@ class TorchBench:
         return 2 * n ** 3 / statistics.median(ts) / 1e6
 
 
-BENCHES = {"minivit": MinivitBench, "torch": TorchBench}
+class OnnxBench:
+    """ONNX Runtime (CPU) running the PyTorch reference ViT exported to ONNX: TorchBench's
+    model, seed and weights, inference only. The export runs once, in a child process, into a
+    temporary folder that lives as long as this object (onnx_ref.py says why); the session uses
+    every graph optimization and `num_threads` intra-op threads. Before any timing, ORT's
+    logits on the input batch are checked against the reference's (onnx_ref.REL_TOL)."""
+    name = "onnx"
+
+    def __init__(self, cfg: ViTConfig, batch: int, sdpa: bool = False, num_threads: int = 2):
+        import tempfile
+
+        import onnxruntime as ort
+
+        import onnx_ref
+        self.ort, self.onnx_ref, self.cfg, self.num_threads = ort, onnx_ref, cfg, num_threads
+        self._dir = tempfile.TemporaryDirectory(prefix="minivit-onnx-")
+        d = self._dir.name
+        self.export = onnx_ref.export_in_subprocess(cfg, batch, d, sdpa=sdpa, threads=num_threads)
+        self.session = onnx_ref.make_session(os.path.join(d, onnx_ref.MODEL_FILE), num_threads)
+        self.feed = {onnx_ref.INPUT: host_batch(cfg, batch)[0]}            # (B, C, S, S)
+        ref = np.load(os.path.join(d, onnx_ref.LOGITS_FILE))               # (B, K)
+        self.rel_err = onnx_ref.rel_err(self.session.run(None, self.feed)[0], ref)
+        if not self.rel_err <= onnx_ref.REL_TOL:
+            raise SystemExit(f"ONNX Runtime's logits differ from the PyTorch reference's by "
+                             f"{self.rel_err:.2e} (relative; at most {onnx_ref.REL_TOL:g} "
+                             f"expected): the export or this onnxruntime version computes "
+                             f"another model; check with tests/test_benchmarks.py")
+        self.sync = lambda: None                     # session.run returns when it is done
+
+    def info(self) -> dict:
+        return {"onnxruntime": self.ort.__version__, "providers": self.session.get_providers(),
+                "ort_threads": self.num_threads, "params": self.export["params"],
+                "exporter": self.export["exporter"], "opset": self.export["opset"],
+                "export_s": self.export["export_s"], "onnx_rel_err": self.rel_err}
+
+    def infer_step(self):
+        session, feed = self.session, self.feed
+
+        def step():
+            session.run(None, feed)                          # [(B, K)]
+        return step
+
+    def reset_memory(self) -> None:
+        pass                                                 # max RSS only: nothing to reset
+
+    def memory(self) -> dict:
+        return {"peak_rss_mb": rss_peak_mb()}
+
+    def matmul_peak(self, n: int, reps: int) -> float:
+        """GFLOP/s of an n x n float32 matmul in ONNX Runtime itself (a one-node MatMul graph,
+        the same threads): its own GEMM, as the others use their BLAS. Each call also returns
+        a fresh n x n output, which is small against the n^3 work."""
+        session = self.onnx_ref.make_session(self.onnx_ref.matmul_model(n), self.num_threads)
+        rng = np.random.default_rng(0)
+        feed = {k: rng.standard_normal((n, n)).astype(np.float32) for k in "ab"}
+        ts = time_ms(lambda: session.run(None, feed), reps, 2, self.sync)
+        return 2 * n ** 3 / statistics.median(ts) / 1e6
+
+
+BENCHES = {"minivit": MinivitBench, "torch": TorchBench, "onnx": OnnxBench}
 
 
 def time_step(bench, what: str, batch: int, steps: int, warmup: int) -> dict:

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, needs_torch
+from conftest import ROOT, has, needs_torch, relerr
 from minivit import ViT, ViTConfig
 
 # benchmarks/ is a folder of scripts, not a package: its modules import each other by name
@@ -19,6 +19,10 @@ sys.path.insert(0, BENCH_DIR)
 import bench  # noqa: E402
 import layers  # noqa: E402
 import measure  # noqa: E402
+import onnx_ref  # noqa: E402
+
+needs_onnx = pytest.mark.skipif(not all(has(m) for m in onnx_ref.REQUIRES),
+                                reason=f"needs {', '.join(onnx_ref.REQUIRES)} ({onnx_ref.INSTALL})")
 
 SMALL = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2, heads=2,
              mlp_ratio=1.5)
@@ -204,3 +208,79 @@ def test_impl_all_measures_torch():
     assert set(agg) == {"minivit", "torch"} and all(positive(r["ms"]) for r in agg.values())
     ratio = [r for r in recs if r["what"] == "ratio"]
     assert len(ratio) == 1 and positive(ratio[0]["minivit_over_torch"])
+
+
+# ---- ONNX Runtime ------------------------------------------------------------------------------
+def test_impl_all_skips_onnx_training(monkeypatch):
+    """With onnx installed, --impl all alternates three implementations for inference; for the
+    training step onnx starts no process and leaves one "skipped" record with its reason, and
+    the ratios name each implementation measured (children faked: no timing here)."""
+    calls = []
+
+    def fake_child(cmd, threads, procs=1):
+        impl, what = cmd[cmd.index("--impl") + 1], cmd[cmd.index("--what") + 1]
+        calls.append((impl, what))
+        ms = {"minivit": 10.0, "torch": 20.0, "onnx": 5.0}[impl]
+        return [{"what": what, "impl": impl, "ms": ms, "gflop_per_step": 1.0, "peak_rss_mb": 50.0}]
+
+    monkeypatch.setattr(bench, "run_child", fake_child)
+    monkeypatch.setattr(bench, "installed_impls", lambda: ["minivit", "torch", "onnx"])
+    args = bench.parse_args(["--smoke", "--impl", "all", "--rounds", "2"])
+    recs = bench.run_all(args, ["train", "infer"], lambda r: None)
+    assert calls == [("minivit", "train"), ("torch", "train")] * 2 + \
+        [("minivit", "infer"), ("torch", "infer"), ("onnx", "infer")] * 2
+    skipped = [r for r in recs if r["what"] == "skipped"]
+    assert len(skipped) == 1 and skipped[0]["impl"] == "onnx" and skipped[0]["of"] == "train"
+    assert "inference only" in skipped[0]["reason"]
+    ratio = {r["of"]: r for r in recs if r["what"] == "ratio"}
+    assert set(ratio["train"]) == {"what", "of", "aggregate", "minivit_over_torch"}
+    assert ratio["infer"]["minivit_over_torch"] == pytest.approx(2.0)
+    assert ratio["infer"]["minivit_over_onnx"] == pytest.approx(0.5)
+
+
+def test_onnx_missing_is_skipped_with_the_fix(monkeypatch, capsys):
+    """--impl onnx without its packages: a "skipped" record that names the extra, no error."""
+    monkeypatch.setattr(onnx_ref, "missing", lambda: ["onnxruntime", "onnxscript"])
+    recs = bench.main(["--config", "tiny", "--impl", "onnx", "--what", "infer", "--json"])
+    assert [r["what"] for r in recs] == ["skipped"]
+    assert "onnxruntime, onnxscript not installed" in recs[0]["reason"]
+    assert onnx_ref.INSTALL in recs[0]["reason"]
+
+
+@needs_onnx
+def test_onnx_export_matches_torch(tmp_path):
+    """The exported reference, run by ONNX Runtime with every graph optimization, gives the
+    logits of TorchBench's model (same seed, same weights) on the benchmark's input batch."""
+    import torch
+    cfg = ViTConfig(**bench.CONFIGS["tiny"])
+    info = onnx_ref.export_reference(cfg, 4, str(tmp_path))
+    ref = measure.TorchBench(cfg, 4, num_threads=2)                 # built as the torch child
+    ref.model.eval()
+    with torch.no_grad():
+        want = ref.model(ref.x).numpy()                              # (4, K)
+    session = onnx_ref.make_session(str(tmp_path / onnx_ref.MODEL_FILE), threads=2)
+    got = session.run(None, {onnx_ref.INPUT: ref.x.numpy()})[0]
+    assert got.shape == (4, cfg.num_classes) and got.dtype == np.float32
+    assert relerr(got, want) < onnx_ref.REL_TOL
+    assert np.array_equal(np.load(tmp_path / onnx_ref.LOGITS_FILE), want)
+    assert info["params"] == ref.model.num_params() == num_params(cfg)
+    assert session.get_providers() == ["CPUExecutionProvider"]
+
+
+@needs_onnx
+def test_impl_onnx_end_to_end():
+    """bench.py --impl onnx, once for real: the export in its child, the logits check, inference
+    timed; the training step is a "skipped" record, not an error."""
+    recs = json_records(run_bench("--config", "tiny", "--impl", "onnx", "--what", "train,infer",
+                                  "--batch", "8", "--steps", "2", "--warmup", "0",
+                                  "--wait-quiet", "0", "--json")[0])
+    by = {r["what"]: r for r in recs}
+    assert set(by) == {"meta", "skipped", "infer"}
+    meta = by["meta"]
+    assert meta["impl"] == "onnx" and meta["params"] == num_params(ViTConfig(**bench.CONFIGS["tiny"]))
+    assert meta["onnx_rel_err"] < onnx_ref.REL_TOL and meta["ort_threads"] == 2
+    assert meta["providers"] == ["CPUExecutionProvider"]
+    assert by["skipped"]["of"] == "train" and "inference only" in by["skipped"]["reason"]
+    for k in ("ms", "images_per_s", "gflops", "peak_rss_mb"):
+        assert positive(by["infer"][k]), k
+    assert by["infer"]["steps"] == 2
