@@ -3,10 +3,10 @@ by calling the package's own pairs the way the model calls them, on the shapes o
 
     patch embed         patch_embed_forward/backward                          1 per step
     layernorm normalize normalize_forward/backward (norm1 and norm2)           2 per block
-    qkv linear          fold_affine (norm1's affine into qkv) + linear        1 per block
+    qkv linear          affine_into_linear (norm1's affine) + linear          1 per block
     attention core      attention_forward/backward                            1 per block
     attn out proj       linear (the projection mhsa_forward ends with)        1 per block
-    mlp                 fold_affine (norm2's affine into fc1) + mlp pair      1 per block
+    mlp                 affine_into_linear (norm2's affine) + mlp pair        1 per block
     head                head_forward/backward                                 1 per step
     loss                cross_entropy_forward/backward                        1 per step
     AdamW step          AdamW.step over the model's params and grads          1 per step
@@ -27,7 +27,8 @@ import numpy as np
 from measure import LR, WEIGHT_DECAY, MinivitBench, batch_pieces, time_ms, time_step
 from minivit import ViT, backend
 from minivit.layers import (attention_backward, attention_forward, cross_entropy_backward,
-                            cross_entropy_forward, fold_affine_backward, fold_affine_forward,
+                            cross_entropy_forward, affine_into_linear_backward,
+                            affine_into_linear_forward, affine_linear_inputs,
                             head_backward, head_forward, linear_backward, linear_forward,
                             mlp_backward, mlp_forward, normalize_backward, normalize_forward,
                             patch_embed_backward, patch_embed_forward)
@@ -55,27 +56,28 @@ def step_layers(model: ViT) -> list:
         """b -> a tuple with one random array (b, *shape) of the model's dtype."""
         return lambda b: (backend.asarray(rng.standard_normal((b, *shape)).astype(cfg.dtype)),)
 
-    def qkv_forward(h):                  # block_forward's norm1 fold, then mhsa_forward's qkv linear
-        (w, b), c_fold = fold_affine_forward(bp["norm1.w"], bp["norm1.b"], bp["attn.qkv.w"],
-                                             bp["attn.qkv.b"])
-        qkv, c_lin = linear_forward(h, w, b)               # (b, N, 3D)
-        return qkv, (c_fold, c_lin)
+    def qkv_forward(h):                  # block_forward's norm1 affine, then mhsa_forward's qkv linear
+        h2, w, b, c_aff = affine_into_linear_forward(h, bp["norm1.w"], bp["norm1.b"],
+                                                     bp["attn.qkv.w"], bp["attn.qkv.b"])
+        qkv, (_, _, shape) = linear_forward(h2, w, b)     # (b, N, 3D); the block keeps no input
+        return qkv, (h, c_aff, shape)
 
     def qkv_backward(dqkv, cache):
-        c_fold, c_lin = cache
-        dh, dw, db = linear_backward(dqkv, c_lin)
-        return (dh, *fold_affine_backward(dw, db, c_fold))
+        h, c_aff, shape = cache
+        h2, w = affine_linear_inputs(h, c_aff)            # remade, as block_backward does
+        dh, dw, db = linear_backward(dqkv, (h2.reshape(-1, shape[-1]), w, shape))
+        return affine_into_linear_backward(dh, dw, db, h, c_aff)
 
-    def mlp_folded_forward(h):           # block_forward's norm2 fold, then its MLP branch
-        (w1, b1), c_fold = fold_affine_forward(bp["norm2.w"], bp["norm2.b"], bp["mlp.fc1.w"],
-                                               bp["mlp.fc1.b"])
-        y, c_mlp = mlp_forward(h, w1, b1, bp["mlp.fc2.w"], bp["mlp.fc2.b"], cfg.gelu)  # (b, N, D)
-        return y, (c_fold, c_mlp)
+    def mlp_affine_forward(h):           # block_forward's norm2 affine, then its MLP branch
+        h2, w1, b1, c_aff = affine_into_linear_forward(h, bp["norm2.w"], bp["norm2.b"],
+                                                       bp["mlp.fc1.w"], bp["mlp.fc1.b"])
+        y, c_mlp = mlp_forward(h2, w1, b1, bp["mlp.fc2.w"], bp["mlp.fc2.b"], cfg.gelu)  # (b, N, D)
+        return y, (h, c_aff, c_mlp)
 
-    def mlp_folded_backward(dy, cache):
-        c_fold, c_mlp = cache
+    def mlp_affine_backward(dy, cache):
+        h, c_aff, c_mlp = cache
         dh, dw1, db1, dw2, db2 = mlp_backward(dy, c_mlp)
-        return (dh, *fold_affine_backward(dw1, db1, c_fold), dw2, db2)
+        return (*affine_into_linear_backward(dh, dw1, db1, h, c_aff), dw2, db2)
 
     def labels(b):
         return rand(K)(b) + (backend.asarray(rng.integers(0, K, b)),)   # (b, K), (b,)
@@ -92,7 +94,7 @@ def step_layers(model: ViT) -> list:
               lambda qkv: attention_forward(qkv, cfg.heads), attention_backward),
         Layer("attn out proj", L, rand(N, D),
               lambda o: linear_forward(o, bp["attn.proj.w"], bp["attn.proj.b"]), linear_backward),
-        Layer("mlp (+norm2 affine)", L, rand(N, D), mlp_folded_forward, mlp_folded_backward),
+        Layer("mlp (+norm2 affine)", L, rand(N, D), mlp_affine_forward, mlp_affine_backward),
         Layer("head (norm, pool, linear)", 1, rand(N, D),
               lambda t: head_forward(t, p, cfg), head_backward),
         Layer("loss (cross-entropy)", 1, labels,

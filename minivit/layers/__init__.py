@@ -8,7 +8,8 @@ from .embed import cls_backward, cls_forward, insert_tokens_backward, insert_tok
 from .head import HeadCache, head_backward, head_forward
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward
-from .norm import (fold_affine_backward, fold_affine_forward, layernorm_backward, layernorm_forward,
+from .norm import (AffineCache, affine_into_linear_backward, affine_into_linear_forward,
+                   affine_linear_inputs, fold_affine_backward, fold_affine_forward, layernorm_backward, layernorm_forward,
                    normalize_backward, normalize_forward)
 from .scale import layer_scale_backward, layer_scale_forward
 
@@ -22,6 +23,8 @@ __all__ = ["GELU", "gelu_erf_backward", "gelu_erf_forward", "gelu_output", "gelu
            "insert_tokens_forward", "patch_embed_backward", "patch_embed_forward", "patchify",
            "pos_embed_backward", "pos_embed_forward", "sincos_2d", "unpatchify", "HeadCache",
            "head_backward", "head_forward", "linear_backward", "linear_forward",
-           "cross_entropy_backward", "cross_entropy_forward", "fold_affine_backward",
+           "cross_entropy_backward", "cross_entropy_forward", "AffineCache",
+           "affine_into_linear_backward", "affine_into_linear_forward", "affine_linear_inputs",
+           "fold_affine_backward",
            "fold_affine_forward", "layernorm_backward", "layernorm_forward", "normalize_backward",
            "normalize_forward", "layer_scale_backward", "layer_scale_forward"]

@@ -7,8 +7,8 @@ from .activations import GELU, gelu_output
 from .attention import MHSACache, attention_probs, mhsa_backward, mhsa_forward
 from .dropout import drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
-from .norm import (fold_affine_backward, fold_affine_forward, fold_affine_weight,
-                   normalize_backward, normalize_forward)
+from .norm import (AffineCache, affine_into_linear_backward, affine_into_linear_forward,
+                   affine_linear_inputs, normalize_backward, normalize_forward)
 from .scale import layer_scale_backward, layer_scale_forward
 
 
@@ -24,14 +24,14 @@ class MLPCache(NamedTuple):
 class BlockCache(NamedTuple):
     """What block_backward reads, by name (attention maps read .attn.core.probs)."""
     norm1: tuple
-    fold1: tuple               # norm1's affine folded into the qkv weights
-    attn: MHSACache
+    affine1: AffineCache       # how norm1's affine met the qkv linear (norm.py)
+    attn: MHSACache            # (its qkv cache keeps neither input nor weight: below)
     drop_attn: object          # dropout mask on the attention branch, or None
     scale_attn: tuple | None   # LayerScale of the attention branch, or None
     path_attn: object          # drop-path mask on the attention branch, or None
     norm2: tuple
-    fold2: tuple               # norm2's affine folded into the fc1 weights
-    mlp: MLPCache              # (its fc1 cache, like attn's qkv cache, holds no weight: below)
+    affine2: AffineCache       # how norm2's affine met the fc1 linear
+    mlp: MLPCache              # (its fc1 cache, like attn's qkv cache, keeps no input or weight)
     scale_mlp: tuple | None    # LayerScale of the MLP branch, or None
     path_mlp: object           # drop-path mask on the MLP branch, or None
     queries: int | None        # only the first `queries` rows were computed, or None: all
@@ -70,19 +70,19 @@ def block_forward(x, p: dict, cfg, *, drop_path: float = 0.0, rng=None, cls_only
     (cfg.block_keys()); cfg gives heads, gelu, eps, dropout, attn_dropout and layer_scale:
         x = x + drop_path(ls1 * drop(mhsa(norm1(x))))
         x = x + drop_path(ls2 * mlp(norm2(x)))
-    (ls1, ls2: LayerScale vectors when cfg.layer_scale, else 1.) Each LayerNorm's affine is
-    folded into the qkv and fc1 weights (norm.py): the branches read normalize(x) and the folded
-    weights, which is the same function. The cache does not keep the folded weights (7 + 9 MB
-    per block and batch piece for ViT-B/16): backward folds them again, the same bits in a
-    fraction of a millisecond.
+    (ls1, ls2: LayerScale vectors when cfg.layer_scale, else 1.) Each LayerNorm's affine goes
+    onto its rows or into the qkv and fc1 weights, whichever is less work (norm.py); the
+    function is the same. The cache keeps neither the qkv and fc1 inputs nor their (folded)
+    weights (up to 7 + 9 MB each per block and batch piece for ViT-B/16): backward remakes
+    them from normalize's output, the same bits in a fraction of a millisecond.
     queries=Q: return only the first Q rows (B, Q, D), exactly; their attention still reads every
     token (Q = 1, cls_only=True: the CLS row; Q = 2: CLS and distillation rows).
     d: each residual passes dx straight through and adds its branch's input gradient."""
     Q = 1 if cls_only else queries
     scaled = cfg.layer_scale is not None
     h, c_n1 = normalize_forward(x, cfg.eps)                                    # (B, N, D)
-    (qkv_w, qkv_b), c_f1 = fold_affine_forward(p["norm1.w"], p["norm1.b"], p["attn.qkv.w"],
-                                               p["attn.qkv.b"])
+    h, qkv_w, qkv_b, c_a1 = affine_into_linear_forward(h, p["norm1.w"], p["norm1.b"],
+                                                       p["attn.qkv.w"], p["attn.qkv.b"])
     a, c_att = mhsa_forward(h, qkv_w, qkv_b, p["attn.proj.w"], p["attn.proj.b"], cfg.heads,
                             cfg.attn_dropout, rng, Q)                          # (B, N|Q, D)
     a, m_a = dropout_forward(a, cfg.dropout, rng)
@@ -90,22 +90,24 @@ def block_forward(x, p: dict, cfg, *, drop_path: float = 0.0, rng=None, cls_only
     a, m_pa = drop_path_forward(a, drop_path, rng)
     x = (x if Q is None else x[:, :Q]) + a                                     # (B, N|Q, D)
     h, c_n2 = normalize_forward(x, cfg.eps)                                    # (B, N|Q, D)
-    (fc1_w, fc1_b), c_f2 = fold_affine_forward(p["norm2.w"], p["norm2.b"], p["mlp.fc1.w"],
-                                               p["mlp.fc1.b"])
+    h, fc1_w, fc1_b, c_a2 = affine_into_linear_forward(h, p["norm2.w"], p["norm2.b"],
+                                                       p["mlp.fc1.w"], p["mlp.fc1.b"])
     m, c_mlp = mlp_forward(h, fc1_w, fc1_b, p["mlp.fc2.w"], p["mlp.fc2.b"], cfg.gelu,
                            cfg.dropout, rng)
     m, c_s2 = layer_scale_forward(m, p["ls2.g"]) if scaled else (m, None)     # (B, N|Q, D)
     m, m_pm = drop_path_forward(m, drop_path, rng)
     x = x + m                                                                  # (B, N|Q, D)
-    c_att = c_att._replace(qkv=_weight(c_att.qkv, None))                      # refolded in backward
-    c_mlp = c_mlp._replace(fc1=_weight(c_mlp.fc1, None))
-    return x, BlockCache(c_n1, c_f1, c_att, m_a, c_s1, m_pa, c_n2, c_f2, c_mlp, c_s2, m_pm, Q)
+    c_att = c_att._replace(qkv=_linear_cache(c_att.qkv))                      # remade in backward
+    c_mlp = c_mlp._replace(fc1=_linear_cache(c_mlp.fc1))
+    return x, BlockCache(c_n1, c_a1, c_att, m_a, c_s1, m_pa, c_n2, c_a2, c_mlp, c_s2, m_pm, Q)
 
 
-def _weight(c_linear: tuple, w) -> tuple:
-    """A linear layer's cache (x2, w, shape) with its weight replaced (None: dropped)."""
-    x2, _, shape = c_linear
-    return x2, w, shape
+def _linear_cache(c_linear: tuple, inputs: tuple = (None, None)) -> tuple:
+    """A linear layer's cache (x2, w, shape) with its input and weight replaced: dropped
+    (None, None), or remade (x (..., Din), w) by affine_linear_inputs."""
+    _, _, shape = c_linear
+    x, w = inputs
+    return (None if x is None else x.reshape(-1, shape[-1])), w, shape
 
 
 def block_backward(dx, cache: BlockCache) -> tuple:
@@ -115,19 +117,21 @@ def block_backward(dx, cache: BlockCache) -> tuple:
     dm = drop_path_backward(dx, c.path_mlp)
     if c.scale_mlp is not None:
         dm, g["ls2.g"] = layer_scale_backward(dm, c.scale_mlp)
-    c_mlp = c.mlp._replace(fc1=_weight(c.mlp.fc1, fold_affine_weight(c.fold2)))
+    xhat = c.norm2[0]
+    c_mlp = c.mlp._replace(fc1=_linear_cache(c.mlp.fc1, affine_linear_inputs(xhat, c.affine2)))
     dh, dfc1_w, dfc1_b, g["mlp.fc2.w"], g["mlp.fc2.b"] = mlp_backward(dm, c_mlp)
-    g["norm2.w"], g["norm2.b"], g["mlp.fc1.w"], g["mlp.fc1.b"] = \
-        fold_affine_backward(dfc1_w, dfc1_b, c.fold2)
+    dh, g["norm2.w"], g["norm2.b"], g["mlp.fc1.w"], g["mlp.fc1.b"] = \
+        affine_into_linear_backward(dh, dfc1_w, dfc1_b, xhat, c.affine2)
     dx = dx + normalize_backward(dh, c.norm2)
     da = drop_path_backward(dx, c.path_attn)
     if c.scale_attn is not None:
         da, g["ls1.g"] = layer_scale_backward(da, c.scale_attn)
     da = dropout_backward(da, c.drop_attn)
-    c_att = c.attn._replace(qkv=_weight(c.attn.qkv, fold_affine_weight(c.fold1)))
+    xhat = c.norm1[0]
+    c_att = c.attn._replace(qkv=_linear_cache(c.attn.qkv, affine_linear_inputs(xhat, c.affine1)))
     dh, dqkv_w, dqkv_b, g["attn.proj.w"], g["attn.proj.b"] = mhsa_backward(da, c_att)
-    g["norm1.w"], g["norm1.b"], g["attn.qkv.w"], g["attn.qkv.b"] = \
-        fold_affine_backward(dqkv_w, dqkv_b, c.fold1)
+    dh, g["norm1.w"], g["norm1.b"], g["attn.qkv.w"], g["attn.qkv.b"] = \
+        affine_into_linear_backward(dh, dqkv_w, dqkv_b, xhat, c.affine1)
     dh = normalize_backward(dh, c.norm1)
     if c.queries is not None:                             # the residual reached the first rows only
         dh[:, :c.queries] += dx

@@ -2,15 +2,19 @@
 
     layernorm(x) = normalize(x) * w + b
 
-In the encoder block each LayerNorm feeds a linear layer, and there the affine part is folded
-into that layer's weights (fold_affine_*): (xhat * w + b) @ W + c = xhat @ W' + c'. The result
-is the same; what goes away are two full-size (..., D) operations in the forward pass and four
-in the backward (dy * w, dy * xhat and their two column sums), which on NumPy cost more than the
-small (D, F) operations on the weights that replace them.
+In the encoder block each LayerNorm feeds a linear layer (qkv, fc1), and there the affine part
+can go two ways (affine_into_linear_*): onto the rows, xhat * w + b, or folded into the layer's
+weights (fold_affine_*): (xhat * w + b) @ W + c = xhat @ W' + c'. The function is the same; the
+work is not: the rows' way costs two (rows, D) operations forward and four backward (dy * w,
+dy * xhat and their two column sums), the folded way a few (D, F) ones on the weights. The
+block takes the smaller: folded for MNIST's pieces of 1,088 rows against F = 192 features,
+on the rows for ViT-B/16's 788 rows against 2,304 and 3,072 (and for any small batch).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from typing import NamedTuple
 
 from .. import backend
 from . import fused
@@ -81,3 +85,53 @@ def fold_affine_backward(dW2, dc2, cache):
     dW = w[:, None] * dW2                                 # (D, F)
     dW += b[:, None] * dc2                                # c' = b @ W + c also depends on W
     return row_sum(W * dW2)[:, 0], W @ dc2, dW, dc2       # (D,) (D,) (D, F) (F,)
+
+
+class AffineCache(NamedTuple):
+    """How a LayerNorm's affine met the linear layer after it (affine_into_linear_forward)."""
+    w: object           # (D,) LayerNorm scale
+    b: object           # (D,) LayerNorm shift
+    W: object           # (D, F) the linear's weights (a parameter: no copy)
+    folded: bool        # True: folded into W; False: applied to the rows
+
+
+def affine_into_linear_forward(xhat, w, b, W, c, fold=None):
+    """The affine of a LayerNorm, xhat * w + b, feeding a linear layer (W (D, F), c (F,)).
+    Returns what the linear reads, (input, weight, bias), by one of two routes to one function:
+        folded:      xhat,          w[:, None] * W,  b @ W + c      (D, F) work
+        on the rows: xhat * w + b,  W,               c              (rows, D) work
+    fold=None takes the smaller, folded when rows >= F; True or False force a route.
+    d: folded, fold_affine_backward; on the rows, dxhat = dh * w, dw = sum(dh * xhat),
+    db = sum(dh) over the rows, and dW, dc are the linear's own."""
+    rows = xhat.size // xhat.shape[-1]
+    folded = rows >= W.shape[1] if fold is None else bool(fold)
+    cache = AffineCache(w, b, W, folded)
+    if folded:
+        (W2, c2), _ = fold_affine_forward(w, b, W, c)
+        return xhat, W2, c2, cache
+    return _affine(xhat, w, b), W, c, cache
+
+
+def affine_linear_inputs(xhat, cache: AffineCache) -> tuple:
+    """The linear's input and weight again, the same bits as the forward's (so a cache need not
+    keep either): (xhat, w[:, None] * W) folded, (xhat * w + b, W) on the rows."""
+    if cache.folded:
+        return xhat, fold_affine_weight((cache.w, cache.b, cache.W))
+    return _affine(xhat, cache.w, cache.b), cache.W
+
+
+def affine_into_linear_backward(dh, dW2, dc2, xhat, cache: AffineCache) -> tuple:
+    """dh: dL/d(the linear's input); dW2, dc2: the linear's weight and bias gradients.
+    Returns dxhat, dw, db, dW, dc."""
+    if cache.folded:
+        return (dh,) + fold_affine_backward(dW2, dc2, (cache.w, cache.b, cache.W))
+    D = xhat.shape[-1]
+    dw = col_sum((dh * xhat).reshape(-1, D))             # (D,)
+    db = col_sum(dh.reshape(-1, D))                       # (D,)
+    return dh * cache.w, dw, db, dW2, dc2
+
+
+def _affine(xhat, w, b):
+    y = xhat * w                                          # (..., D)
+    y += b
+    return y

@@ -6,7 +6,8 @@ import pytest
 
 from minivit import ViTConfig, backend
 from minivit.gradcheck import check_grads
-from minivit.layers import (attention_backward, attention_forward, cls_backward, cls_forward,
+from minivit.layers import (affine_into_linear_backward, affine_into_linear_forward,
+                            affine_linear_inputs, attention_backward, attention_forward, cls_backward, cls_forward,
                             cross_entropy_backward, cross_entropy_forward, drop_path_backward,
                             drop_path_forward, dropout_backward, dropout_forward,
                             gelu_erf_backward, gelu_erf_forward, gelu_tanh_backward,
@@ -73,6 +74,37 @@ def test_fold_affine(xp):
     np.testing.assert_allclose(backend.to_numpy(folded(x, w, b, W, c)[0]), backend.to_numpy(plain),
                                rtol=1e-12, atol=1e-13)
     check_pair(folded, folded_backward, (x, w, b, W, c), dz, ["x", "w", "b", "W", "c"])
+
+
+@pytest.mark.parametrize("rows,F,fold", [(10, 6, None), (10, 16, None), (10, 6, False),
+                                         (10, 16, True)])
+def test_affine_into_linear(xp, rows, F, fold):
+    """LayerNorm then linear through affine_into_linear_*, by either route (folded when rows >= F
+    unless forced): the LayerNorm-then-linear function and its gradients, and the linear's
+    input and weight remade from the cache with the forward's bits."""
+    x, w, b = randn(xp, 2, rows // 2, 8, scale=3.0), randn(xp, 8, seed=1), randn(xp, 8, seed=2)
+    W, c, dz = randn(xp, 8, F, seed=3), randn(xp, F, seed=4), randn(xp, 2, rows // 2, F, seed=5)
+
+    def fwd(x_, w_, b_, W_, c_):
+        xhat, c_norm = normalize_forward(x_)
+        h, W2, c2, c_aff = affine_into_linear_forward(xhat, w_, b_, W_, c_, fold)
+        z, c_lin = linear_forward(h, W2, c2)
+        return z, (xhat, c_norm, c_aff, c_lin)
+
+    def bwd(dz_, cache):
+        xhat, c_norm, c_aff, c_lin = cache
+        dh, dW2, dc2 = linear_backward(dz_, c_lin)
+        dxhat, *grads = affine_into_linear_backward(dh, dW2, dc2, xhat, c_aff)
+        return (normalize_backward(dxhat, c_norm), *grads)
+
+    z, (xhat, _, c_aff, c_lin) = fwd(x, w, b, W, c)
+    assert c_aff.folded == (rows >= F if fold is None else fold)
+    h, W2 = affine_linear_inputs(xhat, c_aff)
+    np.testing.assert_array_equal(backend.to_numpy(h.reshape(-1, 8)), backend.to_numpy(c_lin[0]))
+    np.testing.assert_array_equal(backend.to_numpy(W2), backend.to_numpy(c_lin[1]))
+    plain = linear_forward(layernorm_forward(x, w, b)[0], W, c)[0]
+    np.testing.assert_allclose(backend.to_numpy(z), backend.to_numpy(plain), rtol=1e-12, atol=1e-13)
+    check_pair(fwd, bwd, (x, w, b, W, c), dz, ["x", "w", "b", "W", "c"])
 
 
 def test_layernorm_normalizes(xp):
