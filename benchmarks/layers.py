@@ -140,7 +140,7 @@ def breakdown(bench: MinivitBench, batch: int, reps: int, steps: int, warmup: in
     sum), the AdamW step, then a 'layers_total' record with the sum and the measured train step
     (median of `steps`) for comparison."""
     model, sync = bench.model, bench.sync
-    sizes = batch_pieces(batch, bench.cfg.num_tokens)
+    sizes = batch_pieces(batch, bench.cfg)
     rows = []
     for layer in step_layers(model):
         f, b = time_layer(layer, sizes, reps, sync)

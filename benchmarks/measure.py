@@ -107,12 +107,12 @@ def limit_threads(blas_threads: int, workers: int | None = None) -> dict:
     return info
 
 
-def batch_pieces(batch: int, tokens: int) -> list:
+def batch_pieces(batch: int, cfg: ViTConfig) -> list:
     """The sizes of the batch pieces minivit's forward runs on its worker threads (ViT.forward:
     split on NumPy, whole on the GPU)."""
     if backend.xp() is not np:
         return [batch]
-    return [len(range(batch)[s]) for s in threads.split_batch(batch, tokens)]
+    return [len(range(batch)[s]) for s in threads.split_batch(batch, cfg.num_tokens * cfg.dim)]
 
 
 def host_batch(cfg: ViTConfig, batch: int):
@@ -152,7 +152,7 @@ class MinivitBench:
     def info(self) -> dict:
         return {"numpy": np.__version__, "backend": backend.name(),
                 "params": self.model.num_params(),
-                "batch_pieces": len(batch_pieces(len(self.x), self.cfg.num_tokens)),
+                "batch_pieces": len(batch_pieces(len(self.x), self.cfg)),
                 "procs": self.world.size}
 
     def train_step(self):

@@ -23,7 +23,8 @@ import numpy as np
 
 from . import backend
 from .config import HEAD_KEYS, Preprocessing, ViTConfig
-from .layers import (BatchRows, block_attention, block_backward, block_forward, dropout_backward,
+from .layers import (BatchRows, block_attention, block_backward, block_forward, block_qkv_forward,
+                     block_rows_forward, dropout_backward,
                      dropout_forward, head_backward, head_forward, insert_tokens_backward,
                      insert_tokens_forward, patch_embed_backward, patch_embed_forward,
                      pos_embed_backward, pos_embed_forward, sincos_2d)
@@ -131,13 +132,22 @@ class ViT:
         xp = backend.xp_of(x)
         B = x.shape[0]
         start, total = (0, B) if batch_rows is None else batch_rows
-        pieces = threads.split_batch(B, self.config.num_tokens) if xp is np else [slice(0, B)]
+        image_work = self.config.num_tokens * self.config.dim
+        pieces = threads.split_batch(B, image_work) if xp is np else [slice(0, B)]
         rngs = [None] * len(pieces)
         if train:                                         # one draw from self.rng per step
             seed = int(self.rng.integers(2 ** 63))
             rngs = [BatchRows(seed, start + r.start, start + r.stop, total) for r in pieces]
         cls_only = self.config.pool == "cls" and not return_attention
         keep = train and backbone_grads
+        if xp is np and len(pieces) == 1 and not train and not return_attention:
+            parts = threads.split_tokens(B, self.config.num_tokens, self.config.dim)
+            if parts:                                     # a small batch: its tokens split
+                threads.share_cores(len(parts))
+                t = self.forward_features_split(x, parts, cls_only)
+                return head_forward(t, self.params, self.config)[0]
+        if xp is np:
+            threads.share_cores(len(pieces))
 
         def run(i):
             t, embed, blocks, attn = self.forward_features(x[pieces[i]], rngs[i], return_attention,
@@ -175,6 +185,24 @@ class ViT:
         if not keep_caches:
             return t, None, None, attn
         return t, (c_patch, c_tokens, m_emb), blocks, attn
+
+    def forward_features_split(self, x, parts: list, cls_only: bool = False):
+        """Inference only: forward_features for a batch too small to split by images, its
+        tokens split into `parts` (slices) on the worker threads instead. Each block runs in two
+        rounds: every part's q, k, v (block_qkv_forward on its rows), gathered into the whole
+        qkv (B, N, 3D); then every part's rows onwards from their attention over all keys
+        (block_rows_forward). The same arithmetic row by row as one pass (tests)."""
+        cfg, xp = self.config, backend.xp_of(x)
+        t, _, _ = self.embed_forward(x)                                       # (B, N, D)
+        last = cfg.num_class_tokens if cls_only else None
+        for i, bp in enumerate(self.block_params()):
+            qkv = xp.concatenate(threads.parallel_map(
+                lambda r: block_qkv_forward(t[:, r], bp, cfg)[0], parts), axis=1)   # (B, N, 3D)
+            rows = [slice(0, last)] if last and i == cfg.depth - 1 else parts
+            t = xp.concatenate(threads.parallel_map(
+                lambda r: block_rows_forward(t, qkv, (None, None, None), bp, cfg, rows=r)[0],
+                rows), axis=1)                                                # (B, N|Q, D)
+        return t
 
     def embed_forward(self, x):
         """Images (B, C, S, S) -> tokens (B, N, D): the patch embedding, the class tokens (CLS,
@@ -231,6 +259,8 @@ class ViT:
         if pieces[0].blocks is None:
             self.grads.flat[...] = 0                      # a frozen backbone: only the head's grads
         total = threads.OrderedSum(len(pieces))           # grads = piece 0's + piece 1's + ...
+        if backend.xp_of(dlogits) is np:
+            threads.share_cores(len(pieces))
 
         def run(i):
             def put(g: dict):

@@ -106,9 +106,10 @@ def test_step_layers_run_the_package_pairs(extra):
 
 
 def test_batch_pieces_follow_the_model_split():
-    assert sum(measure.batch_pieces(128, 17)) == 128
-    assert measure.batch_pieces(8, 17) == [8]              # below two pieces of MIN_PIECE rows
-    assert measure.batch_pieces(8, 197) == [4, 4]          # ViT-B/16: 4 x 197 rows each
+    mnist, b16 = (ViTConfig(**bench.CONFIGS[k]) for k in ("mnist", "vit-b16"))
+    assert sum(measure.batch_pieces(128, mnist)) == 128
+    assert measure.batch_pieces(8, mnist) == [8]           # below two pieces of MIN_PIECE
+    assert measure.batch_pieces(8, b16) == [4, 4]          # ViT-B/16: 4 x 197 rows each
 
 
 # ---- the command line --------------------------------------------------------------------------

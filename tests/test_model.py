@@ -322,3 +322,33 @@ def test_dropout_masks_do_not_depend_on_the_split(monkeypatch):
         np.testing.assert_allclose(np.concatenate(parts), logits, rtol=1e-13)
         np.testing.assert_allclose(halves[0].grads.flat + halves[1].grads.flat, whole.grads.flat,
                                    rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("variant", [dict(pool="cls"), dict(pool="mean"),
+                                     dict(distilled=True, num_registers=2),
+                                     dict(layer_scale=0.1, gelu="erf")])
+def test_token_split_inference_equals_one_pass(monkeypatch, variant):
+    """A batch too small to split by images runs its tokens in pieces on the worker threads
+    (inference only): the same logits as one pass, for CLS pooling (the last block's CLS row
+    alone), mean pooling, two class tokens with registers, and LayerScale."""
+    if threads.blas_threads() is None:
+        pytest.skip("per-thread BLAS control unavailable: nothing is split")
+    monkeypatch.setattr(threads, "MIN_TOKEN_PIECE", 1)
+    cfg = ViTConfig(**{**SMALL, "depth": 3}, **variant)
+    m = ViT(cfg, seed=3)
+    randomize(m)
+    x = randn(np, 1, 2, 8, 8)
+    threads.set_workers(3)
+    try:
+        calls = []
+        real = threads.parallel_map
+        monkeypatch.setattr(threads, "parallel_map", lambda fn, items: calls.append(len(items))
+                            or real(fn, items))
+        split = m.forward(x)
+        assert 3 in calls                                 # the tokens did go to three workers
+        threads.set_workers(1)
+        whole = m.forward(x)
+    finally:
+        threads.set_workers(None)
+    np.testing.assert_allclose(split, whole, rtol=1e-13, atol=1e-15)
+    assert not np.array_equal(whole, m.forward(x[:, ::-1].copy()))   # the input matters

@@ -2,7 +2,7 @@
 written next to each other, with the math and its derivative in the docstring."""
 from .activations import GELU, gelu_erf_backward, gelu_erf_forward, gelu_output, gelu_tanh_backward, gelu_tanh_forward, tanh_backward, tanh_forward
 from .attention import AttentionCache, MHSACache, attention_backward, attention_forward, attention_probs, mhsa_backward, mhsa_forward, softmax_backward, softmax_forward
-from .block import BlockCache, MLPCache, block_attention, block_backward, block_forward, mlp_backward, mlp_forward
+from .block import BlockCache, MLPCache, block_attention, block_backward, block_forward, block_qkv_forward, block_rows_forward, mlp_backward, mlp_forward
 from .dropout import BatchRows, drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
 from .embed import cls_backward, cls_forward, insert_tokens_backward, insert_tokens_forward, patch_embed_backward, patch_embed_forward, patchify, pos_embed_backward, pos_embed_forward, sincos_2d, unpatchify
 from .head import HeadCache, head_backward, head_forward
@@ -17,7 +17,7 @@ __all__ = ["GELU", "gelu_erf_backward", "gelu_erf_forward", "gelu_output", "gelu
            "gelu_tanh_forward", "tanh_backward", "tanh_forward", "AttentionCache", "MHSACache",
            "attention_backward", "attention_forward", "attention_probs", "mhsa_backward",
            "mhsa_forward", "softmax_backward", "softmax_forward", "BlockCache", "MLPCache",
-           "block_attention", "block_backward", "block_forward", "mlp_backward", "mlp_forward",
+           "block_attention", "block_backward", "block_forward", "block_qkv_forward", "block_rows_forward", "mlp_backward", "mlp_forward",
            "BatchRows", "drop_path_backward", "drop_path_forward", "dropout_backward",
            "dropout_forward", "cls_backward", "cls_forward", "insert_tokens_backward",
            "insert_tokens_forward", "patch_embed_backward", "patch_embed_forward", "patchify",

@@ -28,6 +28,7 @@ class AttentionCache(NamedTuple):
     probs_drop: object  # probs after attention dropout (probs itself without dropout)
     mask: object        # the dropout mask, or None
     scale: float        # 1 / sqrt(Dh)
+    rows: slice         # the query rows computed (slice(0, N): all)
 
 
 class MHSACache(NamedTuple):
@@ -65,13 +66,16 @@ def softmax_backward(dp, p):
 def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, queries=None):
     """Scaled dot-product attention of each head, from a fused qkv (B, N, 3D) laid out [q | k | v]
     with heads contiguous inside each: out = softmax(q k^T / sqrt(Dh)) v, heads concatenated.
-    queries=Q keeps only the first Q query rows (all keys): out is (B, Q, D).
+    queries=Q keeps only the first Q query rows, queries=slice(a, b) rows a..b-1 (all keys
+    either way): out is (B, Q, D), exactly those rows of the whole output.
     d: dv = A^T dout;  dA = dout v^T;  dS = softmax'(dA);  dq = dS k / sqrt(Dh);  dk = dS^T q / sqrt(Dh)."""
     xp = backend.xp_of(qkv)
     B, N, D3 = qkv.shape
     Dh = D3 // (3 * heads)
+    rows = queries if isinstance(queries, slice) else slice(0, queries)
+    rows = slice(*rows.indices(N))
     qkv5 = qkv.reshape(B, N, 3, heads, Dh).transpose(2, 0, 3, 1, 4)   # (3, B, H, N, Dh)
-    q, k, v = qkv5[0, :, :, :queries], qkv5[1], qkv5[2]              # (B, H, Q|N, Dh)
+    q, k, v = qkv5[0, :, :, rows], qkv5[1], qkv5[2]                  # (B, H, Q|N, Dh)
     Q = q.shape[2]
     scale = Dh ** -0.5
     st = xp.empty((N, B, heads, Q), dtype=qkv.dtype)      # scores, keys first (module docstring)
@@ -80,11 +84,11 @@ def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, quer
     a_drop, mask = dropout_forward(a, attn_dropout, rng, batch_axis=1)   # (N, B, H, Q)
     out = xp.empty((B, Q, heads, Dh), dtype=qkv.dtype)   # (B, Q, H, Dh): heads side by side
     xp.matmul(a_drop.transpose(1, 2, 3, 0), v, out=out.transpose(0, 2, 1, 3))  # A v, (B, H, Q, Dh)
-    return out.reshape(B, Q, heads * Dh), AttentionCache(q, k, v, a, a_drop, mask, scale)
+    return out.reshape(B, Q, heads * Dh), AttentionCache(q, k, v, a, a_drop, mask, scale, rows)
 
 
 def attention_backward(dout, cache):
-    q, k, v, a, a_drop, mask, scale = cache
+    q, k, v, a, a_drop, mask, scale, rows = cache
     xp = backend.xp_of(dout)
     B, H, Q, Dh = q.shape
     N = k.shape[2]
@@ -96,7 +100,7 @@ def attention_backward(dout, cache):
     xp.matmul(v, do.swapaxes(-1, -2), out=dat.transpose(1, 2, 0, 3))   # dA^T = v dout^T
     dst = softmax_backward(dropout_backward(dat, mask), a)
     dst *= scale                                          # (N, B, H, Q), scale folded in
-    xp.matmul(dst.transpose(1, 2, 3, 0), k, out=dq[:, :, :Q])           # dS k
+    xp.matmul(dst.transpose(1, 2, 3, 0), k, out=dq[:, :, rows])         # dS k
     xp.matmul(dst.transpose(1, 2, 0, 3), q, out=dk)                     # dS^T q
     xp.matmul(a_drop.transpose(1, 2, 0, 3), do, out=dv)                 # A^T dout
     return dqkv.reshape(B, N, 3 * H * Dh)                 # (B, N, 3D)

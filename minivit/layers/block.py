@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .activations import GELU, gelu_output
-from .attention import MHSACache, attention_probs, mhsa_backward, mhsa_forward
+from .attention import MHSACache, attention_forward, attention_probs, mhsa_backward
 from .dropout import drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
 from .norm import (AffineCache, affine_into_linear_backward, affine_into_linear_forward,
@@ -77,28 +77,51 @@ def block_forward(x, p: dict, cfg, *, drop_path: float = 0.0, rng=None, cls_only
     them from normalize's output, the same bits in a fraction of a millisecond.
     queries=Q: return only the first Q rows (B, Q, D), exactly; their attention still reads every
     token (Q = 1, cls_only=True: the CLS row; Q = 2: CLS and distillation rows).
+    Two halves, each its own function: block_qkv_forward (every token's q, k, v) and
+    block_rows_forward (the rest, for any rows: the attention of those queries onwards); the
+    model runs them over token pieces on worker threads for a small batch.
     d: each residual passes dx straight through and adds its branch's input gradient."""
     Q = 1 if cls_only else queries
-    scaled = cfg.layer_scale is not None
+    qkv, c_qkv = block_qkv_forward(x, p, cfg)                                  # (B, N, 3D)
+    return block_rows_forward(x, qkv, c_qkv, p, cfg, rows=None if Q is None else slice(0, Q),
+                              drop_path=drop_path, rng=rng)
+
+
+def block_qkv_forward(x, p: dict, cfg) -> tuple:
+    """The block's first half, row by row: qkv = affine(normalize(x)) @ qkv.w + qkv.b (B, N, 3D),
+    and its cache (norm1's, the affine's, the qkv linear's)."""
     h, c_n1 = normalize_forward(x, cfg.eps)                                    # (B, N, D)
     h, qkv_w, qkv_b, c_a1 = affine_into_linear_forward(h, p["norm1.w"], p["norm1.b"],
                                                        p["attn.qkv.w"], p["attn.qkv.b"])
-    a, c_att = mhsa_forward(h, qkv_w, qkv_b, p["attn.proj.w"], p["attn.proj.b"], cfg.heads,
-                            cfg.attn_dropout, rng, Q)                          # (B, N|Q, D)
+    qkv, c_lin = linear_forward(h, qkv_w, qkv_b)                               # (B, N, 3D)
+    return qkv, (c_n1, c_a1, _linear_cache(c_lin))                            # remade in backward
+
+
+def block_rows_forward(x, qkv, c_qkv: tuple, p: dict, cfg, *, rows: slice | None = None,
+                       drop_path: float = 0.0, rng=None) -> tuple:
+    """The block's second half for the token rows `rows` (None: all) of x (B, N, D), given every
+    token's qkv (B, N, 3D): their attention (all keys), projection, residual and MLP branch.
+    Returns those rows of the block's output (B, R, D) and the BlockCache (backward supports
+    rows=None or slice(0, Q): what block_forward passes)."""
+    scaled = cfg.layer_scale is not None
+    c_n1, c_a1, c_lin = c_qkv
+    o, c_core = attention_forward(qkv, cfg.heads, cfg.attn_dropout, rng, rows)   # (B, R, D)
+    a, c_proj = linear_forward(o, p["attn.proj.w"], p["attn.proj.b"])         # (B, R, D)
+    c_att = MHSACache(c_lin, c_core, c_proj)
     a, m_a = dropout_forward(a, cfg.dropout, rng)
-    a, c_s1 = layer_scale_forward(a, p["ls1.g"]) if scaled else (a, None)     # (B, N|Q, D)
+    a, c_s1 = layer_scale_forward(a, p["ls1.g"]) if scaled else (a, None)     # (B, R, D)
     a, m_pa = drop_path_forward(a, drop_path, rng)
-    x = (x if Q is None else x[:, :Q]) + a                                     # (B, N|Q, D)
-    h, c_n2 = normalize_forward(x, cfg.eps)                                    # (B, N|Q, D)
+    x = (x if rows is None else x[:, rows]) + a                                # (B, R, D)
+    h, c_n2 = normalize_forward(x, cfg.eps)                                    # (B, R, D)
     h, fc1_w, fc1_b, c_a2 = affine_into_linear_forward(h, p["norm2.w"], p["norm2.b"],
                                                        p["mlp.fc1.w"], p["mlp.fc1.b"])
     m, c_mlp = mlp_forward(h, fc1_w, fc1_b, p["mlp.fc2.w"], p["mlp.fc2.b"], cfg.gelu,
                            cfg.dropout, rng)
-    m, c_s2 = layer_scale_forward(m, p["ls2.g"]) if scaled else (m, None)     # (B, N|Q, D)
+    m, c_s2 = layer_scale_forward(m, p["ls2.g"]) if scaled else (m, None)     # (B, R, D)
     m, m_pm = drop_path_forward(m, drop_path, rng)
-    x = x + m                                                                  # (B, N|Q, D)
-    c_att = c_att._replace(qkv=_linear_cache(c_att.qkv))                      # remade in backward
-    c_mlp = c_mlp._replace(fc1=_linear_cache(c_mlp.fc1))
+    x = x + m                                                                  # (B, R, D)
+    c_mlp = c_mlp._replace(fc1=_linear_cache(c_mlp.fc1))                      # remade in backward
+    Q = None if rows is None else rows.stop
     return x, BlockCache(c_n1, c_a1, c_att, m_a, c_s1, m_pa, c_n2, c_a2, c_mlp, c_s2, m_pm, Q)
 
 

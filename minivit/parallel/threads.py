@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
-MIN_PIECE = 16 * 17  # smallest piece worth a worker thread, in token rows (images x tokens):
-                     # 16 MNIST images; 2 images of ViT-B/16 (197 tokens)
+MIN_PIECE = 16 * 17 * 64   # smallest batch piece worth a worker thread, in token rows x width
+                            # (images x tokens x dim): 16 MNIST images; a third of a ViT-B/16
+                            # image (197 tokens x 768)
 
 _allocator_tuned = False
 
@@ -46,27 +48,45 @@ def tune_host_allocator() -> bool:
 _workers = None   # None: decided from the core count on first use
 _cores = None     # the cores this process may use (None: all of the machine's)
 _pool = None
-_blas_local = None
+_blas = None      # (get, set) of OpenBLAS's thread count, or () when there is none to control
 
 
-def _openblas_local_setter():
-    """OpenBLAS's per-thread thread-count setter (OpenBLAS >= 0.3.27), or None."""
-    global _blas_local
-    if _blas_local is None:
-        _blas_local = _openblas("openblas_set_num_threads_local") or False
-    return _blas_local or None
+def _blas_threads():
+    global _blas
+    if _blas is None:
+        get, put = _openblas("openblas_get_num_threads"), _openblas("openblas_set_num_threads")
+        _blas = (get, put) if get is not None and put is not None else ()
+    return _blas
+
+
+def blas_threads() -> int | None:
+    """The thread count of the OpenBLAS that NumPy uses (one number for the whole process), or
+    None when it cannot be found (another BLAS, or a NumPy without one)."""
+    fns = _blas_threads()
+    return int(fns[0]()) if fns else None
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set that count; False when there is no OpenBLAS to set it in."""
+    fns = _blas_threads()
+    if fns:
+        fns[1](int(n))
+    return bool(fns)
 
 
 def _openblas(name: str):
-    """A function of the OpenBLAS that NumPy loaded, or None."""
+    """A function of the OpenBLAS that NumPy loaded, or None. NumPy's wheels bundle
+    scipy-openblas, whose symbols carry a prefix and a suffix (scipy_openblas_..._64_)."""
     try:
         import ctypes
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
         for path in sorted(paths):
-            fn = getattr(ctypes.CDLL(path), name, None)
-            if fn is not None:
-                return fn
+            lib = ctypes.CDLL(path)
+            for symbol in (name, f"scipy_{name}64_", f"scipy_{name}"):
+                fn = getattr(lib, symbol, None)
+                if fn is not None:
+                    return fn
     except OSError:
         pass
     return None
@@ -86,9 +106,7 @@ def set_cores(n: int) -> None:
         raise ValueError(f"cores must be a positive integer, got {n!r}")
     _cores = n
     set_workers(_workers if _workers_from_user else None)
-    setter = _openblas("openblas_set_num_threads")
-    if setter is not None:
-        setter(n)
+    set_blas_threads(n)
 
 
 _workers_from_user = False
@@ -111,33 +129,68 @@ def workers() -> int:
     if _workers is None:
         env = os.environ.get("MINIVIT_WORKERS")
         _workers = int(env) if env else min(cores(), 8)
-    if _workers > 1 and _openblas_local_setter() is None:
-        return 1          # cannot pin BLAS per thread: let BLAS use the cores itself
+    if _workers > 1 and blas_threads() is None:
+        return 1          # cannot share the cores out as BLAS threads: let BLAS use them itself
     return _workers
 
 
+def share_cores(parts: int) -> None:
+    """Give each of `parts` concurrent pieces an equal share of the cores as BLAS threads (one
+    piece: all of them). The model calls it before each forward and backward.
+
+    OpenBLAS's thread count is one number for the whole process (its "per-thread" setter too
+    changes it for every thread), so the share stays set after the call, and NumPy code run
+    later in the process gets it as well: set_blas_threads(n) sets another. It is changed only
+    when the share changes, because raising it wakes OpenBLAS's own threads, which then spin
+    on the cores for a while: set and reset around every piece, the ViT-B/16 batch-1 forward
+    took 297 instead of 242 ms."""
+    want = max(1, cores() // max(1, parts))
+    if blas_threads() not in (None, want):
+        set_blas_threads(want)
+
+
 def parallel_map(fn, items: list) -> list:
-    """[fn(item) for item in items], run on the worker threads; each worker gets an equal share
-    of the cores as BLAS threads (one each on a machine with as many cores as workers)."""
+    """[fn(item) for item in items], on the worker threads (a single item: in the calling
+    thread). Give the workers their BLAS threads first (share_cores). A piece's exception is
+    raised here once every piece is done."""
     global _pool
     if len(items) == 1:
         return [fn(items[0])]
     if _pool is None or _pool._max_workers < len(items):
-        from concurrent.futures import ThreadPoolExecutor
-        setter = _openblas_local_setter()
-        blas_threads = max(1, cores() // len(items))
-        _pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="minivit",
-                                   initializer=lambda: setter(blas_threads))
-    return list(_pool.map(fn, items))
+        _pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="minivit")
+    futures = [_pool.submit(fn, item) for item in items]
+    wait(futures)
+    return [f.result() for f in futures]
 
 
-def split_batch(batch_size: int, tokens: int = 1) -> list:
-    """Batch slices for the worker threads: at most workers(), each of at least MIN_PIECE token
-    rows (images x tokens), since what a piece saves is elementwise work over its rows. On
-    ViT-B/16 at batch 8 two pieces of 4 ran the forward pass 17% faster than one piece with
-    two BLAS threads (2.19 -> 1.81 s on 2 cores), the training step 6% faster."""
-    n = max(1, min(workers(), batch_size, batch_size * tokens // MIN_PIECE))
-    edges = [batch_size * i // n for i in range(n + 1)]
+def split_batch(batch_size: int, image_work: int = 1) -> list:
+    """Batch slices for the worker threads: at most workers(), each of at least MIN_PIECE in
+    work (image_work = tokens x width of one image), since what a piece saves is the
+    elementwise work over its rows. On ViT-B/16 at batch 8 two pieces of 4 ran the forward
+    pass 17% faster than one piece with two BLAS threads (2.19 -> 1.81 s on 2 cores), the
+    training step 6% faster; at batch 2, two pieces of one image 8% faster (461 -> 425 ms)."""
+    n = max(1, min(workers(), batch_size, batch_size * image_work // MIN_PIECE))
+    return _even(batch_size, n)
+
+
+MIN_TOKEN_PIECE = 32 * 768  # smallest token piece worth a worker thread, in token rows x width:
+                            # ViT-S/16 (197 x 384) splits, ViT-Ti/16 (197 x 192) does not
+
+
+def split_tokens(batch_size: int, tokens: int, dim: int) -> list:
+    """Token slices for the worker threads when the batch itself is too small to split (one
+    piece): the inference of one ViT-B/16 image runs its row-wise work (LayerNorm, the linear
+    layers, GELU) and its attention by query rows on the workers, each over a share of the
+    tokens. At most workers() pieces, each of at least MIN_TOKEN_PIECE rows x width; [] when
+    fewer than two would be worth it. Measured on 2 cores, batch 1: ViT-B/16 251 -> 237 ms,
+    ViT-S/16 75.4 -> 73.2 ms, ViT-Ti/16 26.6 -> 28.2 ms (so not split)."""
+    n = min(workers(), tokens, batch_size * tokens * dim // MIN_TOKEN_PIECE)
+    return _even(tokens, n) if n > 1 else []
+
+
+def _even(size: int, n: int) -> list:
+    """n slices covering range(size) in near-equal consecutive runs."""
+    edges = [size * i // n for i in range(n + 1)]
     return [slice(edges[i], edges[i + 1]) for i in range(n)]
 
 

@@ -66,10 +66,64 @@ def test_a_failing_piece_releases_the_pieces_waiting_on_it():
     assert not out.any()                    # nothing was added out of order
 
 
-def test_split_batch_by_work():
-    """Pieces hold at least MIN_PIECE token rows: ViT-B/16 (197 tokens) at batch 8 runs as
-    workers() pieces, at batch 1 as one."""
-    assert threads.split_batch(1, 197) == [slice(0, 1)]
-    pieces = threads.split_batch(8, 197)
-    assert len(pieces) == min(threads.workers(), 8)
-    assert sum(p.stop - p.start for p in pieces) == 8
+def test_split_by_work(monkeypatch):
+    """Batch pieces hold at least MIN_PIECE of work (tokens x width): 16 MNIST images (17 x 64)
+    or a third of a ViT-B/16 image (197 x 768); a batch that gives one piece may have its
+    tokens split instead, in near-equal runs of at least MIN_TOKEN_PIECE."""
+    monkeypatch.setattr(threads, "workers", lambda: 2)
+    mnist, b16 = 17 * 64, 197 * 768
+    assert threads.split_batch(31, mnist) == [slice(0, 31)]
+    assert threads.split_batch(32, mnist) == [slice(0, 16), slice(16, 32)]
+    assert threads.split_batch(8, b16) == [slice(0, 4), slice(4, 8)]
+    assert threads.split_batch(1, b16) == [slice(0, 1)]
+    assert threads.split_tokens(1, 197, 768) == [slice(0, 98), slice(98, 197)]
+    assert threads.split_tokens(1, 197, 384) == [slice(0, 98), slice(98, 197)]
+    assert threads.split_tokens(1, 197, 192) == []        # ViT-Ti/16: not worth it (measured)
+    assert threads.split_tokens(1, 17, 64) == []
+
+
+def test_parallel_map_waits_for_every_piece_before_raising():
+    threads.set_workers(2)
+    try:
+        finished = []
+
+        def piece(i):
+            if i == 0:
+                raise ValueError("piece 0 broke")
+            time.sleep(0.05)
+            finished.append(i)
+        with pytest.raises(ValueError, match="piece 0 broke"):
+            threads.parallel_map(piece, [0, 1])
+        assert finished == [1]
+    finally:
+        threads.set_workers(None)
+
+
+def test_the_model_shares_the_cores_out_as_blas_threads(monkeypatch):
+    """A forward split in two pieces runs with half the cores as BLAS threads (OpenBLAS's count
+    is one number per process), one piece with all of them; the count changes only when the
+    share does."""
+    if threads.blas_threads() is None:
+        pytest.skip("NumPy's OpenBLAS not found: BLAS threads are not controlled")
+    from minivit import ViT, ViTConfig
+    monkeypatch.setattr(threads, "cores", lambda: 4)
+    monkeypatch.setattr(threads, "workers", lambda: 2)
+    monkeypatch.setattr(threads, "MIN_PIECE", 1)
+    sets = []
+    real = threads.set_blas_threads
+    monkeypatch.setattr(threads, "set_blas_threads", lambda n: sets.append(n) or real(n))
+    before = threads.blas_threads()
+    model = ViT(ViTConfig(image_size=8, patch_size=4, in_channels=1, num_classes=3, dim=8,
+                          depth=1, heads=2))
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    try:
+        seen = []
+        model.forward(x)
+        monkeypatch.setattr(threads, "parallel_map",
+                            lambda fn, items: seen.append(threads.blas_threads()) or
+                            [fn(i) for i in items])
+        model.forward(x)
+        model.forward(x[:1])
+        assert seen == [2, 4] and sets == ([2] if before != 2 else []) + [4]
+    finally:
+        real(before)
