@@ -143,11 +143,10 @@ class ViT:
         if xp is np and len(pieces) == 1 and not train and not return_attention:
             parts = threads.split_tokens(B, self.config.num_tokens, self.config.dim)
             if parts:                                     # a small batch: its tokens split
-                threads.share_cores(len(parts))
                 t = self.forward_features_split(x, parts, cls_only)
                 return head_forward(t, self.params, self.config)[0]
-        if xp is np:
-            threads.share_cores(len(pieces))
+        if xp is np and len(pieces) == 1:
+            threads.share_cores(1)                        # every core's BLAS threads for it
 
         def run(i):
             t, embed, blocks, attn = self.forward_features(x[pieces[i]], rngs[i], return_attention,
@@ -259,8 +258,8 @@ class ViT:
         if pieces[0].blocks is None:
             self.grads.flat[...] = 0                      # a frozen backbone: only the head's grads
         total = threads.OrderedSum(len(pieces))           # grads = piece 0's + piece 1's + ...
-        if backend.xp_of(dlogits) is np:
-            threads.share_cores(len(pieces))
+        if backend.xp_of(dlogits) is np and len(pieces) == 1:
+            threads.share_cores(1)
 
         def run(i):
             def put(g: dict):

@@ -136,7 +136,8 @@ def workers() -> int:
 
 def share_cores(parts: int) -> None:
     """Give each of `parts` concurrent pieces an equal share of the cores as BLAS threads (one
-    piece: all of them). The model calls it before each forward and backward.
+    piece: all of them). parallel_map calls it for its pieces, the model before a forward or
+    backward that runs as one piece.
 
     OpenBLAS's thread count is one number for the whole process (its "per-thread" setter too
     changes it for every thread), so the share stays set after the call, and NumPy code run
@@ -150,14 +151,15 @@ def share_cores(parts: int) -> None:
 
 
 def parallel_map(fn, items: list) -> list:
-    """[fn(item) for item in items], on the worker threads (a single item: in the calling
-    thread). Give the workers their BLAS threads first (share_cores). A piece's exception is
-    raised here once every piece is done."""
+    """[fn(item) for item in items], on the worker threads, each with its share of the cores as
+    BLAS threads (share_cores); a single item runs in the calling thread with the BLAS threads
+    as they are. A piece's exception is raised here once every piece is done."""
     global _pool
     if len(items) == 1:
         return [fn(items[0])]
     if _pool is None or _pool._max_workers < len(items):
         _pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="minivit")
+    share_cores(len(items))
     futures = [_pool.submit(fn, item) for item in items]
     wait(futures)
     return [f.result() for f in futures]
