@@ -116,5 +116,6 @@ def fail(world, message: str, code: int = 2) -> None:
     if not world.is_root:
         time.sleep(3.0)
     prefix = "" if world.is_root else f"[rank {world.rank}] "
-    print(f"{prefix}{message}", file=sys.stderr)
-    world.abort(code)
+    print(f"{prefix}{message}", file=sys.stderr, flush=True)
+    time.sleep(0.5)           # let mpiexec forward the line before the abort tears the job down
+    world.abort(code)         # (without the pause the line was lost in 1 of 8 test-suite runs)
