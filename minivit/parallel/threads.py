@@ -2,8 +2,10 @@
 
 NumPy runs elementwise work on one core. ViT.forward therefore splits a large batch into pieces
 (split_batch) run by worker threads (parallel_map; NumPy releases the GIL inside large
-operations), each worker limited to its share of the cores as BLAS threads so that the cores are
-not oversubscribed. On CuPy the batch is never split.
+operations), each worker limited to its share of the cores as BLAS threads (share_cores) so that
+the cores are not oversubscribed; a batch too small to split has its tokens split for inference
+(split_tokens). The backward sums the pieces' gradients in piece order as they are made
+(OrderedSum). On CuPy the batch is never split.
 """
 from __future__ import annotations
 
