@@ -78,12 +78,13 @@ def set_blas_threads(n: int) -> bool:
 
 def _openblas(name: str):
     """A function of the OpenBLAS that NumPy loaded, or None. NumPy's wheels bundle
-    scipy-openblas, whose symbols carry a prefix and a suffix (scipy_openblas_..._64_)."""
+    scipy-openblas, whose symbols carry a prefix and a suffix (scipy_openblas_..._64_); SciPy
+    loads a second OpenBLAS of its own, so NumPy's (in its package folder) is tried first."""
     try:
         import ctypes
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
-        for path in sorted(paths):
+        for path in sorted(paths, key=lambda p: ("numpy" not in p, p)):
             lib = ctypes.CDLL(path)
             for symbol in (name, f"scipy_{name}64_", f"scipy_{name}"):
                 fn = getattr(lib, symbol, None)
