@@ -95,9 +95,20 @@ def _openblas(name: str):
     return None
 
 
+_blas_at_start = None   # OpenBLAS's thread count before minivit first changed it (0: unknown)
+
+
 def cores() -> int:
-    """The cores this process may use: all of the machine's, or its share (set_cores)."""
-    return _cores or os.cpu_count() or 1
+    """The cores this process may use: its share (set_cores), else as many as the BLAS was
+    started with (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, or threadpoolctl, if set; otherwise
+    every core), at most the machine's."""
+    global _blas_at_start
+    if _cores:
+        return _cores
+    if _blas_at_start is None:
+        _blas_at_start = blas_threads() or 0
+    machine = os.cpu_count() or 1
+    return min(machine, _blas_at_start) if _blas_at_start else machine
 
 
 def set_cores(n: int) -> None:

@@ -127,3 +127,27 @@ def test_the_model_shares_the_cores_out_as_blas_threads(monkeypatch):
         assert seen == [2, 4] and sets == ([2] if before != 2 else []) + [4]
     finally:
         real(before)
+
+
+def test_a_blas_thread_limit_set_before_start_is_kept():
+    """OPENBLAS_NUM_THREADS=1 at start: minivit uses one core, one worker, and leaves the BLAS
+    count at 1 after a forward pass (it used to raise it to every core)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np\n"
+            "from minivit import ViT, ViTConfig\n"
+            "from minivit.parallel import threads\n"
+            "m = ViT(ViTConfig(image_size=8, patch_size=4, in_channels=1, num_classes=3, dim=8,"
+            " depth=1, heads=2))\n"
+            "m.forward(np.zeros((40, 1, 8, 8), np.float32))\n"
+            "print(threads.cores(), threads.workers(), threads.blas_threads())\n")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    env.pop("MINIVIT_WORKERS", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    cores, workers, blas = out.stdout.split()
+    if blas == "None":
+        pytest.skip("NumPy's OpenBLAS not found: BLAS threads are not controlled")
+    assert (cores, workers, blas) == ("1", "1", "1")
