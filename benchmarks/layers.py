@@ -5,16 +5,20 @@ by calling the package's own pairs the way the model calls them, on the shapes o
     layernorm normalize normalize_forward/backward (norm1 and norm2)           2 per block
     qkv linear          affine_into_linear (norm1's affine) + linear          1 per block
     attention core      attention_forward/backward                            1 per block
+      of which softmax  softmax_forward/backward on the scores (N, B, H, N)   (part of the core)
     attn out proj       linear (the projection mhsa_forward ends with)        1 per block
     mlp                 affine_into_linear (norm2's affine) + mlp pair        1 per block
+      of which GELU     the GELU pair alone, on the MLP's hidden (B, N, F)   (part of mlp)
     head                head_forward/backward                                 1 per step
     loss                cross_entropy_forward/backward                        1 per step
     AdamW step          AdamW.step over the model's params and grads          1 per step
 
-qkv linear, attention core and attn out proj are the three pairs mhsa_forward composes, timed
-apart to see which costs what; the other block rows are block_forward's own calls. The weights
-are the model's (block 0 stands for every block), the inputs random arrays of the activations'
-shapes, B x N tokens split into the model's batch pieces.
+qkv linear, attention core and attn out proj are the three pairs of the block's attention branch
+(block_qkv_forward, then block_rows_forward), timed apart to see which costs what; the other
+block rows are block_forward's own calls. The "of which" rows time one part of the row above
+alone (the elementwise work inside it) and are not added to the sum. The weights are the
+model's (block 0 stands for every block), the inputs random arrays of the activations' shapes,
+B x N tokens split into the model's batch pieces.
 """
 from __future__ import annotations
 
@@ -26,12 +30,13 @@ import numpy as np
 
 from measure import LR, WEIGHT_DECAY, MinivitBench, batch_pieces, time_ms, time_step
 from minivit import ViT, backend
-from minivit.layers import (attention_backward, attention_forward, cross_entropy_backward,
+from minivit.layers import (GELU, attention_backward, attention_forward, cross_entropy_backward,
                             cross_entropy_forward, affine_into_linear_backward,
                             affine_into_linear_forward, affine_linear_inputs,
                             head_backward, head_forward, linear_backward, linear_forward,
                             mlp_backward, mlp_forward, normalize_backward, normalize_forward,
-                            patch_embed_backward, patch_embed_forward)
+                            patch_embed_backward, patch_embed_forward, softmax_backward,
+                            softmax_forward)
 from minivit.optim import AdamW
 from minivit.parallel import threads
 
@@ -42,6 +47,7 @@ class Layer(NamedTuple):
     inputs: Callable           # b -> the forward's inputs for a batch piece of b images
     forward: Callable          # *inputs -> (out, cache)
     backward: Callable         # (dout, cache) -> grads
+    part_of: str | None = None # a part of that row, timed alone (not added to the sum)
 
 
 def step_layers(model: ViT) -> list:
@@ -79,6 +85,9 @@ def step_layers(model: ViT) -> list:
         dh, dw1, db1, dw2, db2 = mlp_backward(dy, c_mlp)
         return (*affine_into_linear_backward(dh, dw1, db1, h, c_aff), dw2, db2)
 
+    def scores(b):                       # attention scores as the core keeps them, keys first
+        return (backend.asarray(rng.standard_normal((N, b, cfg.heads, N)).astype(cfg.dtype)),)
+
     def labels(b):
         return rand(K)(b) + (backend.asarray(rng.integers(0, K, b)),)   # (b, K), (b,)
 
@@ -92,9 +101,13 @@ def step_layers(model: ViT) -> list:
         Layer("qkv linear (+norm1 affine)", L, rand(N, D), qkv_forward, qkv_backward),
         Layer("attention core", L, rand(N, 3 * D),
               lambda qkv: attention_forward(qkv, cfg.heads), attention_backward),
+        Layer("  of which softmax", L, scores, softmax_forward, softmax_backward,
+              part_of="attention core"),
         Layer("attn out proj", L, rand(N, D),
               lambda o: linear_forward(o, bp["attn.proj.w"], bp["attn.proj.b"]), linear_backward),
         Layer("mlp (+norm2 affine)", L, rand(N, D), mlp_affine_forward, mlp_affine_backward),
+        Layer(f"  of which GELU ({cfg.gelu})", L, rand(N, cfg.mlp_dim), *GELU[cfg.gelu],
+              part_of="mlp (+norm2 affine)"),
         Layer("head (norm, pool, linear)", 1, rand(N, D),
               lambda t: head_forward(t, p, cfg), head_backward),
         Layer("loss (cross-entropy)", 1, labels,
@@ -146,12 +159,13 @@ def breakdown(bench: MinivitBench, batch: int, reps: int, steps: int, warmup: in
         f, b = time_layer(layer, sizes, reps, sync)
         rows.append({"what": "layers", "layer": layer.name, "calls": layer.calls,
                      "fwd_ms_call": f, "bwd_ms_call": b, "fwd_ms": f * layer.calls,
-                     "bwd_ms": b * layer.calls, "ms": (f + b) * layer.calls})
+                     "bwd_ms": b * layer.calls, "ms": (f + b) * layer.calls,
+                     "part_of": layer.part_of})
     opt = AdamW(model.params, lr=LR, weight_decay=WEIGHT_DECAY, decay=model.decay_keys())
     t = statistics.median(time_ms(lambda: opt.step(model.grads), reps, 2, sync))
     rows.append({"what": "layers", "layer": "AdamW step", "calls": 1, "fwd_ms_call": None,
-                 "bwd_ms_call": None, "fwd_ms": None, "bwd_ms": None, "ms": t})
-    total = sum(r["ms"] for r in rows)
+                 "bwd_ms_call": None, "fwd_ms": None, "bwd_ms": None, "ms": t, "part_of": None})
+    total = sum(r["ms"] for r in rows if r["part_of"] is None)
     for r in rows:
         r["share"] = r["ms"] / total
     step_ms = time_step(bench, "train", batch, steps, warmup)["ms"]

@@ -89,7 +89,8 @@ def test_step_layers_run_the_package_pairs(extra):
     model = ViT(ViTConfig(**SMALL, **extra), seed=0)
     shapes = {tuple(v.shape) for v in model.params.values()}
     rows = layers.step_layers(model)
-    assert [r.calls for r in rows] == [1, 4, 2, 2, 2, 2, 1, 1]
+    assert [r.calls for r in rows] == [1, 4, 2, 2, 2, 2, 2, 2, 1, 1]
+    assert [r.part_of for r in rows if r.part_of] == ["attention core", "mlp (+norm2 affine)"]
     for row in rows:
         inputs = row.inputs(3)
         out, cache = row.forward(*inputs)
@@ -135,7 +136,9 @@ def test_smoke_json_has_every_part():
     for want in ("patch embed", "layernorm", "qkv", "attention core", "proj", "mlp", "head",
                  "loss", "AdamW"):
         assert any(want in n for n in names), (want, names)
-    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    assert sum(r["share"] for r in rows if r["part_of"] is None) == pytest.approx(1.0)
+    parts = {r["part_of"]: r for r in rows if r["part_of"]}
+    assert set(parts) == {"attention core", "mlp (+norm2 affine)"}
     for r in rows:
         assert positive(r["ms"]) and r["calls"] >= 1
         if r["fwd_ms"] is not None:
