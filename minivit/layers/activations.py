@@ -52,8 +52,9 @@ def gelu_tanh_backward(dy, cache):
         return fused.gelu_tanh_backward(dy, x, s)
     xf, sf, dyf = x.reshape(-1), s.reshape(-1), dy.reshape(-1)   # (n,)
     g = np.empty_like(xf)
-    t = np.empty(min(CHUNK, xf.size), dtype=xf.dtype)    # scratch: 1 - s of a chunk
-    for a, b in _chunks(xf.size):
+    chunks = _chunks(xf.size)
+    t = np.empty(chunks[0][1], dtype=xf.dtype)            # scratch: 1 - s of a chunk
+    for a, b in chunks:
         xc, sc, gc, tc = xf[a:b], sf[a:b], g[a:b], t[:b - a]
         np.multiply(xc, xc, out=gc)
         gc *= 6.0 * _A * _C

@@ -53,7 +53,8 @@ _pool = None
 _blas = None      # (get, set) of OpenBLAS's thread count, or () when there is none to control
 
 
-def _blas_threads():
+def _blas_functions():
+    """(get, set) of NumPy's OpenBLAS thread count, looked up once; () when there is none."""
     global _blas
     if _blas is None:
         get, put = _openblas("openblas_get_num_threads"), _openblas("openblas_set_num_threads")
@@ -64,13 +65,13 @@ def _blas_threads():
 def blas_threads() -> int | None:
     """The thread count of the OpenBLAS that NumPy uses (one number for the whole process), or
     None when it cannot be found (another BLAS, or a NumPy without one)."""
-    fns = _blas_threads()
+    fns = _blas_functions()
     return int(fns[0]()) if fns else None
 
 
 def set_blas_threads(n: int) -> bool:
     """Set that count; False when there is no OpenBLAS to set it in."""
-    fns = _blas_threads()
+    fns = _blas_functions()
     if fns:
         fns[1](int(n))
     return bool(fns)
@@ -198,7 +199,7 @@ def split_tokens(batch_size: int, tokens: int, dim: int) -> list:
     piece): the inference of one ViT-B/16 image runs its row-wise work (LayerNorm, the linear
     layers, GELU) and its attention by query rows on the workers, each over a share of the
     tokens. At most workers() pieces, each of at least MIN_TOKEN_PIECE rows x width; [] when
-    fewer than two would be worth it. Measured on 2 cores, batch 1: ViT-B/16 251 -> 237 ms,
+    fewer than two would be worth it. Measured on 2 cores, batch 1: ViT-B/16 251 -> 240 ms,
     ViT-S/16 75.4 -> 73.2 ms, ViT-Ti/16 26.6 -> 28.2 ms (so not split)."""
     n = min(workers(), tokens, batch_size * tokens * dim // MIN_TOKEN_PIECE)
     return _even(tokens, n) if n > 1 else []

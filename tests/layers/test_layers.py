@@ -138,13 +138,14 @@ def test_gelu_tanh_in_chunks_is_the_same(monkeypatch):
     x, dy = randn(np, 2, 3, 10, scale=2.0), randn(np, 2, 3, 10, seed=2)
     y1, c1 = gelu_tanh_forward(x)
     dx1 = gelu_tanh_backward(dy, c1)
-    monkeypatch.setattr(activations, "CHUNK", 7)
-    assert len(activations._chunks(x.size)) == 9
-    y2, c2 = gelu_tanh_forward(x)
-    np.testing.assert_array_equal(y2, y1)
-    np.testing.assert_array_equal(c2[1], c1[1])
-    np.testing.assert_array_equal(gelu_tanh_backward(dy, c2), dx1)
-    check_pair(gelu_tanh_forward, gelu_tanh_backward, (x,), dy, ["x"])
+    for chunk, pieces in ((7, 9), (16, 1)):      # 60 numbers: 9 chunks; one of 60 > CHUNK
+        monkeypatch.setattr(activations, "CHUNK", chunk)
+        assert len(activations._chunks(x.size)) == pieces
+        y2, c2 = gelu_tanh_forward(x)
+        np.testing.assert_array_equal(y2, y1)
+        np.testing.assert_array_equal(c2[1], c1[1])
+        np.testing.assert_array_equal(gelu_tanh_backward(dy, c2), dx1)
+        check_pair(gelu_tanh_forward, gelu_tanh_backward, (x,), dy, ["x"])
 
 
 def test_gelu_tanh_extremes(xp):
