@@ -352,3 +352,19 @@ def test_token_split_inference_equals_one_pass(monkeypatch, variant):
         threads.set_workers(None)
     np.testing.assert_allclose(split, whole, rtol=1e-13, atol=1e-15)
     assert not np.array_equal(whole, m.forward(x[:, ::-1].copy()))   # the input matters
+
+
+def test_the_mnist_model_trains_at_its_real_batch_size():
+    """The shapes of a real step (the default MNIST model, batch 128: pieces of 64 images, a
+    139,264-number GELU input each) through forward and backward in float32, as the README's
+    training command runs them; the small gradient-checked shapes do not reach every size
+    rule (a chunked GELU once failed only here)."""
+    cfg = ViTConfig(image_size=28, patch_size=7, in_channels=1, num_classes=10, dim=64, depth=6,
+                    heads=4, mlp_ratio=2.0, dropout=0.1, drop_path=0.1)
+    m = ViT(cfg)
+    x = np.random.default_rng(0).standard_normal((128, 1, 28, 28)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 10, 128)
+    loss, c = cross_entropy_forward(m.forward(x, train=True), y)
+    m.backward(cross_entropy_backward(c))
+    assert np.isfinite(loss) and np.isfinite(m.grads.flat).all()
+    assert np.count_nonzero(m.grads.flat) > 0.99 * m.grads.flat.size
