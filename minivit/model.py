@@ -81,6 +81,12 @@ def class_token_slots(cfg: ViTConfig) -> list:
     return slots
 
 
+def _part_queries(queries, part: slice):
+    """How many leading rows of the token slice `part` need their q when only the first
+    `queries` tokens do (None: all of them)."""
+    return None if queries is None else max(0, min(queries, part.stop) - part.start)
+
+
 class Piece(NamedTuple):
     """What one batch piece's training forward keeps for its backward."""
     rows: slice                # this piece's rows of the batch
@@ -195,9 +201,11 @@ class ViT:
         t, _, _ = self.embed_forward(x)                                       # (B, N, D)
         last = cfg.num_class_tokens if cls_only else None
         for i, bp in enumerate(self.block_params()):
+            Q = last if last and i == cfg.depth - 1 else None    # rows needing q (None: all)
             qkv = xp.concatenate(threads.parallel_map(
-                lambda r: block_qkv_forward(t[:, r], bp, cfg)[0], parts), axis=1)   # (B, N, 3D)
-            rows = [slice(0, last)] if last and i == cfg.depth - 1 else parts
+                lambda r: block_qkv_forward(t[:, r], bp, cfg, _part_queries(Q, r))[0],
+                parts), axis=1)                                               # (B, N, 3D)
+            rows = [slice(0, Q)] if Q else parts
             t = xp.concatenate(threads.parallel_map(
                 lambda r: block_rows_forward(t, qkv, (None, None, None), bp, cfg, rows=r)[0],
                 rows), axis=1)                                                # (B, N|Q, D)

@@ -37,16 +37,21 @@ class MHSACache(NamedTuple):
     proj: tuple         # the output linear's cache
 
 
-def softmax_forward(s):
+def softmax_forward(s, overwrite: bool = False):
     """p = exp(s - max s) / sum exp(s - max s) over the FIRST axis of s (N, ...): each column
     p[:, j...] is one distribution (the shift by the max keeps exp finite).
+    overwrite=True: s is scratch (attention's fresh scores) and p is written over it on NumPy,
+    saving a (N, R) array and a pass over memory; the same bits.
     d: ds = p * (dp - sum(dp * p)), the sum again over the first axis."""
     if backend.xp_of(s) is not np:                        # GPU: exp(s - max) in one fused pass
         e = fused.softmax_exp(s, s.max(0, keepdims=True))
         e /= e.sum(0, keepdims=True)
         return e, e
     e = s.reshape(s.shape[0], -1)                         # (N, R) view (a copy if s is strided)
-    e = e - e.max(0)                                      # (N, R)
+    if overwrite:
+        np.subtract(e, e.max(0), out=e)                   # (N, R), over the scores
+    else:
+        e = e - e.max(0)                                  # (N, R)
     np.exp(e, out=e)
     e /= col_sum(e)
     e = e.reshape(s.shape)
@@ -80,7 +85,7 @@ def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, quer
     scale = Dh ** -0.5
     st = xp.empty((N, B, heads, Q), dtype=qkv.dtype)      # scores, keys first (module docstring)
     xp.matmul(k, (q * scale).swapaxes(-1, -2), out=st.transpose(1, 2, 0, 3))   # s^T = k q^T
-    a, _ = softmax_forward(st)                            # (N, B, H, Q) probabilities, keys first
+    a, _ = softmax_forward(st, overwrite=True)            # (N, B, H, Q) probabilities, keys first
     a_drop, mask = dropout_forward(a, attn_dropout, rng, batch_axis=1)   # (N, B, H, Q)
     out = xp.empty((B, Q, heads, Dh), dtype=qkv.dtype)   # (B, Q, H, Dh): heads side by side
     xp.matmul(a_drop.transpose(1, 2, 3, 0), v, out=out.transpose(0, 2, 1, 3))  # A v, (B, H, Q, Dh)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .. import backend
 from .activations import GELU, gelu_output
 from .attention import MHSACache, attention_forward, attention_probs, mhsa_backward
 from .dropout import drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
@@ -82,19 +83,42 @@ def block_forward(x, p: dict, cfg, *, drop_path: float = 0.0, rng=None, cls_only
     model runs them over token pieces on worker threads for a small batch.
     d: each residual passes dx straight through and adds its branch's input gradient."""
     Q = 1 if cls_only else queries
-    qkv, c_qkv = block_qkv_forward(x, p, cfg)                                  # (B, N, 3D)
+    qkv, c_qkv = block_qkv_forward(x, p, cfg, queries=Q)                       # (B, N, 3D)
     return block_rows_forward(x, qkv, c_qkv, p, cfg, rows=None if Q is None else slice(0, Q),
                               drop_path=drop_path, rng=rng)
 
 
-def block_qkv_forward(x, p: dict, cfg) -> tuple:
+def block_qkv_forward(x, p: dict, cfg, queries: int | None = None) -> tuple:
     """The block's first half, row by row: qkv = affine(normalize(x)) @ qkv.w + qkv.b (B, N, 3D),
-    and its cache (norm1's, the affine's, the qkv linear's)."""
+    and its cache (norm1's, the affine's, the qkv linear's).
+    queries=Q: only the first Q rows need their q (the rows block_rows_forward is asked for):
+    the q of the other rows is neither computed nor set, k and v are, for every row (the last
+    block under CLS pooling: a third of its qkv product saved). What is computed equals the
+    whole product to rounding: BLAS may sum a product of another shape in another order."""
     h, c_n1 = normalize_forward(x, cfg.eps)                                    # (B, N, D)
     h, qkv_w, qkv_b, c_a1 = affine_into_linear_forward(h, p["norm1.w"], p["norm1.b"],
                                                        p["attn.qkv.w"], p["attn.qkv.b"])
-    qkv, c_lin = linear_forward(h, qkv_w, qkv_b)                               # (B, N, 3D)
+    if queries is None or queries >= h.shape[1]:
+        qkv, c_lin = linear_forward(h, qkv_w, qkv_b)                           # (B, N, 3D)
+    else:
+        qkv, c_lin = _linear_some_q(h, qkv_w, qkv_b, queries)                 # (B, N, 3D)
     return qkv, (c_n1, c_a1, _linear_cache(c_lin))                            # remade in backward
+
+
+def _linear_some_q(h, w, b, queries: int) -> tuple:
+    """linear_forward(h, w, b) for the qkv layer (w (D, 3D) laid out [q | k | v]) with q only
+    for the first `queries` rows of h (B, N, D): k and v of every row, each product written
+    straight into its place in qkv (B, N, 3D); q of rows >= queries left unset."""
+    xp = backend.xp_of(h)
+    B, N, D = h.shape
+    qkv = xp.empty((B, N, w.shape[1]), dtype=h.dtype)
+    kv = qkv.reshape(B * N, -1)[:, D:]                                         # (B N, 2D) view
+    xp.matmul(h.reshape(B * N, D), w[:, D:], out=kv)
+    kv += b[D:]
+    q = qkv[:, :queries, :D]                                                   # (B, Q, D) view
+    xp.matmul(h[:, :queries], w[:, :D], out=q)
+    q += b[:D]
+    return qkv, (h.reshape(B * N, D), w, h.shape)
 
 
 def block_rows_forward(x, qkv, c_qkv: tuple, p: dict, cfg, *, rows: slice | None = None,

@@ -18,7 +18,8 @@ from minivit.layers import (affine_into_linear_backward, affine_into_linear_forw
                             patch_embed_backward, patch_embed_forward, patchify,
                             pos_embed_backward, pos_embed_forward, sincos_2d, softmax_backward,
                             softmax_forward, tanh_backward, tanh_forward, unpatchify)
-from minivit.layers.block import block_backward, block_forward, mlp_backward, mlp_forward
+from minivit.layers.block import (block_backward, block_forward, block_qkv_forward, mlp_backward,
+                                  mlp_forward)
 
 from conftest import randn
 
@@ -177,6 +178,18 @@ def test_softmax(xp):
     np.testing.assert_allclose(backend.to_numpy(p.sum(0)), np.ones((3, 4, 5)), rtol=1e-14)
     p, _ = softmax_forward(xp.asarray([[1000.0], [0.0], [-1000.0]]))   # stable for huge scores
     np.testing.assert_allclose(backend.to_numpy(p), [[1.0], [0.0], [0.0]])
+
+
+def test_softmax_overwrite_is_the_same_in_place(xp):
+    s = randn(xp, 5, 2, 3, 4, scale=3.0)
+    p1, _ = softmax_forward(s)
+    s2 = s.copy()
+    p2, _ = softmax_forward(s2, overwrite=True)
+    np.testing.assert_array_equal(backend.to_numpy(p2), backend.to_numpy(p1))
+    if xp is np:                                          # written over the scores
+        assert np.shares_memory(p2, s2)
+        np.testing.assert_array_equal(s2, p1)
+    np.testing.assert_array_equal(backend.to_numpy(softmax_forward(s)[0]), backend.to_numpy(p1))
 
 
 def test_attention_core(xp):
@@ -357,6 +370,21 @@ def test_attention_first_query_only(xp):
     np.testing.assert_allclose(backend.to_numpy(first), backend.to_numpy(full[:, :1]), rtol=1e-13)
     check_pair(lambda a: attention_forward(a, H, queries=1), attention_backward, (qkv,),
                randn(xp, B, 1, H * Dh, seed=16), ["qkv"])
+
+
+@pytest.mark.parametrize("queries", [0, 1, 3])
+def test_block_qkv_with_q_for_the_first_rows_only(xp, queries):
+    """block_qkv_forward(queries=Q): every row's k and v and the first Q rows' q are those of
+    the whole product (the rest of q is not computed, and not read)."""
+    B, N, D, H, F = 3, 5, 6, 2, 8
+    p, x = _block_params(xp, D, F), randn(xp, B, N, D)
+    cfg = ViTConfig(dim=D, heads=H, eps=1e-6)
+    whole, _ = block_qkv_forward(x, p, cfg)
+    some, (_, _, c_lin) = block_qkv_forward(x, p, cfg, queries=queries)
+    assert some.shape == whole.shape == (B, N, 3 * D) and c_lin[2] == (B, N, D)
+    w, s = backend.to_numpy(whole), backend.to_numpy(some)
+    np.testing.assert_allclose(s[:, :, D:], w[:, :, D:], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(s[:, :queries, :D], w[:, :queries, :D], rtol=1e-13, atol=1e-15)
 
 
 def test_block_cls_only(xp):
