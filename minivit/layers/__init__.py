@@ -1,6 +1,6 @@
 """Layer pairs: each op has `x_forward(...) -> (out, cache)` and `x_backward(dout, cache) -> grads`
 written next to each other, with the math and its derivative in the docstring."""
-from .activations import GELU, gelu_erf_backward, gelu_erf_forward, gelu_output, gelu_tanh_backward, gelu_tanh_forward, tanh_backward, tanh_forward
+from .activations import GELU, gelu_erf_backward, gelu_erf_forward, gelu_output, gelu_remake, gelu_tanh_backward, gelu_tanh_forward, tanh_backward, tanh_forward
 from .attention import AttentionCache, MHSACache, attention_backward, attention_forward, attention_probs, mhsa_backward, mhsa_forward, softmax_backward, softmax_forward
 from .block import BlockCache, MLPCache, block_attention, block_backward, block_forward, block_qkv_forward, block_rows_forward, mlp_backward, mlp_forward
 from .dropout import BatchRows, drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
@@ -13,7 +13,7 @@ from .norm import (AffineCache, affine_into_linear_backward, affine_into_linear_
                    normalize_backward, normalize_forward)
 from .scale import layer_scale_backward, layer_scale_forward
 
-__all__ = ["GELU", "gelu_erf_backward", "gelu_erf_forward", "gelu_output", "gelu_tanh_backward",
+__all__ = ["GELU", "gelu_erf_backward", "gelu_erf_forward", "gelu_output", "gelu_remake", "gelu_tanh_backward",
            "gelu_tanh_forward", "tanh_backward", "tanh_forward", "AttentionCache", "MHSACache",
            "attention_backward", "attention_forward", "attention_probs", "mhsa_backward",
            "mhsa_forward", "softmax_backward", "softmax_forward", "BlockCache", "MLPCache",

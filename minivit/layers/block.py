@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .. import backend
-from .activations import GELU, gelu_output
+from .activations import GELU, gelu_output, gelu_remake
 from .attention import MHSACache, attention_forward, attention_probs, mhsa_backward
 from .dropout import drop_path_backward, drop_path_forward, dropout_backward, dropout_forward
 from .linear import linear_backward, linear_forward
@@ -15,7 +15,7 @@ from .scale import layer_scale_backward, layer_scale_forward
 
 class MLPCache(NamedTuple):
     fc1: tuple
-    act: tuple                 # the GELU's (input, s): its output is x s
+    act: tuple                 # the GELU's (input, s): its output is x s (s None: remade)
     drop_hidden: object        # dropout mask after the GELU, or None
     fc2: tuple                 # fc2's cache without its input (None): backward remakes it
     drop_out: object           # dropout mask after fc2, or None
@@ -54,13 +54,14 @@ def mlp_forward(x, w1, b1, w2, b2, gelu: str = "tanh", dropout: float = 0.0, rng
 
 def mlp_backward(dy, cache: MLPCache):
     _, act_backward = GELU[cache.gelu]
-    h = gelu_output(cache.act)                            # fc2's input again: (B, N, F)
+    c_act = gelu_remake(cache.act)                        # (x, s), s remade if left out
+    h = gelu_output(c_act)                                # fc2's input again: (B, N, F)
     if cache.drop_hidden is not None:
         h = h * cache.drop_hidden                         # as dropout_forward computed it
     _, w2, h_shape = cache.fc2
     c_fc2 = (h.reshape(-1, h_shape[-1]), w2, h_shape)
     dh, dw2, db2 = linear_backward(dropout_backward(dy, cache.drop_out), c_fc2)
-    dh = act_backward(dropout_backward(dh, cache.drop_hidden), cache.act)
+    dh = act_backward(dropout_backward(dh, cache.drop_hidden), c_act)
     dx, dw1, db1 = linear_backward(dh, cache.fc1)
     return dx, dw1, db1, dw2, db2
 

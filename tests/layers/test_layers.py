@@ -149,6 +149,37 @@ def test_gelu_tanh_in_chunks_is_the_same(monkeypatch):
         check_pair(gelu_tanh_forward, gelu_tanh_backward, (x,), dy, ["x"])
 
 
+def test_gelu_tanh_remakes_s_above_keep_s_max(monkeypatch):
+    """Above KEEP_S_MAX numbers the NumPy tanh GELU's cache leaves s out; the output remade
+    from it, s remade and the backward are the same bits as with s kept (and the block's
+    gradients still check)."""
+    from minivit.layers import activations
+    x, dy = randn(np, 2, 3, 10, scale=2.0), randn(np, 2, 3, 10, seed=2)
+    y1, c1 = gelu_tanh_forward(x)
+    assert c1[1] is not None
+    dx1 = gelu_tanh_backward(dy, c1)
+    for chunk in (7, 1 << 16):
+        monkeypatch.setattr(activations, "CHUNK", chunk)
+        monkeypatch.setattr(activations, "KEEP_S_MAX", 59)        # 60 numbers: left out
+        y2, c2 = gelu_tanh_forward(x)
+        assert c2[0] is x and c2[1] is None
+        np.testing.assert_array_equal(y2, y1)
+        np.testing.assert_array_equal(gelu_output(c2), y1)
+        np.testing.assert_array_equal(activations.gelu_remake(c2)[1], c1[1])
+        np.testing.assert_array_equal(gelu_tanh_backward(dy, c2), dx1)
+        check_pair(gelu_tanh_forward, gelu_tanh_backward, (x,), dy, ["x"])
+    monkeypatch.setattr(activations, "KEEP_S_MAX", 0)
+    B, N, D, H, F = 3, 4, 6, 2, 8
+    p, xb, dyb = _block_params(np, D, F), randn(np, B, N, D), randn(np, B, N, D, seed=15)
+    cfg = ViTConfig(dim=D, heads=H, gelu="tanh", eps=1e-6)
+    fwd = lambda x_: block_forward(x_, p, cfg)
+    _, cache = fwd(xb)
+    assert cache.mlp.act[1] is None
+    dx, g = block_backward(dyb, cache)
+    check_grads(lambda: float((fwd(xb)[0] * dyb).sum()), [xb] + list(p.values()),
+                [dx] + [g[k] for k in p], ["x"] + list(p), tol=TOL)
+
+
 def test_gelu_tanh_extremes(xp):
     """The tanh GELU, computed through exp(-2u), stays finite and quiet far out in float32."""
     x = xp.asarray(np.array([-1e4, -100.0, -10.0, 0.0, 10.0, 100.0, 1e4], dtype=np.float32))
