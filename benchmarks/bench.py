@@ -80,24 +80,27 @@ CONFIGS = {
                  heads=2, mlp_ratio=2.0),
 }
 WHATS = ("peak", "train", "infer", "layers")     # the order they run in
-IMPLS = tuple(measure.BENCHES)                   # minivit, torch, onnx
+IMPLS = tuple(measure.BENCHES)                   # minivit, torch, torch-sdpa, onnx
 
 
 # ---- one process: the measurements ------------------------------------------------------------
 def make_bench(args, cfg: ViTConfig):
     """The implementation --impl names, built for --batch on --device."""
     gpu = args.device == "gpu"
-    if args.impl == "torch":
-        return measure.TorchBench(cfg, args.batch, gpu=gpu, tf32=args.tf32, sdpa=args.torch_sdpa,
-                                  num_threads=args.threads)
+    if args.impl in ("torch", "torch-sdpa"):
+        return measure.BENCHES[args.impl](cfg, args.batch, gpu=gpu, tf32=args.tf32,
+                                          num_threads=args.threads)
     if args.impl == "onnx":                  # the torch child's model and threads, CPU only
-        return measure.OnnxBench(cfg, args.batch, sdpa=args.torch_sdpa, num_threads=args.threads)
+        return measure.OnnxBench(cfg, args.batch, num_threads=args.threads)
     return measure.MinivitBench(cfg, args.batch, gpu=gpu, tf32=args.tf32)
 
 
 def unsupported(impl: str, what: str, device: str) -> str | None:
     """Why `impl` does not measure `what` on `device`, or None when it does. ONNX Runtime runs
-    the exported forward pass on the CPU here: inference and the matmul peak only."""
+    the exported forward pass on the CPU here: inference and the matmul peak only. torch-sdpa
+    differs from torch in its attention only: its matmul peak is torch's."""
+    if impl == "torch-sdpa" and what == "peak":
+        return "peak not measured: the same matmul as torch"
     if impl != "onnx":
         return None
     if device == "gpu":
@@ -111,7 +114,7 @@ def unavailable(impl: str) -> str | None:
     """Why `impl` cannot run in this environment (a package is missing), or None. Imports what
     the measuring process itself uses (torch, onnxruntime) so that it counts in rss_base; the
     ONNX export's packages are only looked up (the export runs in a child process)."""
-    if impl == "torch":
+    if impl in ("torch", "torch-sdpa"):
         try:        # first, so that its OpenMP pool is limited and counted in rss_base
             importlib.import_module("torch")
         except ImportError:
@@ -156,8 +159,8 @@ def run_local(args, cfg: ViTConfig, whats: list) -> list:
             "wait_quiet_s": args.wait_quiet}
     records = [meta] + skips
     for what in todo:
-        if what == "layers" and args.impl == "torch":
-            print("per-layer breakdown is minivit-only; skipped for torch", file=sys.stderr)
+        if what == "layers" and args.impl != "minivit":
+            print(f"per-layer breakdown is minivit-only; skipped for {args.impl}", file=sys.stderr)
             continue
         waited = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
         load = OtherLoad()
@@ -245,7 +248,7 @@ def child_command(args, impl: str, what: str) -> list:
            "--peak-reps", str(args.peak_reps), "--wait-quiet", str(args.wait_quiet)]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
-    return cmd + ["--smoke"] * args.smoke + ["--tf32"] * args.tf32 + ["--torch-sdpa"] * args.torch_sdpa
+    return cmd + ["--smoke"] * args.smoke + ["--tf32"] * args.tf32
 
 
 def run_child(cmd: list, threads: int, procs: int = 1) -> list:
@@ -266,8 +269,8 @@ def run_child(cmd: list, threads: int, procs: int = 1) -> list:
 
 
 def installed_impls() -> list:
-    """minivit; torch when it is installed; onnx when onnxruntime and the export's packages
-    (onnx_ref.REQUIRES: onnx, onnxscript, torch) are."""
+    """minivit; torch and torch-sdpa when torch is installed; onnx when onnxruntime and the
+    export's packages (onnx_ref.REQUIRES: onnx, onnxscript, torch) are."""
     if importlib.util.find_spec("torch") is None:
         print("torch not installed; skipped", file=sys.stderr)
         return ["minivit"]
@@ -275,7 +278,7 @@ def installed_impls() -> list:
     if gone:
         print(f"onnx: {', '.join(gone)} not installed ({onnx_ref.INSTALL}); skipped",
               file=sys.stderr)
-        return ["minivit", "torch"]
+        return ["minivit", "torch", "torch-sdpa"]
     return list(IMPLS)
 
 
@@ -398,7 +401,7 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
         mem_key = "gpu_peak_mb" if args.device == "gpu" else "peak_rss_mb"
         mem_name = "GPU peak MB" if args.device == "gpu" else "max RSS MB"
         print()
-        print(f"{'what':6} {'impl':8} {'ms/step':>9} {'img/s':>9} {'GFLOP/s':>8} {'of peak':>8} "
+        print(f"{'what':6} {'impl':10} {'ms/step':>9} {'img/s':>9} {'GFLOP/s':>8} {'of peak':>8} "
               f"{mem_name:>11}  rounds (ms) [cores used by others]")
         for r in rows:
             fp = f"{r['gflops'] / peak:.0%}" if peak else "-"
@@ -406,7 +409,7 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
             rounds = " ".join(f"{v:.2f}" for v in r.get("ms_rounds", [r["ms"]]))
             rounds += " [" + " ".join("?" if c is None else f"{c:.1f}" for c in o) + "]"
             mem = r.get(mem_key)
-            print(f"{r['what']:6} {r['impl']:8} {r['ms']:9.2f} {r['images_per_s']:9.0f} "
+            print(f"{r['what']:6} {r['impl']:10} {r['ms']:9.2f} {r['images_per_s']:9.0f} "
                   f"{r['gflops']:8.1f} {fp:>8} {mem if mem is None else round(mem):>11}  {rounds}")
         for r in records:
             if r["what"] == "ratio":
@@ -455,9 +458,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=None,
                     help="alternating A B rounds with --impl all (default 3)")
     ap.add_argument("--impl", choices=IMPLS + ("all",), default="minivit",
-                    help="minivit, torch (the PyTorch reference), onnx (that reference exported "
-                         "to ONNX Runtime: CPU inference and peak only), or all installed "
-                         "(default minivit)")
+                    help="minivit, torch (the PyTorch reference, attention written out), "
+                         "torch-sdpa (the same with F.scaled_dot_product_attention), onnx (the "
+                         "reference exported to ONNX Runtime: CPU inference and peak only), or "
+                         "all installed (default minivit)")
     ap.add_argument("--what", default=None,
                     help="comma list of train, infer, layers, peak, or all (default train)")
     ap.add_argument("--layer-reps", type=int, default=None, help="calls per layer timing (30)")
@@ -472,9 +476,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tf32", action="store_true",
                     help="TF32 matmuls on the GPU (minivit: backend.use('gpu', tf32=True); "
                          "torch: torch.backends.cuda.matmul.allow_tf32)")
-    ap.add_argument("--torch-sdpa", action="store_true",
-                    help="torch reference uses F.scaled_dot_product_attention (the onnx "
-                         "export too)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny model, 3 steps, every part: checks the script in seconds")
     ap.add_argument("--json", action="store_true", help="one JSON line per result, no table")

@@ -201,17 +201,46 @@ def test_impl_all_alternates_and_aggregates(monkeypatch):
     assert len(ratio) == 1 and ratio[0]["minivit_over_torch"] == pytest.approx(25.0 / 14.0)
 
 
+def test_impl_all_runs_torch_sdpa_beside_torch(monkeypatch):
+    """torch-sdpa (the reference with PyTorch's fused attention) alternates with the others for
+    train and infer and gets its own ratio; its matmul peak is torch's, so it starts no peak
+    process (one "skipped" record says so)."""
+    calls = []
+
+    def fake_child(cmd, threads, procs=1):
+        impl, what = cmd[cmd.index("--impl") + 1], cmd[cmd.index("--what") + 1]
+        calls.append((impl, what))
+        if what == "peak":
+            return [{"what": "peak", "impl": impl, "gflops": 100.0}]
+        ms = {"minivit": 10.0, "torch": 20.0, "torch-sdpa": 15.0}[impl]
+        return [{"what": what, "impl": impl, "ms": ms, "gflop_per_step": 1.0}]
+
+    monkeypatch.setattr(bench, "run_child", fake_child)
+    monkeypatch.setattr(bench, "installed_impls", lambda: ["minivit", "torch", "torch-sdpa"])
+    args = bench.parse_args(["--smoke", "--impl", "all", "--rounds", "1"])
+    recs = bench.run_all(args, ["peak", "infer"], lambda r: None)
+    assert calls == [("minivit", "peak"), ("torch", "peak"), ("minivit", "infer"),
+                     ("torch", "infer"), ("torch-sdpa", "infer")]
+    skipped = [r for r in recs if r["what"] == "skipped"]
+    assert [(r["impl"], r["of"]) for r in skipped] == [("torch-sdpa", "peak")]
+    ratio = [r for r in recs if r["what"] == "ratio"][0]
+    assert ratio["minivit_over_torch"] == 2.0 and ratio["minivit_over_torch-sdpa"] == 1.5
+
+
 @needs_torch
 def test_impl_all_measures_torch():
     """The real thing, once: minivit and the PyTorch reference each in a fresh process."""
     recs = json_records(run_bench("--smoke", "--impl", "all", "--what", "train", "--steps", "1",
                                   "--warmup", "0", "--json")[0])
     meta = {r["impl"]: r for r in recs if r["what"] == "meta"}
-    assert meta["torch"]["params"] == meta["minivit"]["params"] and meta["torch"]["sdpa"] is False
+    assert meta["torch"]["params"] == meta["minivit"]["params"] == meta["torch-sdpa"]["params"]
+    assert meta["torch"]["sdpa"] is False and meta["torch-sdpa"]["sdpa"] is True
     agg = {r["impl"]: r for r in recs if r["what"] == "train" and r.get("aggregate")}
-    assert set(agg) == {"minivit", "torch"} and all(positive(r["ms"]) for r in agg.values())
+    assert set(agg) == {"minivit", "torch", "torch-sdpa"}
+    assert all(positive(r["ms"]) for r in agg.values())
     ratio = [r for r in recs if r["what"] == "ratio"]
     assert len(ratio) == 1 and positive(ratio[0]["minivit_over_torch"])
+    assert positive(ratio[0]["minivit_over_torch-sdpa"])
 
 
 # ---- ONNX Runtime ------------------------------------------------------------------------------
