@@ -103,10 +103,89 @@ def _chunks(n: int) -> list:
 
 
 def gelu_erf_forward(x):
-    """y = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2)).
+    """y = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2)) (normal_cdf).
     d: dy/dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""
-    phi_cdf = 0.5 * (1.0 + backend.erf(x * _INV_SQRT2))  # (...)
+    phi_cdf = normal_cdf(x)                               # (...)
     return x * phi_cdf, (x, phi_cdf)
+
+
+def normal_cdf(x):
+    """Phi(x) = 0.5 (1 + erf(x / sqrt 2)), the standard normal CDF, elementwise.
+    float32 on NumPy: normal_cdf_float32 (3x SciPy's erf, no SciPy needed); otherwise through
+    backend.erf (SciPy's, or math.erf one number at a time; CuPy's on the GPU)."""
+    if backend.xp_of(x) is np and x.dtype == np.float32:
+        return normal_cdf_float32(x)
+    return 0.5 * (1.0 + backend.erf(x * _INV_SQRT2))
+
+
+# normal_cdf_float32's polynomials, fitted in float64 (iteratively reweighted least squares on
+# Chebyshev nodes, against math.erfc), coefficients rounded to float32, lowest power first:
+_XS = np.float32(1.5)          # |x| < _XS: Phi = 1/2 + x S(x^2), S fitted to 1.4e-9 absolute
+_S = tuple(np.float32(c) for c in (
+    0.3989422917366028, -0.06649033725261688, 0.00997326709330082, -0.001186536392197013,
+    0.00011439687659731135, -8.734135008126032e-06, 4.1388236127204436e-07))
+_P = tuple(np.float32(c) for c in (  # |x| >= _XS: erfc(z) = t exp(P(1 - t) - z^2), 2e-9 relative
+    -0.0013456677552312613, -1.2343614101409912, -0.465496301651001, 0.8295150995254517,
+    -1.5136924982070923, 2.8126273155212402, -2.76776123046875, 1.3248404264450073,
+    -0.2498256415128708))
+
+
+def normal_cdf_float32(x):
+    """Phi(x) for a float32 NumPy x, in two branches without erf:
+        |x| < 1.5:   Phi = 1/2 + x S(x^2)
+        |x| >= 1.5:  r = erfc(z) / 2 = t exp(P(1 - t) - z^2) / 2,  z = |x| / sqrt 2,
+                     t = 1 / (1 + z / 2);  Phi = r for x < 0, 1 - r for x > 0
+    (S, P: polynomials fitted in float64, above). The first runs on every number, the second
+    only on those it is for, in chunks of CHUNK numbers that stay in cache: ~4.8 ns per number
+    on the development machine against 14.6 for 0.5 (1 + scipy.special.erf(x / sqrt 2)).
+    Error against math.erfc over 4 million float32 points in [-14, 8]: at most 1.1e-7 absolute
+    (1.8 units in the last place of Phi near 0.8; the erf form through SciPy: 6.1e-8). In the
+    lower tail the error stays relative, below 1.6e-7 x^2 (from the float32 rounding of x^2 in
+    the exponent; as a bound: 1e-6 at x = -2.5, 8e-6 at -7, where Phi is 1e-12); the erf form
+    keeps no relative accuracy there (1 + erf(x / sqrt 2) rounds to a multiple of 6e-8, and to 0
+    below about -5.5)."""
+    xf = x.reshape(-1)                                    # (n,)
+    out = np.empty_like(xf)
+    chunks = _chunks(xf.size)
+    s = np.empty(chunks[0][1], dtype=np.float32)          # scratch of a chunk
+    with np.errstate(over="ignore", under="ignore"):      # x^2 of |x| > 1.8e19: inf, harmless
+        for a, b in chunks:
+            xc, oc, sc = xf[a:b], out[a:b], s[:b - a]
+            np.multiply(xc, xc, out=sc)
+            _horner(_S, sc, oc)
+            oc *= xc
+            oc += np.float32(0.5)                         # the |x| < 1.5 form, everywhere
+            far = np.flatnonzero(np.abs(xc, out=sc) >= _XS)   # where the erfc form is the one
+            if far.size:
+                oc[far] = _normal_tail(xc[far])
+    return out.reshape(x.shape)
+
+
+def _normal_tail(x):
+    """Phi(x) for |x| >= 1.5 through erfc (normal_cdf_float32), x (m,) float32."""
+    a = np.abs(x)
+    t = a * np.float32(0.5 * _INV_SQRT2)
+    t += np.float32(1.0)
+    np.divide(np.float32(1.0), t, out=t)                  # t = 1 / (1 + z / 2)
+    p = _horner(_P, np.subtract(np.float32(1.0), t), np.empty_like(t))
+    a *= a
+    a *= np.float32(0.5)                                  # z^2 = x^2 / 2
+    p -= a
+    np.exp(p, out=p)                                      # far below -13: 0, as it should be
+    p *= t
+    p *= np.float32(0.5)                                  # r = erfc(z) / 2 = Phi(-|x|)
+    np.subtract(np.float32(1.0), p, out=p, where=x > 0)   # Phi(x) = 1 - r above 0
+    return p
+
+
+def _horner(coefs: tuple, v, out):
+    """out = sum_j coefs[j] v^j (Horner), v and out (n,) arrays; returns out."""
+    np.multiply(v, coefs[-1], out=out)
+    out += coefs[-2]
+    for c in coefs[-3::-1]:
+        out *= v
+        out += c
+    return out
 
 
 def gelu_erf_backward(dy, cache):

@@ -202,6 +202,41 @@ def test_gelu_values(xp):
     assert np.abs(tanh - erf).max() > 1e-6
 
 
+def test_normal_cdf_float32_accuracy(monkeypatch):
+    """NumPy's float32 Phi (no erf): within 1.1e-7 of math.erfc's everywhere, relative accuracy
+    in the lower tail (where 0.5 (1 + erf) has none), exact 0 and 1 far out, no warnings, NaN
+    kept; chunks change nothing."""
+    from minivit.layers import activations
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-14, 8, 200_001), rng.uniform(-2, 2, 100_000)]).astype(np.float32)
+    ref = np.array([0.5 * math.erfc(-float(v) / math.sqrt(2)) for v in x])
+    with np.errstate(all="raise"):
+        got = activations.normal_cdf_float32(x)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    err = np.abs(got.astype(np.float64) - ref)
+    assert err.max() <= 1.1e-7
+    tail = (x >= -12) & (x < -1.5)                       # relative, growing with x^2 (docstring)
+    assert (err[tail] / ref[tail] / x[tail].astype(np.float64) ** 2).max() <= 1.6e-7
+    with np.errstate(all="raise"):
+        far = activations.normal_cdf_float32(np.array(
+            [-np.inf, -1e30, -1e4, -20.0, 20.0, 1e4, 1e30, np.inf, np.nan], np.float32))
+    np.testing.assert_array_equal(far[:8], [0, 0, 0, 0, 1, 1, 1, 1])
+    assert np.isnan(far[8])
+    monkeypatch.setattr(activations, "CHUNK", 7)
+    x2 = x[:1000].reshape(10, 100)
+    np.testing.assert_array_equal(activations.normal_cdf_float32(x2), got[:1000].reshape(10, 100))
+
+
+def test_gelu_erf_float32_uses_the_float32_cdf(xp):
+    """The exact GELU in float32 agrees with float64's to float32 rounding (NumPy: through
+    normal_cdf_float32, CuPy: through its erf)."""
+    x64 = xp.asarray(np.linspace(-6, 6, 4001))
+    y64, _ = gelu_erf_forward(x64)
+    y32, (_, phi32) = gelu_erf_forward(x64.astype("float32"))
+    assert y32.dtype == np.float32 and phi32.dtype == np.float32
+    np.testing.assert_allclose(backend.to_numpy(y32), backend.to_numpy(y64), rtol=4e-7, atol=4e-7)
+
+
 def test_softmax(xp):
     s = randn(xp, 2, 3, 4, 5, scale=2.0)
     check_pair(softmax_forward, softmax_backward, (s,), randn(xp, 2, 3, 4, 5, seed=3), ["s"])
