@@ -1,7 +1,8 @@
 """minivit: a Vision Transformer in plain NumPy (CuPy optional) with hand-written backward passes.
 
-The engine (backend, config, params, layers/, model, optim, gradcheck, resample, parallel/) knows
-nothing of files, datasets or command lines; data/ and io/ stand on it; training/ uses all three;
+The engine (backend, config, params, layers/ (the reference pairs), kernels/ (the same functions,
+fast), model, optim, gradcheck, resample, parallel/) knows nothing of files, datasets or command
+lines; data/ and io/ stand on it; training/ uses all three;
 cli/ holds the commands.
 """
 from .config import Preprocessing, ViTConfig

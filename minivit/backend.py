@@ -51,7 +51,7 @@ def use(name: str, tf32: bool | None = None) -> None:
 
 
 def cupy():
-    """The cupy module (imported on first use); for the GPU kernels in layers/fused.py."""
+    """The cupy module (imported on first use); for the GPU kernels in kernels/fused.py."""
     return _import_cupy()
 
 
@@ -114,8 +114,15 @@ def asarray(a, dtype=None):
 
 
 def rng(seed: int):
-    """A seeded random Generator on the current backend."""
-    return _xp.random.default_rng(seed)
+    """A seeded random Generator on the current backend: NumPy's default, or on CuPy one over
+    Philox4x3210, a counter-based generator that is cheap to set up (CuPy's default, XORWOW,
+    initializes a large table of cuRAND states for every new generator)."""
+    if _xp is np:
+        return np.random.default_rng(seed)
+    try:
+        return _xp.random.Generator(_xp.random.Philox4x3210(seed))
+    except (AttributeError, TypeError):   # a CuPy without it
+        return _xp.random.default_rng(seed)
 
 
 def synchronize() -> None:

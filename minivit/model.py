@@ -9,10 +9,10 @@ second head (DeiT), register tokens after the class tokens (DINOv2), a position 
 the class rows (timm's no_embed_class), LayerScale in each block, the norm after the mean pool
 (fc_norm), and no head at all (num_classes=0: forward returns the pooled features).
 
-`params` and `grads` are ParamDicts: named views into one flat vector each (params.py). On
-NumPy a large batch is split into pieces run by worker threads (parallel/threads.py); each
-piece runs the same pairs, and backward sums the pieces' gradients into `grads` block by block
-as they are made (threads.OrderedSum: in piece order, the same bits as summing at the end).
+`params` and `grads` are ParamDicts: named views into one flat vector each (params.py). The
+pairs come from layers/ (the reference) or, where kernels.plan() picks them, from kernels/ (the
+same functions, faster; on NumPy a large batch also runs as pieces on worker threads, whose
+gradients add up to the whole batch's, summed in piece order: threads.OrderedSum).
 """
 from __future__ import annotations
 
@@ -21,20 +21,16 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import backend
+from . import backend, kernels
 from .config import HEAD_KEYS, Preprocessing, ViTConfig
-from .layers import (BatchRows, block_attention, block_backward, block_forward, block_qkv_forward,
-                     block_rows_forward, dropout_backward,
-                     dropout_forward, head_backward, head_forward, insert_tokens_backward,
-                     insert_tokens_forward, patch_embed_backward, patch_embed_forward,
-                     pos_embed_backward, pos_embed_forward, sincos_2d)
+from .layers import (BatchRows, dropout_backward, dropout_forward, head_backward, head_forward,
+                     insert_tokens_backward, insert_tokens_forward, patch_embed_backward,
+                     patch_embed_forward, pos_embed_backward, pos_embed_forward, sincos_2d)
 from .params import ParamDict
 from .parallel import threads
 
 __all__ = ["ViT", "ViTConfig", "init_params", "trunc_normal"]
 
-GRAD_SPARE = 4      # numbers after grads.flat in its buffer: per-step statistics that ride along
-                    # in the data-parallel all-reduce (parallel/)
 
 def trunc_normal(rng: np.random.Generator, shape, std: float = 0.02) -> np.ndarray:
     """Normal(0, std^2) truncated to [-2 std, 2 std] by redrawing the outliers (host, float64)."""
@@ -81,18 +77,10 @@ def class_token_slots(cfg: ViTConfig) -> list:
     return slots
 
 
-def _part_queries(queries, part: slice):
-    """How many leading rows of the token slice `part` need their q when only the first
-    `queries` tokens do (None: all of them)."""
-    return None if queries is None else max(0, min(queries, part.stop) - part.start)
-
-
 class Piece(NamedTuple):
     """What one batch piece's training forward keeps for its backward."""
-    rows: slice                # this piece's rows of the batch
-    embed: Optional[tuple]     # (patch embedding cache, token insertion caches, embedding
-                               # dropout mask); None: head only
-    blocks: Optional[list]     # one BlockCache per block; None: head only (frozen backbone)
+    embed: Optional[tuple]     # (embedding caches, embedding dropout mask); None: head only
+    blocks: Optional[list]     # one block cache per block; None: head only (frozen backbone)
     head: object               # HeadCache
 
 
@@ -110,112 +98,78 @@ class ViT:
             raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}")
         self.config = config
         self.preprocessing = preprocessing                # how raw images become x, or None
-        if backend.xp() is np:
-            threads.tune_host_allocator()                 # see its docstring: ~2x per step
         self.params = init_params(config, seed)
         self.grads = ParamDict.zeros(config.param_shapes(), config.dtype,
-                                     backend.xp_of(self.params.flat), spare=GRAD_SPARE)
-        self.rng = backend.rng(seed + 1)                  # dropout and drop-path masks
+                                     backend.xp_of(self.params.flat))
+        self.frozen: set = set()                          # parameters kept fixed (freeze())
+        self.rng = np.random.default_rng(seed + 1)        # host: one mask seed per training step
         self.pos_table = None                             # fixed (1, N, D) table for 'sincos'
         if config.pos_embed == "sincos":
             self.pos_table = backend.asarray(fixed_pos_table(config))
         d = config.depth
         self.drop_path_rates = [config.drop_path * i / max(d - 1, 1) for i in range(d)]
-        self._pieces = None                               # set by a training forward only
+        self._saved = None                                # (B, plan, pieces) of a training forward
 
     # ---- forward --------------------------------------------------------------------------
     def forward(self, x, train: bool = False, return_attention: bool = False,
-                backbone_grads: bool = True, batch_rows: Optional[tuple] = None):
+                masks: Optional[BatchRows] = None):
         """Logits (B, K); with return_attention also each block's attention (B, H, N, N).
-        train=True applies dropout/drop path and keeps what backward needs; False caches nothing.
-        backbone_grads=False (with train=True) is for a frozen backbone, e.g. head-only
-        fine-tuning: only the head's caches are kept, and backward then fills the gradients of
-        head_keys() alone (the rest are zero) and returns None instead of dL/dx.
-        batch_rows=(start, total): x holds rows [start, start + B) of a batch of `total` (one
-        process's share in data-parallel training); the dropout and drop-path masks are those of
-        the whole batch (layers/dropout.py BatchRows), so they do not depend on the split."""
+        train=True applies dropout and drop path and keeps what backward needs (with a frozen
+        backbone, see freeze(), only the head's caches); train=False caches nothing.
+        masks: where this step's dropout and drop-path masks come from (a BatchRows; default:
+        a fresh seed from self.rng, over this batch). A data-parallel trainer passes each
+        process's rows of one global batch, so the masks do not depend on the split."""
         x = self.check_input(x)
-        xp = backend.xp_of(x)
-        B = x.shape[0]
-        start, total = (0, B) if batch_rows is None else batch_rows
-        image_work = self.config.num_tokens * self.config.dim
-        pieces = threads.split_batch(B, image_work) if xp is np else [slice(0, B)]
-        rngs = [None] * len(pieces)
-        if train:                                         # one draw from self.rng per step
-            seed = int(self.rng.integers(2 ** 63))
-            rngs = [BatchRows(seed, start + r.start, start + r.stop, total) for r in pieces]
-        cls_only = self.config.pool == "cls" and not return_attention
-        keep = train and backbone_grads
-        if xp is np and len(pieces) == 1 and not train and not return_attention:
-            parts = threads.split_tokens(B, self.config.num_tokens, self.config.dim)
-            if parts:                                     # a small batch: its tokens split
-                t = self.forward_features_split(x, parts, cls_only)
-                return head_forward(t, self.params, self.config)[0]
-        if xp is np and len(pieces) == 1:
+        xp, B = backend.xp_of(x), x.shape[0]
+        plan = kernels.plan(self.config, B, xp, train=train, maps=return_attention)
+        if train and masks is None:
+            masks = BatchRows(int(self.rng.integers(2 ** 63)), 0, B, B)
+        keep = train and self.backbone_trainable()
+        if plan.one_piece_cores:
             threads.share_cores(1)                        # every core's BLAS threads for it
 
-        def run(i):
-            t, embed, blocks, attn = self.forward_features(x[pieces[i]], rngs[i], return_attention,
-                                                           cls_only, keep)
-            logits, c_head = head_forward(t, self.params, self.config)
-            return logits, Piece(pieces[i], embed, blocks, c_head), attn
+        def run(rows: slice):
+            return self.forward_piece(x[rows], plan, masks.rows(rows) if train else None,
+                                      keep, return_attention)
 
-        out = threads.parallel_map(run, list(range(len(pieces))))
-        self._pieces = (B, [o[1] for o in out]) if train else None
+        out = threads.parallel_map(run, plan.pieces)
+        self._saved = (B, plan, [o[1] for o in out]) if train else None
         logits = out[0][0] if len(out) == 1 else xp.concatenate([o[0] for o in out])
         if not return_attention:
             return logits
-        attn = [xp.concatenate(layer) for layer in zip(*[o[2] for o in out])]   # depth x (B, H, N, N)
-        return logits, attn
+        maps = [xp.concatenate(layer) for layer in zip(*[o[2] for o in out])]   # depth x (B, H, N, N)
+        return logits, maps
 
-    def forward_features(self, x, rng=None, return_attention: bool = False, cls_only: bool = False,
-                         keep_caches: bool = True):
-        """Images (B, C, S, S) -> (tokens after the last block (B, N, D), embedding cache, block
-        caches, attention maps); the caches are None unless keep_caches (then each layer's
-        intermediates are freed as soon as possible).
-        cls_only: the last block computes only the class-token rows (B, 1|2, D): all that CLS
-        pooling reads (two rows for a distilled model)."""
-        cfg = self.config
-        t, c_patch, c_tokens = self.embed_forward(x)                          # (B, N, D)
-        t, m_emb = dropout_forward(t, cfg.dropout, rng)                       # (B, N, D)
-        blocks, attn = [], []
-        last = cfg.num_class_tokens if cls_only else None
-        for i, bp in enumerate(self.block_params()):
-            t, c = block_forward(t, bp, cfg, drop_path=self.drop_path_rates[i], rng=rng,
-                                 queries=last if i == cfg.depth - 1 else None)
-            if keep_caches:
-                blocks.append(c)
-            if return_attention:
-                attn.append(block_attention(c))
-        if not keep_caches:
-            return t, None, None, attn
-        return t, (c_patch, c_tokens, m_emb), blocks, attn
+    def forward_piece(self, x, plan, masks, keep: bool, maps: bool) -> tuple:
+        """One piece of the batch: (logits, Piece of caches or None, attention maps)."""
+        cfg, blocks = self.config, self.block_params()
+        t, c_embed = self.embed_forward(x)                                     # (B, N, D)
+        t, m_emb = dropout_forward(t, cfg.dropout, masks)                     # (B, N, D)
+        c_blocks, attn = [], []
+        for i, p in enumerate(blocks):
+            block = plan.last_block_forward if i == cfg.depth - 1 else plan.block_forward
+            t, c = block(t, p, cfg, drop_path=self.drop_path_rates[i], rng=masks)  # (B, N, D)
+            c_blocks.append(c if keep else None)
+            if maps:
+                attn.append(c.attn.core.maps())                               # (B, H, N, N)
+        logits, c_head = head_forward(t, self.params, cfg)                    # (B, K)
+        piece = Piece((c_embed, m_emb) if keep else None, c_blocks if keep else None, c_head)
+        return logits, piece, attn
 
-    def forward_features_split(self, x, parts: list, cls_only: bool = False):
-        """Inference only: forward_features for a batch too small to split by images, its
-        tokens split into `parts` (slices) on the worker threads instead. Each block runs in two
-        rounds: every part's q, k, v (block_qkv_forward on its rows), gathered into the whole
-        qkv (B, N, 3D); then every part's rows onwards from their attention over all keys
-        (block_rows_forward). The same arithmetic row by row as one pass (tests)."""
-        cfg, xp = self.config, backend.xp_of(x)
-        t, _, _ = self.embed_forward(x)                                       # (B, N, D)
-        last = cfg.num_class_tokens if cls_only else None
-        for i, bp in enumerate(self.block_params()):
-            Q = last if last and i == cfg.depth - 1 else None    # rows needing q (None: all)
-            qkv = xp.concatenate(threads.parallel_map(
-                lambda r: block_qkv_forward(t[:, r], bp, cfg, _part_queries(Q, r))[0],
-                parts), axis=1)                                               # (B, N, 3D)
-            rows = [slice(0, Q)] if Q else parts
-            t = xp.concatenate(threads.parallel_map(
-                lambda r: block_rows_forward(t, qkv, (None, None, None), bp, cfg, rows=r)[0],
-                rows), axis=1)                                                # (B, N|Q, D)
+    def forward_features(self, x):
+        """Tokens after the last block (B, N, D), before the final LayerNorm (inference)."""
+        x = self.check_input(x)
+        plan = kernels.plan(self.config, x.shape[0], backend.xp_of(x), train=False, maps=True)
+        t, _ = self.embed_forward(x)
+        for p in self.block_params():
+            t, _ = plan.block_forward(t, p, self.config)
         return t
 
     def embed_forward(self, x):
         """Images (B, C, S, S) -> tokens (B, N, D): the patch embedding, the class tokens (CLS,
         distillation) and the position table (added before the class tokens go in when not
-        cfg.pos_embed_cls), then the registers, which carry no position. Returns the tokens,
-        the patch embedding's cache and the token insertions' caches.
+        cfg.pos_embed_cls), then the registers, which carry no position. Returns the tokens
+        and the caches (the patch embedding's, the token insertions').
         d: the same pairs in reverse (embed_backward)."""
         cfg, p = self.config, self.params
         pos = p["pos_embed"] if self.pos_table is None else self.pos_table   # (1, T' + P, D)
@@ -231,12 +185,12 @@ class ViT:
         if cfg.num_registers:
             t, c = insert_tokens_forward(t, p["reg_tokens"], cfg.num_class_tokens)   # (B, N, D)
             c_tokens.append(c)
-        return t, c_patch, c_tokens
+        return t, (c_patch, c_tokens)
 
-    def embed_backward(self, dt, c_patch, c_tokens, g: dict):
+    def embed_backward(self, dt, cache, g: dict):
         """dL/dx (B, C, S, S) from dL/dtokens (B, N, D); the embedding's grads go into g."""
         cfg = self.config
-        c_tokens = list(c_tokens)
+        c_patch, c_tokens = cache[0], list(cache[1])
         if cfg.num_registers:
             dt, g["reg_tokens"] = insert_tokens_backward(dt, c_tokens.pop())
         if cfg.pos_embed_cls:
@@ -253,28 +207,29 @@ class ViT:
     # ---- backward -------------------------------------------------------------------------
     def backward(self, dlogits):
         """Given dL/dlogits (B, K) from a training forward, write the gradients into self.grads
-        (in place) and return dL/dx (None after a forward with backbone_grads=False)."""
-        if self._pieces is None:
+        (in place) and return dL/dx. With a frozen backbone (freeze()) only the head's
+        gradients are made, the rest are zero, and it returns None."""
+        if self._saved is None:
             raise ValueError("backward() needs the caches of a forward(x, train=True); call it "
                              "first (an eval forward caches nothing, and each backward uses them up)")
-        B, pieces = self._pieces
+        B, plan, pieces = self._saved
         K = self.config.num_outputs
         if getattr(dlogits, "shape", None) != (B, K):
             raise ValueError(f"dlogits has shape {getattr(dlogits, 'shape', None)}, expected "
                              f"({B}, {K}) like the logits of the last forward")
-        self._pieces = None
+        self._saved = None
         if pieces[0].blocks is None:
             self.grads.flat[...] = 0                      # a frozen backbone: only the head's grads
         total = threads.OrderedSum(len(pieces))           # grads = piece 0's + piece 1's + ...
-        if backend.xp_of(dlogits) is np and len(pieces) == 1:
+        if plan.one_piece_cores:
             threads.share_cores(1)
 
-        def run(i):
+        def run(i: int):
             def put(g: dict):
                 for k, v in g.items():
                     total.add(i, self.grads[k], v)
             try:
-                return self.backward_piece(dlogits[pieces[i].rows], pieces[i], put)
+                return self.backward_piece(dlogits[plan.pieces[i]], pieces[i], plan, put)
             except BaseException:
                 total.fail()
                 raise
@@ -284,7 +239,7 @@ class ViT:
             return dx[0]
         return backend.xp_of(dlogits).concatenate(dx)
 
-    def backward_piece(self, dlogits, piece: Piece, put) -> object:
+    def backward_piece(self, dlogits, piece: Piece, plan, put) -> object:
         """Backward of one piece's forward: returns its dx (None when the forward kept no
         backbone caches) and hands its parameter gradients to put(dict) as they are made: the
         head's, each block's (last to first), the embedding's."""
@@ -293,11 +248,11 @@ class ViT:
         if piece.blocks is None:
             return None
         for i in reversed(range(self.config.depth)):
-            dt, gb = block_backward(dt, piece.blocks[i])
+            dt, gb = plan.block_backward(dt, piece.blocks[i])                  # (B, N, D)
             put({f"blocks.{i}.{k}": v for k, v in gb.items()})
-        c_patch, c_tokens, m_emb = piece.embed
+        c_embed, m_emb = piece.embed
         g = {}
-        dx = self.embed_backward(dropout_backward(dt, m_emb), c_patch, c_tokens, g)
+        dx = self.embed_backward(dropout_backward(dt, m_emb), c_embed, g)     # (B, C, S, S)
         put(g)
         return dx
 
@@ -308,8 +263,30 @@ class ViT:
         return [{k: p[f"blocks.{i}.{k}"] for k in keys} for i in range(self.config.depth)]
 
     def head_keys(self) -> list:
-        """The parameters after the blocks: final norm, [pre-logits], [head(s)]."""
-        return [k for k in self.params if k in HEAD_KEYS]
+        """The classifier: head.w/.b and, in a distilled model, head_dist.w/.b: what
+        reset_head replaces and head-only fine-tuning trains."""
+        return [k for k in self.params if k.startswith(("head.", "head_dist."))]
+
+    def freeze(self, keys) -> "ViT":
+        """Keep these parameters fixed from now on (replacing any earlier set): optimizers built
+        with frozen=model.frozen skip them, clipping leaves them out, and when every trainable
+        parameter lies after the blocks (final norm, pre-logits, heads) a training forward keeps
+        only the head's caches. freeze(()) unfreezes everything."""
+        keys = set(keys)
+        unknown = sorted(keys - set(self.params))
+        if unknown:
+            raise ValueError(f"cannot freeze {unknown}: not parameters of this model")
+        self.frozen = keys
+        return self
+
+    def trainable_keys(self) -> list:
+        """The parameters not frozen, in order."""
+        return [k for k in self.params if k not in self.frozen]
+
+    def backbone_trainable(self) -> bool:
+        """Whether some trainable parameter lies before the head (so backward needs the
+        blocks' caches)."""
+        return any(k not in HEAD_KEYS for k in self.trainable_keys())
 
     def decay_keys(self) -> set:
         """The parameters weight decay applies to: the weight matrices of the linear layers
@@ -334,9 +311,10 @@ class ViT:
         self.params = ParamDict.zeros(shapes, config.dtype, xp)
         for k in shapes:
             self.params[k] = xp.asarray(arrays[k], dtype=config.dtype)
-        self.grads = ParamDict.zeros(shapes, config.dtype, xp, spare=GRAD_SPARE)
+        self.grads = ParamDict.zeros(shapes, config.dtype, xp)
+        self.frozen = self.frozen & set(shapes)
         self.config = config
-        self._pieces = None                               # stale after a change of shapes
+        self._saved = None                                # stale after a change of shapes
 
     def reset_head(self, num_classes: int, keep_pre_logits: bool = False) -> "ViT":
         """A new task head, zero-initialized (weights and bias 0) as in the ViT paper's

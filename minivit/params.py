@@ -16,14 +16,11 @@ import numpy as np
 
 
 class ParamDict(dict):
-    """name -> view into self.flat; self.offsets[name] = (start, stop) in self.flat.
-    self.buffer is the array self.flat lies at the start of: the same, or longer by `spare`
-    numbers that travel with the vector (statistics that ride along in an all-reduce)."""
+    """name -> view into self.flat; self.offsets[name] = (start, stop) in self.flat."""
 
-    def __init__(self, flat, shapes: dict, buffer=None):
+    def __init__(self, flat, shapes: dict):
         super().__init__()
         self.flat = flat                                   # (P,)
-        self.buffer = flat if buffer is None else buffer   # (P + spare,)
         self.offsets = {}
         i = 0
         for k, shape in shapes.items():
@@ -35,12 +32,10 @@ class ParamDict(dict):
             raise ValueError(f"shapes cover {i} numbers but the flat vector holds {flat.size}")
 
     @classmethod
-    def zeros(cls, shapes: dict, dtype, xp=np, spare: int = 0) -> "ParamDict":
-        """A zero-filled ParamDict with these names and shapes (in this order), with `spare`
-        extra numbers after the flat vector in self.buffer."""
+    def zeros(cls, shapes: dict, dtype, xp=np) -> "ParamDict":
+        """A zero-filled ParamDict with these names and shapes (in this order)."""
         size = sum(int(np.prod(s, dtype=np.int64)) for s in shapes.values())
-        buffer = xp.zeros(size + spare, dtype=dtype)
-        return cls(buffer[:size], shapes, buffer)
+        return cls(xp.zeros(size, dtype=dtype), shapes)
 
     @classmethod
     def from_arrays(cls, arrays: dict, dtype=None, xp=None) -> "ParamDict":

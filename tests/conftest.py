@@ -1,6 +1,8 @@
 """Shared test helpers and fixtures.
 
 - `xp`: every test that takes it runs on NumPy, and again on CuPy when a GPU is present.
+- `engine`: every test that uses it runs with the fast kernels (minivit/kernels/), then with
+  them off (the reference pairs of minivit/layers/ alone).
 - `needs(...)` marks: a test that needs an optional extra is skipped, with the reason, when the
   extra is not installed (the README's `pip install -e ".[test]"` has none of them).
 - Helpers: randn, randomize_params, images, relerr, load_example, idx_bytes,
@@ -125,3 +127,14 @@ def make_folder(root, classes=("a", "b", "c"), n=5, size=8, seed=0) -> str:
         for i in range(n):
             np.save(os.path.join(root, c, f"{i}.npy"), digit(k, size, rng))
     return str(root)
+
+
+@pytest.fixture(params=["fast", "reference"])
+def engine(request):
+    """Run the test with the fast kernels on ("fast"), then off ("reference")."""
+    from minivit import kernels
+    if request.param == "fast":
+        yield "fast"
+        return
+    with kernels.disabled():
+        yield "reference"

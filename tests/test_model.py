@@ -1,10 +1,13 @@
 """The whole ViT: finite-difference checks of every parameter, shapes, init, and every bad input."""
+import contextlib
 import dataclasses
 
 import numpy as np
 import pytest
 
 from minivit import ViT, ViTConfig, backend
+from minivit.config import HEAD_KEYS
+from minivit.layers import BatchRows
 from minivit.parallel import threads
 from minivit.training import loop as train
 from minivit.gradcheck import check_grads
@@ -12,6 +15,8 @@ from minivit.layers import cross_entropy_backward, cross_entropy_forward
 from minivit.optim import AdamW, clip_grad_norm
 
 from conftest import randn
+
+pytestmark = pytest.mark.usefixtures("engine")   # every test with the kernels on, then off
 
 SMALL = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2, heads=2,
              mlp_ratio=1.5, dtype="float64")
@@ -33,11 +38,11 @@ def check_model(xp, cfg, B=3, seed_masks=None):
 
     def loss():
         if seed_masks is not None:
-            model.rng = backend.rng(seed_masks)           # the same dropout masks every call
+            model.rng = np.random.default_rng(seed_masks)   # the same dropout masks every call
         return cross_entropy_forward(model.forward(x, train=True), labels, 0.1)[0]
 
     if seed_masks is not None:
-        model.rng = backend.rng(seed_masks)
+        model.rng = np.random.default_rng(seed_masks)
     logits = model.forward(x, train=True)
     _, cache = cross_entropy_forward(logits, labels, 0.1)
     dx = model.backward(cross_entropy_backward(cache))
@@ -107,8 +112,8 @@ def test_eval_caches_nothing_and_backward_needs_train(xp):
     m = ViT(ViTConfig(**SMALL))
     x = randn(xp, 2, 2, 8, 8)
     m.forward(x, train=False)
-    assert m._pieces is None
-    assert m.forward_features(x, keep_caches=False)[1] is None   # intermediates freed as it goes
+    assert m._saved is None
+    assert m.forward_features(x).shape == (2, 5, 8)
     with pytest.raises(ValueError, match="forward\\(x, train=True\\)"):
         m.backward(xp.zeros((2, 3)))
     m.forward(x, train=True)
@@ -170,79 +175,58 @@ def test_gpu_request_without_cupy_is_clear(monkeypatch):
         backend.use("tpu")
 
 
-@pytest.fixture
-def chunked(monkeypatch):
-    """Force the NumPy batch split into worker threads even for tiny batches."""
-    monkeypatch.setattr(threads, "MIN_PIECE", 1)
-    threads.set_workers(2)
-    yield
-    threads.set_workers(None)
-
-
-def test_chunked_equals_whole_batch(chunked):
-    if threads.workers() < 2:
-        pytest.skip("per-thread BLAS control unavailable: the batch is never split")
-    cfg = ViTConfig(**SMALL, pool="mean")
-    x, dl = randn(np, 5, 2, 8, 8), randn(np, 5, 3, seed=2)
-    m = ViT(cfg)
-    randomize(m)
-    assert len(threads.split_batch(5)) == 2
-    logits, attn = m.forward(x, train=True, return_attention=True)
-    dx = m.backward(dl)
-    grads = {k: v.copy() for k, v in m.grads.items()}
-    threads.set_workers(1)
-    logits1, attn1 = m.forward(x, train=True, return_attention=True)
-    dx1 = m.backward(dl)
-    np.testing.assert_allclose(logits, logits1, rtol=1e-13)
-    np.testing.assert_allclose(attn[1], attn1[1], rtol=1e-13)
-    np.testing.assert_allclose(dx, dx1, rtol=1e-12, atol=1e-15)
-    for k in grads:
-        np.testing.assert_allclose(grads[k], m.grads[k], rtol=1e-12, atol=1e-15, err_msg=k)
-
-
-def test_chunked_grads_with_dropout(chunked):
-    check_model(np, ViTConfig(**SMALL, dropout=0.2, attn_dropout=0.1, drop_path=0.2), B=4,
-                seed_masks=3)
-
-
 def test_frozen_backbone_backward(xp):
-    """backbone_grads=False: the same logits and head gradients as a full backward (dropout
-    masks included), zeros for the rest, no dx; and the trainer takes this path by itself when
-    the optimizer freezes everything but the head, reaching the same parameters."""
+    """With everything before the head frozen (model.freeze): the same logits and head
+    gradients as a full backward (dropout masks included), zeros for the rest, no dx; and
+    train_step on that model reaches the parameters of a full backward with a frozen optimizer."""
     cfg = ViTConfig(**{**SMALL, "representation_size": 5, "dropout": 0.2, "drop_path": 0.1})
     full, head = ViT(cfg, seed=0), ViT(cfg, seed=0)
     randomize(full), randomize(head)
+    frozen = [k for k in head.params if k not in HEAD_KEYS]
+    head.freeze(frozen)
+    assert not head.backbone_trainable() and full.backbone_trainable()
     x = randn(xp, 32, cfg.in_channels, cfg.image_size, cfg.image_size, seed=1)  # 2 chunks on NumPy
     labels = xp.asarray(np.arange(32) % cfg.num_classes)
     z_full = full.forward(x, train=True)
-    z_head = head.forward(x, train=True, backbone_grads=False)
+    z_head = head.forward(x, train=True)
     np.testing.assert_array_equal(backend.to_numpy(z_full), backend.to_numpy(z_head))
     d = cross_entropy_backward(cross_entropy_forward(z_full, labels, 0.1)[1])
     assert full.backward(d) is not None and head.backward(d) is None
-    assert set(head.head_keys()) == {"norm.w", "norm.b", "pre_logits.w", "pre_logits.b",
-                                     "head.w", "head.b"}
+    assert head.trainable_keys() == ["norm.w", "norm.b", "pre_logits.w", "pre_logits.b",
+                                     "head.w", "head.b"]
     for k in full.params:
-        expect = full.grads[k] if k in head.head_keys() else 0 * full.grads[k]
+        expect = 0 * full.grads[k] if k in frozen else full.grads[k]
         np.testing.assert_array_equal(backend.to_numpy(head.grads[k]), backend.to_numpy(expect))
-        assert k in head.head_keys() or float(abs(full.grads[k]).max()) > 0
+        assert k not in frozen or float(abs(full.grads[k]).max()) > 0
 
-    frozen = set(full.params) - set(full.head_keys())
     opts = train.TrainOptions(lr=1e-2, clip=1.0, smoothing=0.1)
     for model in (full, head):
-        model.rng = backend.rng(3)
+        model.rng = np.random.default_rng(3)
     opt_full = AdamW(full.params, lr=1e-2, frozen=frozen)
-    opt_head = AdamW(head.params, lr=1e-2, frozen=frozen)
+    opt_head = AdamW(head.params, lr=1e-2, frozen=head.frozen)
     for _ in range(2):
-        logits = full.forward(x, train=True)              # the general path, by hand
+        masks = BatchRows(int(full.rng.integers(2 ** 63)), 0, 32, 32)   # as train_step draws
+        logits = full.forward(x, train=True, masks=masks)                 # the general path
         full.backward(cross_entropy_backward(cross_entropy_forward(logits, labels, 0.1)[1]))
         clip_grad_norm({k: g for k, g in full.grads.items() if k not in frozen}, 1.0)
         opt_full.step(full.grads, lr=1e-2)
         train.train_step(head, opt_head, x, labels, 1e-2, opts)
-    k = "blocks.0.attn.qkv.w"                             # train_step took backbone_grads=False
+    k = "blocks.0.attn.qkv.w"                             # train_step kept no backbone caches
     assert float(abs(head.grads[k]).max()) == 0 and float(abs(full.grads[k]).max()) > 0
     for k in full.params:
         np.testing.assert_array_equal(backend.to_numpy(head.params[k]),
                                       backend.to_numpy(full.params[k]))
+
+
+def test_freeze_checks_names_and_head_keys():
+    m = ViT(ViTConfig(**SMALL, distilled=True))
+    assert m.head_keys() == ["head.w", "head.b", "head_dist.w", "head_dist.b"]
+    with pytest.raises(ValueError, match="not parameters"):
+        m.freeze(["head.w", "nope"])
+    m.freeze(set(m.params) - set(m.head_keys()))
+    assert m.trainable_keys() == m.head_keys()
+    m.freeze(())
+    assert m.trainable_keys() == list(m.params)
 
 
 def images(B, C, S, seed=1):
@@ -301,8 +285,8 @@ def test_reset_head_keeps_pre_logits():
 
 
 def test_dropout_masks_do_not_depend_on_the_split(monkeypatch):
-    """With dropout, attention dropout and drop path, two halves of a batch run with batch_rows
-    (as two data-parallel processes would) give the rows of the whole batch exactly, and their
+    """With dropout, attention dropout and drop path, two halves of a batch run with their rows'
+    masks (as two data-parallel processes would) give the rows of the whole batch exactly, and their
     summed gradients are the whole batch's; the thread split changes nothing either."""
     monkeypatch.setattr(threads, "MIN_PIECE", 1)
     cfg = ViTConfig(**SMALL, dropout=0.2, attn_dropout=0.3, drop_path=0.4, pool="mean")
@@ -311,9 +295,9 @@ def test_dropout_masks_do_not_depend_on_the_split(monkeypatch):
     for workers in (1, 2):
         threads.set_workers(workers)
         try:
-            logits = whole.forward(x, train=True)
+            logits = whole.forward(x, train=True, masks=BatchRows(77, 0, 6, 6))
             whole.backward(dl)
-            parts = [m.forward(x[3 * r:3 * r + 3], train=True, batch_rows=(3 * r, 6))
+            parts = [m.forward(x[3 * r:3 * r + 3], train=True, masks=BatchRows(77, 3 * r, 3 * r + 3, 6))
                      for r, m in enumerate(halves)]
             for r, m in enumerate(halves):
                 m.backward(dl[3 * r:3 * r + 3])
@@ -322,36 +306,6 @@ def test_dropout_masks_do_not_depend_on_the_split(monkeypatch):
         np.testing.assert_allclose(np.concatenate(parts), logits, rtol=1e-13)
         np.testing.assert_allclose(halves[0].grads.flat + halves[1].grads.flat, whole.grads.flat,
                                    rtol=1e-11, atol=1e-14)
-
-
-@pytest.mark.parametrize("variant", [dict(pool="cls"), dict(pool="mean"),
-                                     dict(distilled=True, num_registers=2),
-                                     dict(layer_scale=0.1, gelu="erf")])
-def test_token_split_inference_equals_one_pass(monkeypatch, variant):
-    """A batch too small to split by images runs its tokens in pieces on the worker threads
-    (inference only): the same logits as one pass, for CLS pooling (the last block's CLS row
-    alone), mean pooling, two class tokens with registers, and LayerScale."""
-    if threads.blas_threads() is None:
-        pytest.skip("per-thread BLAS control unavailable: nothing is split")
-    monkeypatch.setattr(threads, "MIN_TOKEN_PIECE", 1)
-    cfg = ViTConfig(**{**SMALL, "depth": 3}, **variant)
-    m = ViT(cfg, seed=3)
-    randomize(m)
-    x = randn(np, 1, 2, 8, 8)
-    threads.set_workers(3)
-    try:
-        calls = []
-        real = threads.parallel_map
-        monkeypatch.setattr(threads, "parallel_map", lambda fn, items: calls.append(len(items))
-                            or real(fn, items))
-        split = m.forward(x)
-        assert 3 in calls                                 # the tokens did go to three workers
-        threads.set_workers(1)
-        whole = m.forward(x)
-    finally:
-        threads.set_workers(None)
-    np.testing.assert_allclose(split, whole, rtol=1e-13, atol=1e-15)
-    assert not np.array_equal(whole, m.forward(x[:, ::-1].copy()))   # the input matters
 
 
 def test_the_mnist_model_trains_at_its_real_batch_size():
@@ -368,3 +322,24 @@ def test_the_mnist_model_trains_at_its_real_batch_size():
     m.backward(cross_entropy_backward(c))
     assert np.isfinite(loss) and np.isfinite(m.grads.flat).all()
     assert np.count_nonzero(m.grads.flat) > 0.99 * m.grads.flat.size
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_fast_and_reference_engines_agree(pool):
+    """The same model, step and masks with the kernels on and off: the same logits, dx and
+    gradients to float64 rounding (dropout, attention dropout and drop path included, and the
+    class rows alone in the last block under CLS pooling)."""
+    from minivit import kernels
+    cfg = ViTConfig(**{**SMALL, "depth": 3}, pool=pool, dropout=0.2, attn_dropout=0.2,
+                    drop_path=0.3)
+    m = ViT(cfg, seed=0)
+    randomize(m)
+    x, dl = randn(np, 4, 2, 8, 8), randn(np, 4, 3, seed=2)
+    runs = []
+    for on in (True, False):
+        with (contextlib.nullcontext() if on else kernels.disabled()):
+            logits = m.forward(x, train=True, masks=BatchRows(5, 0, 4, 4))
+            dx = m.backward(dl)
+        runs.append((logits, dx, m.grads.flat.copy()))
+    for got, want in zip(runs[0], runs[1]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)

@@ -16,6 +16,8 @@ from minivit import ViT, ViTConfig, backend  # noqa: E402
 from minivit.layers.loss import cross_entropy_backward, cross_entropy_forward  # noqa: E402
 from torch_vit import TorchViT, sincos_pos_embed  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("engine")   # with the kernels on, then off
+
 TOL = 1e-10
 BASE = dict(image_size=8, patch_size=4, in_channels=1, num_classes=5, dim=16, depth=2, heads=2,
             mlp_ratio=2.0)

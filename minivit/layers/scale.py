@@ -2,8 +2,6 @@
 multiplied channel-wise by a learned vector, started small so each block begins near identity."""
 from __future__ import annotations
 
-from .reduce import col_sum
-
 
 def layer_scale_forward(x, g):
     """y = x * g, x (..., D), g (D,).  d: dx = dy * g,  dg = sum(dy * x) over every leading axis."""
@@ -13,5 +11,5 @@ def layer_scale_forward(x, g):
 def layer_scale_backward(dy, cache):
     x, g = cache
     D = g.shape[0]
-    dg = col_sum((dy * x).reshape(-1, D))                 # (D,)
+    dg = (dy * x).reshape(-1, D).sum(0)                   # (D,)
     return dy * g, dg                                     # (..., D), (D,)

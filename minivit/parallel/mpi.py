@@ -6,8 +6,8 @@ NCCL between GPUs (nccl.py), bootstrapped over MPI.
     world.allreduce_(array)           # in place, summed over the processes
 
 Every process runs the same program on its share of each global batch; after the backward pass
-the gradients (and the step's loss and hit counts, in the spare slots of the same buffer) are
-summed by one in-place all-reduce, so every process takes the same optimizer step.
+the gradients are summed by one in-place all-reduce (and the step's loss and hit counts by a
+second, tiny one), so every process takes the same optimizer step.
 """
 from __future__ import annotations
 

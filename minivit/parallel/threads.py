@@ -1,21 +1,108 @@
-"""The CPU batch split: worker threads, their BLAS threads, and the host allocator.
+"""The CPU runtime and the batch split: cores, worker threads, their BLAS threads, the allocator.
 
-NumPy runs elementwise work on one core. ViT.forward therefore splits a large batch into pieces
+How this process uses the CPU is one object, a Runtime: the cores it may use, the worker threads
+a large batch is split over, NumPy's OpenBLAS thread control, and whether glibc's allocator is
+tuned. It is built once, from explicit values or from the environment (Runtime.from_env), and
+installed with use(); the commands build one from their flags. Without one, the first use builds
+Runtime.from_env() (which leaves the allocator alone: only Runtime.apply() changes it).
+
+NumPy runs elementwise work on one core, so the fast kernels split a large batch into pieces
 (split_batch) run by worker threads (parallel_map; NumPy releases the GIL inside large
-operations), each worker limited to its share of the cores as BLAS threads (share_cores) so that
-the cores are not oversubscribed; a batch too small to split has its tokens split for inference
-(split_tokens). The backward sums the pieces' gradients in piece order as they are made
-(OrderedSum). On CuPy the batch is never split.
+operations), each limited to its share of the cores as BLAS threads (share_cores); a batch too
+small to split has its tokens split for inference (split_tokens). The backward sums the pieces'
+gradients in piece order as they are made (OrderedSum). On CuPy the batch is never split.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Optional
 
 MIN_PIECE = 16 * 17 * 64   # smallest batch piece worth a worker thread, in token rows x width
                             # (images x tokens x dim): 16 MNIST images; a third of a ViT-B/16
                             # image (197 tokens x 768)
+MIN_TOKEN_PIECE = 32 * 768  # smallest token piece worth a worker thread, in rows x width:
+                            # ViT-S/16 (197 x 384) splits, ViT-Ti/16 (197 x 192) does not
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """cores: the cores this process may use (None: as many as its BLAS was started with, from
+    OPENBLAS_NUM_THREADS / OMP_NUM_THREADS or threadpoolctl, else every core); workers: threads
+    a large NumPy batch is split over (None: one per core, at most 8; 1 disables the split);
+    tune_allocator: let apply() tune glibc's allocator (tune_host_allocator)."""
+    cores: Optional[int] = None
+    workers: Optional[int] = None
+    tune_allocator: bool = True
+
+    def __post_init__(self):
+        for name in ("cores", "workers"):
+            n = getattr(self, name)
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {n!r}")
+
+    @classmethod
+    def from_env(cls, environ=None, **overrides) -> "Runtime":
+        """MINIVIT_WORKERS (worker threads) and MINIVIT_NO_MALLOPT=1 (leave the allocator
+        alone), read now; keyword arguments override them."""
+        environ = os.environ if environ is None else environ
+        env = environ.get("MINIVIT_WORKERS")
+        try:
+            workers = int(env) if env else None
+        except ValueError:
+            raise ValueError(f"MINIVIT_WORKERS must be a positive integer, got {env!r}") from None
+        fields = dict(workers=workers, tune_allocator=environ.get("MINIVIT_NO_MALLOPT") != "1")
+        return cls(**{**fields, **overrides})
+
+    def core_count(self) -> int:
+        machine = os.cpu_count() or 1
+        if self.cores:
+            return min(self.cores, machine)
+        start = _blas_at_start()
+        return min(machine, start) if start else machine
+
+    def worker_count(self) -> int:
+        """How many pieces a large NumPy batch is split into (1 without BLAS thread control:
+        the cores cannot be shared out as BLAS threads, so BLAS keeps them)."""
+        if not _blas_functions():
+            return 1
+        return self.workers if self.workers is not None else min(self.core_count(), 8)
+
+    def apply(self) -> "Runtime":
+        """Make this the process's runtime (use()), tune the allocator if asked, and set the
+        main thread's BLAS threads to this runtime's cores. Returns self."""
+        use(self)
+        if self.tune_allocator:
+            tune_host_allocator()
+        set_blas_threads(self.core_count())
+        return self
+
+
+_current: Optional[Runtime] = None
+_pool: Optional[ThreadPoolExecutor] = None
+
+
+def current() -> Runtime:
+    """The process's runtime: the one installed by use(), else Runtime.from_env() (built once)."""
+    global _current
+    if _current is None:
+        _current = Runtime.from_env()
+    return _current
+
+
+def use(runtime: Runtime) -> None:
+    """Install a runtime for this process (its worker pool is rebuilt on next use)."""
+    global _current, _pool
+    if not isinstance(runtime, Runtime):
+        raise TypeError(f"expected a Runtime, got {type(runtime).__name__}")
+    _current = runtime
+    if _pool is not None:
+        _pool.shutdown()
+        _pool = None
+
 
 _allocator_tuned = False
 
@@ -25,14 +112,13 @@ def tune_host_allocator() -> bool:
 
     Every NumPy temporary of a ViT step is 0.1-10 MB. By default glibc serves such blocks with a
     fresh mmap and unmaps them on free, so each one is page-faulted and zeroed by the kernel
-    again: at batch 128 that was more than half of a training step. Raising the mmap and trim
-    thresholds (mallopt) makes those blocks come from the reused heap instead. Process-wide and
-    harmless; a no-op off glibc or when MINIVIT_NO_MALLOPT=1. Returns True when applied."""
+    again. Raising the mmap and trim thresholds (mallopt) makes those blocks come from the
+    reused heap instead. Process-wide, so only Runtime.apply() calls it (the commands and the
+    benchmarks do); a no-op off glibc. Returns True when applied."""
     global _allocator_tuned
     if _allocator_tuned:
         return True
-    import sys
-    if not sys.platform.startswith("linux") or os.environ.get("MINIVIT_NO_MALLOPT") == "1":
+    if not sys.platform.startswith("linux"):
         return False
     try:
         import ctypes
@@ -46,11 +132,8 @@ def tune_host_allocator() -> bool:
     return ok
 
 
-
-_workers = None   # None: decided from the core count on first use
-_cores = None     # the cores this process may use (None: all of the machine's)
-_pool = None
-_blas = None      # (get, set) of OpenBLAS's thread count, or () when there is none to control
+_blas = None          # (get, set) of OpenBLAS's thread count, or () when there is none
+_blas_start = None    # its thread count before minivit first changed it (0: unknown)
 
 
 def _blas_functions():
@@ -60,6 +143,14 @@ def _blas_functions():
         get, put = _openblas("openblas_get_num_threads"), _openblas("openblas_set_num_threads")
         _blas = (get, put) if get is not None and put is not None else ()
     return _blas
+
+
+def _blas_at_start() -> int:
+    """OpenBLAS's thread count as the process started it (read once, before any change)."""
+    global _blas_start
+    if _blas_start is None:
+        _blas_start = blas_threads() or 0
+    return _blas_start
 
 
 def blas_threads() -> int | None:
@@ -73,6 +164,7 @@ def set_blas_threads(n: int) -> bool:
     """Set that count; False when there is no OpenBLAS to set it in."""
     fns = _blas_functions()
     if fns:
+        _blas_at_start()                                  # remember the starting count first
         fns[1](int(n))
     return bool(fns)
 
@@ -96,57 +188,27 @@ def _openblas(name: str):
     return None
 
 
-_blas_at_start = None   # OpenBLAS's thread count before minivit first changed it (0: unknown)
-
-
 def cores() -> int:
-    """The cores this process may use: its share (set_cores), else as many as the BLAS was
-    started with (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, or threadpoolctl, if set; otherwise
-    every core), at most the machine's."""
-    global _blas_at_start
-    if _cores:
-        return _cores
-    if _blas_at_start is None:
-        _blas_at_start = blas_threads() or 0
-    machine = os.cpu_count() or 1
-    return min(machine, _blas_at_start) if _blas_at_start else machine
+    """The cores this process may use (the current runtime's)."""
+    return current().core_count()
 
 
 def set_cores(n: int) -> None:
-    """Use n cores in this process (e.g. cores // local ranks under MPI): the default number of
-    worker threads and the BLAS threads of the main thread follow. Unpinned, two processes that
-    each use every core run several times slower than they should."""
-    global _cores
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"cores must be a positive integer, got {n!r}")
-    _cores = n
-    set_workers(_workers if _workers_from_user else None)
+    """Use n cores in this process (e.g. cores // local ranks under MPI): the current runtime
+    with cores=n, installed, and the main thread's BLAS threads set to n."""
+    use(dataclasses.replace(current(), cores=n))
     set_blas_threads(n)
 
 
-_workers_from_user = False
-
-
 def set_workers(n) -> None:
-    """Worker threads for NumPy forward/backward (1 disables the batch split; None: automatic)."""
-    global _workers, _pool, _workers_from_user
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"workers must be a positive integer or None, got {n!r}")
-    _workers, _workers_from_user = n, n is not None
-    if _pool is not None:
-        _pool.shutdown()
-        _pool = None
+    """Worker threads for the NumPy batch split (1 disables it; None: automatic): the current
+    runtime with workers=n, installed."""
+    use(dataclasses.replace(current(), workers=n))
 
 
 def workers() -> int:
-    """How many chunks a large NumPy batch is split into (1 when the split is unavailable)."""
-    global _workers
-    if _workers is None:
-        env = os.environ.get("MINIVIT_WORKERS")
-        _workers = int(env) if env else min(cores(), 8)
-    if _workers > 1 and blas_threads() is None:
-        return 1          # cannot share the cores out as BLAS threads: let BLAS use them itself
-    return _workers
+    """How many pieces a large NumPy batch is split into (the current runtime's)."""
+    return current().worker_count()
 
 
 def share_cores(parts: int) -> None:
@@ -156,10 +218,8 @@ def share_cores(parts: int) -> None:
 
     OpenBLAS's thread count is one number for the whole process (its "per-thread" setter too
     changes it for every thread), so the share stays set after the call, and NumPy code run
-    later in the process gets it as well: set_blas_threads(n) sets another. It is changed only
-    when the share changes, because raising it wakes OpenBLAS's own threads, which then spin
-    on the cores for a while: set and reset around every piece, the ViT-B/16 batch-1 forward
-    took 297 instead of 242 ms."""
+    later in the process gets it as well. It is changed only when the share changes, because
+    raising it wakes OpenBLAS's own threads, which then spin on the cores for a while."""
     want = max(1, cores() // max(1, parts))
     if blas_threads() not in (None, want):
         set_blas_threads(want)
@@ -183,15 +243,9 @@ def parallel_map(fn, items: list) -> list:
 def split_batch(batch_size: int, image_work: int = 1) -> list:
     """Batch slices for the worker threads: at most workers(), each of at least MIN_PIECE in
     work (image_work = tokens x width of one image), since what a piece saves is the
-    elementwise work over its rows. On ViT-B/16 at batch 8 two pieces of 4 ran the forward
-    pass 17% faster than one piece with two BLAS threads (2.19 -> 1.81 s on 2 cores), the
-    training step 6% faster; at batch 2, two pieces of one image 8% faster (461 -> 425 ms)."""
+    elementwise work over its rows (benchmarks/layers.py measures the pieces)."""
     n = max(1, min(workers(), batch_size, batch_size * image_work // MIN_PIECE))
     return _even(batch_size, n)
-
-
-MIN_TOKEN_PIECE = 32 * 768  # smallest token piece worth a worker thread, in token rows x width:
-                            # ViT-S/16 (197 x 384) splits, ViT-Ti/16 (197 x 192) does not
 
 
 def split_tokens(batch_size: int, tokens: int, dim: int) -> list:
@@ -199,8 +253,7 @@ def split_tokens(batch_size: int, tokens: int, dim: int) -> list:
     piece): the inference of one ViT-B/16 image runs its row-wise work (LayerNorm, the linear
     layers, GELU) and its attention by query rows on the workers, each over a share of the
     tokens. At most workers() pieces, each of at least MIN_TOKEN_PIECE rows x width; [] when
-    fewer than two would be worth it. Measured on 2 cores, batch 1: ViT-B/16 251 -> 240 ms,
-    ViT-S/16 75.4 -> 73.2 ms, ViT-Ti/16 26.6 -> 28.2 ms (so not split)."""
+    fewer than two would be worth it (MIN_TOKEN_PIECE is where it stopped paying)."""
     n = min(workers(), tokens, batch_size * tokens * dim // MIN_TOKEN_PIECE)
     return _even(tokens, n) if n > 1 else []
 

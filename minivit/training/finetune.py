@@ -19,14 +19,13 @@ from ..model import ViT
 
 
 def trainable_keys(model: ViT, head_only: bool = False) -> list[str]:
-    """Parameter names to train: all of them, or with head_only just head.w and head.b."""
-    if not head_only:
-        return list(model.params)
-    return [k for k in model.params if k.startswith("head.")]
+    """Parameter names to train: all of them, or with head_only the classifier alone
+    (model.head_keys(): head.w/.b, and head_dist.w/.b in a distilled model)."""
+    return model.head_keys() if head_only else list(model.params)
 
 
 def frozen_keys(model: ViT, head_only: bool = True) -> set[str]:
-    """The complement of trainable_keys: names an optimizer's `frozen` set should skip."""
+    """The complement of trainable_keys: what model.freeze() takes."""
     return set(model.params) - set(trainable_keys(model, head_only))
 
 

@@ -29,8 +29,8 @@ from .. import backend
 from ..data.batches import Dataset, iterate_batches
 from ..files import atomic_write, clean_stale_temps
 from ..io.checkpoint import load_checkpoint, save_checkpoint
-from ..layers import cross_entropy_backward, cross_entropy_forward
-from ..model import GRAD_SPARE, ViT
+from ..layers import BatchRows, cross_entropy_backward, cross_entropy_forward
+from ..model import ViT
 from ..optim import SGD, AdamW, clip_grad_norm, warmup_cosine
 from ..parallel import Single, world as default_world
 from .evaluate import evaluate, report
@@ -56,14 +56,16 @@ class TrainOptions:
     augment: bool = True              # random shifts of up to 2 pixels
     seed: int = 0
     eval_batch_size: int = 500
-    frozen: list = field(default_factory=list)   # parameter names the optimizer leaves alone
+    frozen: list = field(default_factory=list)   # parameter names to keep fixed (fit applies
+                                                 # them with model.freeze)
     stop_after_epochs: Optional[int] = None      # save and stop after this many epochs (the
                                                  # schedule stays that of `epochs`); resume later
 
 
 def make_optimizer(model: ViT, opts: TrainOptions):
-    """The optimizer of opts over the model's params; weight decay on model.decay_keys() only."""
-    frozen, decay = set(opts.frozen), model.decay_keys()
+    """The optimizer of opts over the model's trainable params (model.frozen left alone); weight
+    decay on model.decay_keys() only."""
+    frozen, decay = set(model.frozen), model.decay_keys()
     if opts.optimizer == "adamw":
         return AdamW(model.params, lr=opts.lr, weight_decay=opts.weight_decay, frozen=frozen,
                      decay=decay)
@@ -96,6 +98,8 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
         raise ValueError(f"batch_size={opts.batch_size} is not divisible by the {world.size} "
                          f"processes; choose a batch size that is a multiple of {world.size}")
     model.preprocessing = data.preprocessing
+    if opts.frozen:
+        model.freeze(opts.frozen)
     pre = data.preprocessing
     if root:
         os.makedirs(out_dir, exist_ok=True)
@@ -249,16 +253,15 @@ class StepResult(NamedTuple):
 def train_step(model: ViT, opt, x, y, lr: float, opts: TrainOptions, world=None,
                stop: bool = False) -> StepResult:
     """One update: forward, loss, backward, clip the trainable gradients, optimizer step.
-    With a world of R processes, x (b, ...) is this process's rows of a global batch of B = R b:
-    its loss gradient is scaled by b / B, and one in-place all-reduce sums the gradients and,
-    in the spare slots of the same buffer, the loss, the hits and the stop flags; every process
-    then clips by the global norm and takes the same step."""
+    With a world of R processes, x (b, ...) is this process's rows of a global batch of B = R b
+    (its dropout masks those rows of the global batch's): its loss gradient is scaled by b / B,
+    one in-place all-reduce sums the gradients and a second the step's loss, hits and stop
+    flags; every process then clips by the global norm and takes the same step."""
     world = Single() if world is None else world
     b = len(y)
     B = b * world.size
-    backbone = not set(model.params).difference(model.head_keys()) <= opt.frozen
-    logits = model.forward(x, train=True, backbone_grads=backbone,
-                           batch_rows=(world.rank * b, B))                  # (b, K)
+    masks = BatchRows(int(model.rng.integers(2 ** 63)), world.rank * b, (world.rank + 1) * b, B)
+    logits = model.forward(x, train=True, masks=masks)                      # (b, K)
     loss, cache = cross_entropy_forward(logits, y, opts.smoothing)
     dlogits = cross_entropy_backward(cache)                                 # (b, K), mean over b
     hits = int((logits.argmax(1) == y).sum())
@@ -266,23 +269,23 @@ def train_step(model: ViT, opt, x, y, lr: float, opts: TrainOptions, world=None,
         dlogits *= b / B                                  # this process's share of the mean over B
     model.backward(dlogits)
     if world.size > 1:
-        stats = model.grads.buffer[-GRAD_SPARE:]          # ride along in the same all-reduce
-        stats[:3] = backend.xp_of(stats).asarray([loss * b, hits, float(stop)])
-        world.allreduce_(model.grads.buffer)
+        world.allreduce_(model.grads.flat)
+        stats = world.allreduce_(np.array([loss * b, hits, float(stop)]))   # (3,) host float64
         loss, hits, stop = float(stats[0]) / B, int(round(float(stats[1]))), float(stats[2]) > 0
     if not np.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss}; lower --lr (now {opts.lr}) or keep "
                                  f"--clip on, and resume from the last good last.npz")
     if opts.clip:                         # the model's flat grads, or the trainable ones alone
-        clip_grad_norm(model.grads if not opt.frozen else
-                       {k: g for k, g in model.grads.items() if k not in opt.frozen}, opts.clip)
+        clip_grad_norm(model.grads if not model.frozen else
+                       {k: model.grads[k] for k in model.trainable_keys()}, opts.clip)
     opt.step(model.grads, lr=lr)
     return StepResult(loss, hits, bool(stop))
 
 
 def rng_state(rng):
-    """The dropout generator's state as JSON-able data, or None where the backend has none to
-    give (CuPy's generators: a resumed GPU run with dropout then draws fresh masks)."""
+    """The mask-seed generator's state as JSON-able data (model.rng, a host NumPy generator on
+    every backend, so a resumed run draws the masks an uninterrupted one would), or None for a
+    generator that has no such state."""
     try:
         state = rng.bit_generator.state
         json.dumps(state)                                 # it goes into the checkpoint's header

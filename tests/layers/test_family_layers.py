@@ -1,12 +1,13 @@
-"""The pairs the checkpoint families add (float64 finite differences, rel err <= 1e-6): LayerScale,
-token insertion (CLS, distillation, registers), the block with LayerScale and two query rows, and
-the head's new paths (fc_norm, distilled, headless)."""
+"""The reference pairs the checkpoint families add (float64 finite differences, rel err <= 1e-6):
+LayerScale, token insertion (CLS, distillation, registers), the block with LayerScale, and the
+head's paths (fc_norm, distilled, headless). The fast block's LayerScale with query rows is in
+tests/kernels/test_block_kernel.py."""
 import numpy as np
 import pytest
 
 from minivit import ViTConfig, backend
 from minivit.gradcheck import check_grads
-from minivit.layers import (block_backward, block_forward, head_backward, head_forward,
+from minivit.layers import (BatchRows, block_backward, block_forward, head_backward, head_forward,
                             insert_tokens_backward, insert_tokens_forward, layer_scale_backward,
                             layer_scale_forward)
 
@@ -54,21 +55,26 @@ def _block_params(xp, D, F, scaled):
     return {k: randn(xp, *s, seed=i, scale=0.7) for i, (k, s) in enumerate(shapes.items())}
 
 
-@pytest.mark.parametrize("queries, rates", [(None, (0.0, 0.0)), (2, (0.0, 0.0)),
-                                            (None, (0.2, 0.3))])
-def test_block_layer_scale(xp, queries, rates):
+@pytest.mark.parametrize("gelu", ["tanh", "erf"])
+@pytest.mark.parametrize("rates", [(0.0, 0.0, 0.0), (0.2, 0.1, 0.3)])
+def test_block_layer_scale(xp, gelu, rates):
+    """The reference block with LayerScale: ls1.g and ls2.g get their gradients, without and with
+    dropout, attention dropout and drop path (fixed masks: a fresh BatchRows of one seed)."""
     B, N, D, H, F = 3, 5, 6, 2, 8
     p = _block_params(xp, D, F, scaled=True)
-    x, dy = randn(xp, B, N, D), randn(xp, B, queries or N, D, seed=15)
-    cfg = ViTConfig(dim=D, heads=H, gelu="erf", layer_scale=0.1, dropout=rates[0])
+    x, dy = randn(xp, B, N, D), randn(xp, B, N, D, seed=15)
+    cfg = ViTConfig(dim=D, heads=H, gelu=gelu, layer_scale=0.1, dropout=rates[0],
+                    attn_dropout=rates[1])
     assert cfg.block_keys() == tuple(p)
-    rng = (lambda: backend.rng(11)) if any(rates) else (lambda: None)
-    fwd = lambda x_: block_forward(x_, p, cfg, queries=queries, drop_path=rates[1], rng=rng())
+    rng = (lambda: BatchRows(11, 0, B, B)) if any(rates) else (lambda: None)
+    fwd = lambda x_: block_forward(x_, p, cfg, drop_path=rates[2], rng=rng())
     y, cache = fwd(x)
-    if queries:                                           # the first rows of the full block
-        np.testing.assert_allclose(backend.to_numpy(y),
-                                   backend.to_numpy(block_forward(x, p, cfg)[0][:, :queries]),
-                                   rtol=1e-13)
+    assert cache.scale_attn is not None and cache.scale_mlp is not None
+    if not any(rates):                                    # the branches, scaled
+        plain = {k: v for k, v in p.items() if not k.startswith("ls")}
+        y0, c0 = block_forward(x, plain, ViTConfig(dim=D, heads=H, gelu=gelu))
+        assert c0.scale_attn is None and c0.scale_mlp is None
+        assert not np.allclose(backend.to_numpy(y), backend.to_numpy(y0))
     dx, g = block_backward(dy, cache)
     assert set(g) == set(p)
     check_grads(lambda: float((fwd(x)[0] * dy).sum()), [x] + list(p.values()),

@@ -21,6 +21,7 @@ def test_trainable_and_frozen_keys():
     assert trainable_keys(model) == list(model.params)
     frozen = frozen_keys(model, head_only=True)
     assert frozen == set(model.params) - {"head.w", "head.b"} and "pre_logits.w" in frozen
+    assert model.head_keys() == ["head.w", "head.b"]
     assert frozen_keys(model, head_only=False) == set()
 
 
@@ -43,3 +44,24 @@ def test_frozen_params_unchanged_by_optimizer():
     for k in model.params:
         changed = not np.array_equal(model.params[k], before[k])
         assert changed == (k not in frozen), k
+
+
+def test_head_only_trains_both_heads_of_a_distilled_model():
+    """--head-only on a DeiT with a distillation head: reset_head zeroes both heads, and both
+    must train (head_dist once stayed frozen at the zeros, since only head.* counted as head)."""
+    from minivit.training import loop
+    model = ViT(ViTConfig(**SMALL, distilled=True))
+    randomize_params(model)
+    model.reset_head(4)
+    assert trainable_keys(model, head_only=True) == ["head.w", "head.b", "head_dist.w",
+                                                     "head_dist.b"]
+    model.freeze(frozen_keys(model, head_only=True))
+    opts = loop.TrainOptions(lr=0.05, clip=1.0)
+    opt = loop.make_optimizer(model, opts)
+    before = {k: v.copy() for k, v in model.params.items()}
+    x, labels = images(4, 2, 8), np.array([0, 1, 2, 3])
+    for _ in range(2):
+        loop.train_step(model, opt, x, labels, 0.05, opts)
+    for k in model.params:
+        changed = not np.array_equal(model.params[k], before[k])
+        assert changed == k.startswith(("head.", "head_dist.")), k

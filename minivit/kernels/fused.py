@@ -1,11 +1,11 @@
-"""Fused CuPy kernels for the elementwise parts of GELU, LayerNorm and softmax.
+"""Fused CuPy kernels for the elementwise chains of GELU, LayerNorm's backward and softmax.
 
 Constants are cast to the kernel's type T, so float32 kernels never compute in double (which
 runs at a fraction of the float32 rate on many GPUs).
 On the GPU every NumPy-style expression launches one kernel and writes one temporary, so a
 chain like GELU's backward (eight operations) is memory-bound eight times over. Each kernel
-here does the whole chain in one pass. The NumPy formulas in activations.py, norm.py and
-attention.py remain the reference: tests/test_fused.py compares each kernel with them on a GPU.
+here does the whole chain in one pass. The pairs in layers/ remain the reference:
+tests/kernels/test_fused.py compares each kernel with them on a GPU.
 Kernels are compiled on first use through backend.cupy() (this module does not import cupy).
 """
 from __future__ import annotations
@@ -43,13 +43,6 @@ def gelu_tanh_backward(dy, x, s):
                      f"dx = dy * (s + x * s * ((T)1 - s) * (T)(2 * {_C}) "
                      f"* ((T)1 + (T)3 * (T){_A} * x * x));")
     return k(dy, x, s)
-
-
-def layernorm_affine(x, mu, rstd, w, b):
-    """xhat = (x - mu) rstd and y = xhat w + b in one pass; mu, rstd (..., 1); w, b (D,)."""
-    k = _elementwise("ln_affine", "T x, T mu, T rstd, T w, T b", "T xhat, T y",
-                     "xhat = (x - mu) * rstd; y = xhat * w + b;")
-    return k(x, mu, rstd, w, b)
 
 
 def layernorm_dx(g, xhat, rstd, mean_g, mean_gx):

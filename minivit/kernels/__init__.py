@@ -1,0 +1,96 @@
+"""The fast kernels: the same functions as the reference pairs in layers/, computed faster.
+
+layers/ is the definition of correct: one plain forward/backward pair per op. Each module here
+holds a variant of one of them with the same signature and the same results (exactly where the
+operations are the same, to float rounding where BLAS sums in another order), proven by
+tests/kernels/:
+
+    block.py      the encoder block (LayerNorm affine folding, caches that remake their inputs,
+                  the last block's class rows alone under CLS pooling)
+    attention.py  attention with keys-first scores (NumPy), with fused softmax (CuPy)
+    norm.py       LayerNorm split into normalize and an affine that folds into the next linear
+    gelu.py       the GELU in cache-sized chunks through exp; a float32 normal CDF without erf
+    linear.py     the linear pair with matrix-vector column sums
+    reduce.py     short-axis sums as matrix-vector products
+    fused.py      CuPy elementwise kernels
+    split.py      a small batch's tokens over worker threads (inference)
+
+`plan()` below is the one place that chooses between them, by backend and size. Switch every
+kernel off with `kernels.off()` (or MINIVIT_KERNELS=off in the environment) and the model runs
+the reference pairs alone, one piece at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from ..layers import block as reference
+from ..parallel import threads
+from . import block as fast
+from .split import token_split_block_forward
+
+_enabled = os.environ.get("MINIVIT_KERNELS", "on").lower() not in ("off", "0", "false", "no")
+
+
+def on() -> None:
+    """Use the fast kernels (the default)."""
+    global _enabled
+    _enabled = True
+
+
+def off() -> None:
+    """Run the reference pairs of layers/ alone (and the batch as one piece)."""
+    global _enabled
+    _enabled = False
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+@contextlib.contextmanager
+def disabled():
+    """with kernels.disabled(): ... runs the reference engine inside the block."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+class Plan(NamedTuple):
+    """How the model runs one forward (and the backward of it)."""
+    block_forward: Callable     # (x, p, cfg, *, drop_path, rng) -> (y, cache)
+    last_block_forward: Callable  # the same for the last block: may return only the rows the
+                                # head reads (B, Q, D)
+    block_backward: Callable    # (dy, cache) -> (dx, grads by short name)
+    pieces: list                # the batch's pieces (slices), each run on its own worker thread
+    one_piece_cores: bool       # give a one-piece pass every core's BLAS threads first
+
+
+def plan(cfg, batch: int, xp, *, train: bool, maps: bool) -> Plan:
+    """The kernels for a forward of `batch` images on array module xp: the reference pairs when
+    kernels are off; otherwise the fast block, and on NumPy the batch split over worker threads
+    (threads.split_batch), or for a one-piece inference the tokens (threads.split_tokens).
+    The last block computes only the class rows when CLS pooling reads nothing else and no
+    attention maps are asked for (maps); on CuPy every block computes every row."""
+    whole = [slice(0, batch)]
+    if not _enabled:
+        return Plan(reference.block_forward, reference.block_forward, reference.block_backward,
+                    whole, False)
+    numpy = xp is np
+    pieces = threads.split_batch(batch, cfg.num_tokens * cfg.dim) if numpy else whole
+    block, all_cores = fast.block_forward, numpy and len(pieces) == 1
+    if all_cores and not train and not maps:
+        parts = threads.split_tokens(batch, cfg.num_tokens, cfg.dim)
+        if parts:                                         # the workers share the cores out
+            block, all_cores = functools.partial(token_split_block_forward, parts=parts), False
+    last = block
+    if numpy and cfg.pool == "cls" and not maps:
+        last = functools.partial(block, queries=cfg.num_class_tokens)
+    return Plan(block, last, fast.block_backward, pieces, all_cores)

@@ -1,0 +1,159 @@
+"""The work split over worker threads, with the kernels on (the default): a batch split into
+pieces by images (the `chunked` fixture forces it for tiny batches), and a small batch's tokens
+split for inference (minivit/kernels/split.py), each against one pass."""
+import numpy as np
+import pytest
+
+from minivit import ViT, ViTConfig, backend, kernels
+from minivit.gradcheck import check_grads
+from minivit.kernels import block as fast
+from minivit.kernels.split import _part_queries, token_split_block_forward
+from minivit.layers import BatchRows, cross_entropy_backward, cross_entropy_forward
+from minivit.layers import block as reference
+from minivit.parallel import threads
+
+from conftest import randn
+from kernel_testing import assert_close, block_params
+
+SMALL = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2, heads=2,
+             mlp_ratio=1.5, dtype="float64")
+
+
+@pytest.fixture(autouse=True)
+def kernels_on():
+    """Every test here with the kernels on (the default), the previous state back after it."""
+    before = kernels.enabled()
+    kernels.on()
+    yield
+    (kernels.on if before else kernels.off)()
+
+
+def randomize(model, seed=0):
+    """Random non-degenerate values for every parameter (biases and LayerNorm too)."""
+    rng = np.random.default_rng(seed)
+    for k, v in model.params.items():
+        v[...] = backend.asarray(rng.standard_normal(v.shape) * (0.5 if v.ndim > 1 else 0.3)
+                                 + (1.0 if "norm" in k and k.endswith(".w") else 0.0))
+
+
+def check_model(xp, cfg, B=3, seed_masks=None):
+    """Finite-difference check of every parameter and the input of a ViT's loss."""
+    model = ViT(cfg, seed=0)
+    randomize(model)
+    x = randn(xp, B, cfg.in_channels, cfg.image_size, cfg.image_size, seed=1)
+    labels = xp.asarray(np.arange(B) % cfg.num_classes)
+
+    def loss():
+        if seed_masks is not None:
+            model.rng = np.random.default_rng(seed_masks)   # the same dropout masks every call
+        return cross_entropy_forward(model.forward(x, train=True), labels, 0.1)[0]
+
+    if seed_masks is not None:
+        model.rng = np.random.default_rng(seed_masks)
+    logits = model.forward(x, train=True)
+    _, cache = cross_entropy_forward(logits, labels, 0.1)
+    dx = model.backward(cross_entropy_backward(cache))
+    names = list(model.params)
+    errs = check_grads(loss, [x] + [model.params[k] for k in names],
+                       [dx] + [model.grads[k] for k in names], ["x"] + names, tol=1e-6,
+                       max_coords=60, directions=1)
+    assert set(errs) == {"x", *model.params}
+    return model
+
+
+# ---- the batch split by images -------------------------------------------------------------
+
+@pytest.fixture
+def chunked(monkeypatch):
+    """Force the NumPy batch split into worker threads even for tiny batches."""
+    monkeypatch.setattr(threads, "MIN_PIECE", 1)
+    threads.set_workers(2)
+    yield
+    threads.set_workers(None)
+
+
+def test_chunked_equals_whole_batch(chunked):
+    if threads.workers() < 2:
+        pytest.skip("per-thread BLAS control unavailable: the batch is never split")
+    cfg = ViTConfig(**SMALL, pool="mean")
+    x, dl = randn(np, 5, 2, 8, 8), randn(np, 5, 3, seed=2)
+    m = ViT(cfg)
+    randomize(m)
+    assert len(threads.split_batch(5)) == 2
+    logits, attn = m.forward(x, train=True, return_attention=True)
+    dx = m.backward(dl)
+    grads = {k: v.copy() for k, v in m.grads.items()}
+    threads.set_workers(1)
+    logits1, attn1 = m.forward(x, train=True, return_attention=True)
+    dx1 = m.backward(dl)
+    np.testing.assert_allclose(logits, logits1, rtol=1e-13)
+    np.testing.assert_allclose(attn[1], attn1[1], rtol=1e-13)
+    np.testing.assert_allclose(dx, dx1, rtol=1e-12, atol=1e-15)
+    for k in grads:
+        np.testing.assert_allclose(grads[k], m.grads[k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+def test_chunked_grads_with_dropout(chunked):
+    check_model(np, ViTConfig(**SMALL, dropout=0.2, attn_dropout=0.1, drop_path=0.2), B=4,
+                seed_masks=3)
+
+
+# ---- a small batch's tokens split, for inference -------------------------------------------
+
+@pytest.mark.parametrize("variant", [dict(pool="cls"), dict(pool="mean"),
+                                     dict(distilled=True, num_registers=2),
+                                     dict(layer_scale=0.1, gelu="erf")])
+def test_token_split_inference_equals_one_pass(monkeypatch, variant):
+    """A batch too small to split by images runs its tokens in pieces on the worker threads
+    (inference only): the same logits as one pass, for CLS pooling (the last block's CLS row
+    alone), mean pooling, two class tokens with registers, and LayerScale."""
+    if threads.blas_threads() is None:
+        pytest.skip("per-thread BLAS control unavailable: nothing is split")
+    monkeypatch.setattr(threads, "MIN_TOKEN_PIECE", 1)
+    cfg = ViTConfig(**{**SMALL, "depth": 3}, **variant)
+    m = ViT(cfg, seed=3)
+    randomize(m)
+    x = randn(np, 1, 2, 8, 8)
+    threads.set_workers(3)
+    try:
+        calls = []
+        real = threads.parallel_map
+        monkeypatch.setattr(threads, "parallel_map", lambda fn, items: calls.append(len(items))
+                            or real(fn, items))
+        split = m.forward(x)
+        assert 3 in calls                                 # the tokens did go to three workers
+        threads.set_workers(1)
+        whole = m.forward(x)
+    finally:
+        threads.set_workers(None)
+    np.testing.assert_allclose(split, whole, rtol=1e-13, atol=1e-15)
+    assert not np.array_equal(whole, m.forward(x[:, ::-1].copy()))   # the input matters
+
+
+@pytest.mark.parametrize("queries", [None, 1, 2, 4])
+@pytest.mark.parametrize("parts", [[slice(0, 2), slice(2, 5)],
+                                   [slice(0, 1), slice(1, 3), slice(3, 5)]])
+def test_token_split_block_equals_one_pass(parts, queries):
+    """token_split_block_forward over token parts: the fast block's output in one pass (its
+    first `queries` rows), and the reference block's rows; no cache, no masks."""
+    B, N, D, F = 2, 5, 6, 9
+    cfg = ViTConfig(dim=D, heads=2, gelu="erf", layer_scale=0.1)
+    p, x = block_params(np, cfg, D, F), randn(np, B, N, D)
+    y, cache = token_split_block_forward(x, p, cfg, parts=parts, queries=queries)
+    assert cache is None and y.shape == (B, queries or N, D)
+    rows = slice(0, queries or N)
+    assert_close(y, fast.block_forward(x, p, cfg, queries=queries)[0], 1e-13, "one pass")
+    assert_close(y, reference.block_forward(x, p, cfg)[0][:, rows], 1e-12, "reference")
+
+
+def test_token_split_takes_no_masks():
+    cfg = ViTConfig(dim=6, heads=2)
+    p, x = block_params(np, cfg, 6, 9), randn(np, 2, 5, 6)
+    with pytest.raises(ValueError, match="inference"):
+        token_split_block_forward(x, p, cfg, parts=[slice(0, 5)], rng=BatchRows(0, 0, 2, 2))
+
+
+def test_part_queries():
+    """How many leading rows of a token part need their q when only the first Q tokens do."""
+    assert _part_queries(None, slice(2, 5)) is None
+    assert [_part_queries(3, r) for r in (slice(0, 2), slice(2, 5), slice(5, 9))] == [2, 1, 0]
