@@ -1,6 +1,6 @@
 """Attention maps of a trained minivit on MNIST test images, as a PNG grid.
 
-    python examples/attention_maps.py --checkpoint runs/mnist/best.npz --out attention.png
+    python examples/attention_maps.py --model runs/mnist/best.npz --out attention.png
     python examples/attention_maps.py --quick            # tiny random model, synthetic digits
     python examples/attention_maps.py --help             # every flag
 

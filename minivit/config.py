@@ -1,6 +1,11 @@
 """ViTConfig, every hyperparameter that fixes the model's shapes and behaviour, with the one table
-of parameter names and shapes (ViTConfig.param_shapes); Preprocessing, how raw images become the
-model's input, carried by the model and its checkpoints."""
+of parameter names and shapes (ViTConfig.param_shapes); the named models (MODELS, built from the
+named widths SIZES; model_config(name) gives one); Preprocessing, how raw images become the
+model's input, carried by the model and its checkpoints.
+
+    cfg = model_config("vit-b16")                        # ViT-B/16 at 224, 1000 classes
+    cfg = model_config("deit-s16", num_classes=37, image_size=384)
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -195,6 +200,57 @@ def _from_known_fields(cls, d: dict, fix: str):
 def _divisor(dim: int, heads: int) -> int:
     """The divisor of dim nearest to heads (for the error message)."""
     return min((h for h in range(1, dim + 1) if dim % h == 0), key=lambda h: abs(h - heads))
+
+
+# ---- named models -------------------------------------------------------------------------------
+# The encoder widths the ViT papers name (Dosovitskiy et al. 2021: Ti, S, B, L, H; Zhai et al.
+# 2022, "Scaling Vision Transformers": g, G; timm's medium): width D, depth, heads H, F / D.
+SIZES = {
+    "tiny": dict(dim=192, depth=12, heads=3, mlp_ratio=4.0),
+    "small": dict(dim=384, depth=12, heads=6, mlp_ratio=4.0),
+    "medium": dict(dim=512, depth=12, heads=8, mlp_ratio=4.0),
+    "base": dict(dim=768, depth=12, heads=12, mlp_ratio=4.0),
+    "large": dict(dim=1024, depth=24, heads=16, mlp_ratio=4.0),
+    "huge": dict(dim=1280, depth=32, heads=16, mlp_ratio=4.0),
+    "giant": dict(dim=1408, depth=40, heads=16, mlp_ratio=48 / 11),        # F = 6144
+    "gigantic": dict(dim=1664, depth=48, heads=16, mlp_ratio=64 / 13),     # F = 8192
+}
+_IMAGENET = dict(image_size=224, in_channels=3, num_classes=1000)
+_MNIST = dict(image_size=28, in_channels=1, num_classes=10)
+_DEIT = dict(gelu="erf")                       # timm's and transformers' exact GELU
+_DINOV2 = dict(image_size=224, in_channels=3, num_classes=0, patch_size=14, gelu="erf",
+               layer_scale=1e-5)              # a backbone (no head), run at 224 (table: 518)
+
+# Named models: every field ViTConfig needs that is not its default. Google's ViT keeps
+# ViTConfig's defaults (Flax's tanh GELU, eps 1e-6, CLS pooling).
+MODELS = {
+    "vit-ti16": dict(**_IMAGENET, patch_size=16, **SIZES["tiny"]),
+    "vit-s16": dict(**_IMAGENET, patch_size=16, **SIZES["small"]),
+    "vit-b16": dict(**_IMAGENET, patch_size=16, **SIZES["base"]),
+    "vit-l16": dict(**_IMAGENET, patch_size=16, **SIZES["large"]),
+    "deit-ti16": dict(**_IMAGENET, patch_size=16, **SIZES["tiny"], **_DEIT),
+    "deit-s16": dict(**_IMAGENET, patch_size=16, **SIZES["small"], **_DEIT),
+    "deit-b16": dict(**_IMAGENET, patch_size=16, **SIZES["base"], **_DEIT),
+    "dinov2-s14": dict(**_DINOV2, **SIZES["small"]),
+    "dinov2-b14": dict(**_DINOV2, **SIZES["base"]),
+    # MNIST (training/recipes.py): the default recipe's model, a small one, a wide one
+    "mnist": dict(**_MNIST, patch_size=7, dim=64, depth=6, heads=4, mlp_ratio=2.0),
+    "mnist-tiny": dict(**_MNIST, patch_size=7, dim=32, depth=2, heads=2, mlp_ratio=2.0),
+    "mnist-p4": dict(**_MNIST, patch_size=4, dim=128, depth=6, heads=4, mlp_ratio=2.0),
+    # the smoke-test model (16 x 16 x 1): the benchmarks' --smoke
+    "tiny": dict(image_size=16, patch_size=4, in_channels=1, num_classes=10, dim=32, depth=2,
+                 heads=2, mlp_ratio=2.0),
+}
+
+
+def model_config(name: str, **overrides) -> ViTConfig:
+    """The validated ViTConfig of a named model (MODELS), with overrides of any of its fields
+    (num_classes=, image_size=, dtype=, drop_path=, ...)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; the named models are "
+                         f"{', '.join(sorted(MODELS))}")
+    return _from_known_fields(ViTConfig, {**MODELS[name], **overrides},
+                              f" for model {name!r}; overrides must be ViTConfig fields")
 
 
 RESIZE_MODES = ("square", "shortest")

@@ -1,13 +1,17 @@
 """The command lines, one module each: parse the flags, build the pieces, call the library.
 
-    train.py       python -m minivit.train      minivit-train       (examples/train_mnist.py)
-    finetune.py    python examples/finetune.py   minivit-finetune
-    evaluate.py    python -m minivit.evaluate   minivit-evaluate
-    predict.py     python -m minivit.predict    minivit-predict
-    io.py          python -m minivit.io         minivit-io
-    attention.py   python examples/attention_maps.py   minivit-attention
+    module         console script       python -m                   example script
+    train.py       minivit-train        python -m minivit.train     examples/train_mnist.py
+    finetune.py    minivit-finetune     python -m minivit.cli.finetune   examples/finetune.py
+    evaluate.py    minivit-evaluate     python -m minivit.evaluate
+    predict.py     minivit-predict      python -m minivit.predict
+    io.py          minivit-io           python -m minivit.io
+    attention.py   minivit-attention    python -m minivit.cli.attention  examples/attention_maps.py
 
-Every command runs through run(): a user error prints one `error:` line, not a traceback.
+Each usage line names the command the way it was run (command_name). Every command that reads
+a model takes it with one flag, --model PATH, in any layout minivit.io.load_pretrained reads
+(add_model_arg, load_model). Every command runs through run(): a user error prints one `error:`
+line, not a traceback.
 """
 from __future__ import annotations
 
@@ -72,16 +76,21 @@ def add_device_args(ap: argparse.ArgumentParser, workers: bool = True) -> None:
 
 def use_device(args) -> None:
     """A command's --device, --tf32 and --workers: the backend, TF32 (only when asked;
-    otherwise CuPy's default) and the number of CPU worker threads."""
+    otherwise CuPy's default), and the process's CPU runtime (threads.Runtime: the worker
+    threads, and the allocator tuned unless MINIVIT_NO_MALLOPT=1), applied once here."""
+    import dataclasses
+
     from .. import backend
     from ..parallel import threads
     backend.use(args.device, tf32=True if getattr(args, "tf32", False) else None)
+    runtime = threads.current()
     if getattr(args, "workers", None) is not None:
-        threads.set_workers(args.workers)
+        runtime = dataclasses.replace(runtime, workers=args.workers)
+    runtime.apply()
 
 
 def add_parallel_args(ap: argparse.ArgumentParser, default_procs: str = "auto") -> None:
-    """--procs and --dtype, for the training commands."""
+    """--procs and --dtype, for the training commands (the --procs policy: parallel/launch.py)."""
     ap.add_argument("--procs", default=default_procs, metavar="N|auto",
                     help="data-parallel processes on this host, started under mpiexec (needs "
                          "pip install -e .[mpi]); auto: one per core on the CPU when MPI is "
@@ -91,69 +100,52 @@ def add_parallel_args(ap: argparse.ArgumentParser, default_procs: str = "auto") 
                     help="parameter and activation dtype (float64: for exactness checks)")
 
 
-def resolve_procs(args) -> int:
-    """The number of processes --procs asks for (auto: see add_parallel_args)."""
-    from ..parallel import launch, launched_size
-    if launched_size() > 1:                              # already one of mpiexec's processes
-        if args.procs not in ("auto", "1"):
-            raise ValueError("--procs starts the processes itself; under mpiexec leave it out")
-        return 1
-    if args.procs == "auto":
-        cores = os.cpu_count() or 1
-        if getattr(args, "device", "cpu") != "cpu" or cores < 2 or not launch.mpi_available():
-            return 1
-        return auto_procs(cores, args.batch_size)
-    try:
-        procs = int(args.procs)
-    except ValueError:
-        raise ValueError(f"--procs must be a positive integer or auto, got {args.procs!r}") from None
-    if procs < 1:
-        raise ValueError(f"--procs must be a positive integer or auto, got {procs}")
-    return procs
-
-
 def ran_as_processes(args, argv, module: str) -> bool:
     """True when the command ran as --procs N processes under mpiexec (N > 1); a failed job
     exits with its status. False: this process does the work itself."""
-    code = relaunched(args, argv, module)
+    from ..parallel import launch
+    code = launch.relaunched(args.procs, args.batch_size, getattr(args, "device", "cpu"), argv,
+                             module)
     if code:
         raise SystemExit(code)
     return code is not None
 
 
-def auto_procs(cores: int, batch_size: int, min_share: int = 16) -> int:
-    """The most processes, at most one per core, that split the batch evenly with at least
-    min_share images each (smaller shares run the small models' many NumPy calls for too
-    little work); 1 when none does."""
-    for p in range(min(cores, batch_size // min_share), 1, -1):
-        if batch_size % p == 0:
-            return p
-    return 1
+def command_name(script: str) -> str:
+    """The command as it was run, for its usage line: `python -m minivit.predict` (any minivit
+    module run with -m), `python examples/finetune.py` (a script that imports the command's
+    entry), else the console script (minivit-predict), also when called from Python."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name.split(".")[0] == "minivit":
+        return "python -m " + spec.name.removesuffix(".__main__")
+    argv0 = sys.argv[0] if sys.argv else ""
+    entry = getattr(main, "entry", None)
+    if argv0.endswith(".py") and getattr(entry, "__module__", "").startswith("minivit.cli."):
+        return "python " + argv0
+    return script
 
 
-def relaunched(args, argv, module: str):
-    """Run the command as --procs N processes under mpiexec when N > 1 and return the job's exit
-    status; None when this process should do the work itself."""
-    procs = resolve_procs(args)
-    if procs == 1:
-        return None
-    from ..parallel import launch
-    if args.batch_size % procs:
-        raise ValueError(f"--batch-size {args.batch_size} is not divisible by --procs {procs}; "
-                         f"each process takes an equal share of every batch")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    print(f"minivit: starting {procs} processes under mpiexec ({max(1, (os.cpu_count() or 1) // procs)} "
-          f"core(s) each; --procs 1 runs one process)", file=sys.stderr)
-    return launch.relaunch(procs, _without_procs(argv) + ["--procs", "1"], module)
+def add_model_arg(ap: argparse.ArgumentParser, required: bool = True, help: str = "") -> None:
+    """--model PATH: the model to read, in any layout load_pretrained reads; --checkpoint, --npz
+    and --pretrained are the same flag (their names before there was one)."""
+    ap.add_argument("--model", "--checkpoint", "--npz", "--pretrained", dest="model",
+                    metavar="PATH", required=required,
+                    help="a minivit checkpoint or Google (vit_jax) .npz, a transformers or timm "
+                         "folder (config.json + model.safetensors) or a .safetensors file "
+                         "(minivit.io.load_pretrained)" + help)
 
 
-def _without_procs(argv: list) -> list:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--procs":
-            skip = True
-        elif not a.startswith("--procs="):
-            out.append(a)
-    return out
+def load_model(path: str, gelu: str | None = None, dtype: str | None = None, **overrides):
+    """(model, format) of --model: format 'minivit', 'google', 'hf' or 'timm'. gelu and dtype
+    apply to foreign files; a minivit checkpoint records its GELU (gelu is refused) and keeps
+    its dtype. overrides: load_pretrained's (image_size=, seed=, ...)."""
+    from ..io.pretrained import find_source, load_pretrained
+    fmt = find_source(path).format
+    if fmt == "minivit" and gelu:
+        raise ValueError(f"--gelu sets the GELU of a file that does not record it (a Google "
+                         f".npz) or overrides a transformers/timm model's; {path} is a minivit "
+                         f"checkpoint, which records its own: leave --gelu out")
+    if fmt != "minivit":
+        overrides.update({k: v for k, v in (("gelu", gelu), ("dtype", dtype)) if v})
+    return load_pretrained(path, **overrides), fmt

@@ -1,14 +1,16 @@
-"""Attention maps of a trained minivit on MNIST test images, as a PNG grid (the command behind
-examples/attention_maps.py and minivit-attention).
+"""Attention maps of a model trained on MNIST, on MNIST test images, as a PNG grid
+(minivit-attention, or python examples/attention_maps.py).
 
-    python examples/attention_maps.py --checkpoint runs/mnist/best.npz --out attention.png
-    python examples/attention_maps.py --quick            # tiny random model, synthetic digits
+    minivit-attention --model runs/mnist/best.npz --out attention.png
+    minivit-attention --quick            # a tiny random model, synthetic digits, no download
 
-One row per image: the input, then each layer's CLS-token attention (mean over heads, the CLS
-query row over the patches, upsampled to the image) and the attention rollout over all layers
-(Abnar & Zuidema 2020; minivit/analysis/attention.py). Every map is min-max scaled for
-display.
-Without matplotlib the numbers are printed and no PNG is written.
+--model takes anything minivit.io.load_pretrained reads (--checkpoint, its old name, is the same
+flag); the model must take 28x28x1 images. --num-images (6) test images come from --data (the
+MNIST cache by default; --quick alone draws 3 synthetic ones). The grid goes to --out, one row
+per image: the input, then each layer's CLS-token attention (mean over heads, the CLS query row
+over the patches, upsampled to the image) and the attention rollout over all layers (Abnar &
+Zuidema 2020; minivit/analysis/attention.py). Every map is min-max scaled for display. Without
+matplotlib the numbers are printed and no PNG is written.
 """
 from __future__ import annotations
 
@@ -22,22 +24,21 @@ from ..analysis.render import print_numbers, render
 from ..config import ViTConfig
 from ..data.batches import normalize
 from ..data.mnist import PREPROCESSING
-from ..io.checkpoint import load_checkpoint
 from ..model import ViT
-from . import add_device_args, run, use_device
+from . import add_device_args, add_model_arg, command_name, load_model, run, use_device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python examples/attention_maps.py",
+    ap = argparse.ArgumentParser(prog=command_name("minivit-attention"),
                                  description="Draw per-layer CLS attention and attention rollout "
                                              "for a few MNIST test images.")
-    ap.add_argument("--checkpoint", default=None, help="a trained minivit checkpoint (.npz)")
+    add_model_arg(ap, required=False, help="; trained on MNIST (28x28x1)")
     ap.add_argument("--data", default=None, help="folder with the MNIST files (default: cache)")
     ap.add_argument("--num-images", type=int, default=6)
     ap.add_argument("--out", default="attention.png", help="the PNG to write")
     add_device_args(ap, workers=False)
     ap.add_argument("--quick", action="store_true",
-                    help="smoke test: a tiny random model (unless --checkpoint) and at most 3 "
+                    help="smoke test: a tiny random model (unless --model) and at most 3 "
                          "synthetic images (unless --data)")
     return ap
 
@@ -54,19 +55,19 @@ def synthetic_digits(n: int, seed: int = 0) -> tuple:
 
 def load(args) -> tuple:
     """(model, uint8 images (M, C, S, S), labels (M,), mean, std, class names or None)."""
-    if args.checkpoint:
-        model = load_checkpoint(args.checkpoint)["model"]
+    if args.model:
+        model, _ = load_model(args.model)
     elif args.quick:
         model = ViT(ViTConfig(image_size=28, patch_size=7, dim=16, depth=2, heads=2), seed=0,
                     preprocessing=PREPROCESSING)
     else:
-        raise ValueError("pass --checkpoint FILE (a trained minivit checkpoint, e.g. "
-                         "runs/mnist/best.npz), or --quick for a tiny random model")
+        raise ValueError("pass --model PATH (or its alias --checkpoint PATH): a model trained "
+                         "on MNIST, e.g. runs/mnist/best.npz; or --quick for a tiny random model")
     pre = model.preprocessing or PREPROCESSING            # checkpoints without one: MNIST's
     cfg = model.config
     if (cfg.image_size, cfg.in_channels) != (28, 1):
         raise ValueError(f"the model takes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
-                         f"images, MNIST is 28x28x1; use a checkpoint trained on MNIST")
+                         f"images, MNIST is 28x28x1; use a model trained on MNIST")
     n = min(args.num_images, 3) if args.quick else args.num_images
     if n < 1:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")

@@ -1,7 +1,12 @@
-"""python -m minivit.evaluate: accuracy, per-class accuracy and the confusion matrix of a
-checkpoint on the MNIST test set.
+"""Accuracy, per-class accuracy and the confusion matrix of a model on the MNIST test set
+(minivit-evaluate, or python -m minivit.evaluate).
 
-    python -m minivit.evaluate --checkpoint runs/mnist/best.npz [--data DIR] [--device gpu]
+    minivit-evaluate --model runs/mnist/best.npz [--data DIR] [--batch-size 500] [--device gpu]
+    minivit-evaluate --model mnist-hf/        # the same model after minivit-io convert --to hf
+
+--model takes anything minivit.io.load_pretrained reads (--checkpoint, its old name, is the
+same flag); the model must take 28x28x1 images and have 10 classes. Normalization and class
+names come from the model's Preprocessing (MNIST's for a checkpoint that records none).
 """
 from __future__ import annotations
 
@@ -9,25 +14,34 @@ import argparse
 import json
 
 from ..data.mnist import PREPROCESSING, load_mnist
-from ..io.checkpoint import load_checkpoint
 from ..training.evaluate import confusion_matrix, predict, report
-from . import add_device_args, run, use_device
+from . import add_device_args, add_model_arg, command_name, load_model, run, use_device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m minivit.evaluate",
-                                 description="Evaluate a minivit checkpoint on the MNIST test set.")
-    ap.add_argument("--checkpoint", required=True, help="a minivit .npz checkpoint")
+    ap = argparse.ArgumentParser(prog=command_name("minivit-evaluate"),
+                                 description="Evaluate a model on the MNIST test set.")
+    add_model_arg(ap, help="; it must take 28x28x1 images and have 10 classes")
     ap.add_argument("--data", default=None, help="folder with the MNIST files (default: cache)")
     ap.add_argument("--batch-size", type=int, default=500)
     add_device_args(ap, workers=False)
     return ap
 
 
+def check_mnist_model(model, path: str) -> None:
+    """ValueError unless the model takes MNIST's 28x28x1 images and has 10 outputs."""
+    cfg = model.config
+    if (cfg.image_size, cfg.in_channels, cfg.num_classes) != (28, 1, 10):
+        raise ValueError(f"{path} takes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
+                         f"images with {cfg.num_classes} classes, MNIST is 28x28x1 with 10; "
+                         f"use a model trained on MNIST")
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     use_device(args)
-    model = load_checkpoint(args.checkpoint)["model"]
+    model, _ = load_model(args.model)
+    check_mnist_model(model, args.model)
     _, _, x_test, y_test = load_mnist(args.data)
     pre = model.preprocessing or PREPROCESSING            # checkpoints without one: MNIST's
     preds = predict(model, x_test, args.batch_size, pre.mean, pre.std)

@@ -1,13 +1,21 @@
-"""Fine-tune a pretrained ViT on an image folder (examples/finetune.py calls main).
+"""Fine-tune a pretrained ViT on an image folder (minivit-finetune, or
+python examples/finetune.py).
 
-    python examples/finetune.py --npz ViT-Ti_16.npz --data flowers/ --image-size 224 --head-only
-    python examples/finetune.py --checkpoint runs/mnist/best.npz --data digits/ --epochs 5
+    minivit-finetune --model ViT-Ti_16.npz --data flowers/ --image-size 224 --head-only
+    minivit-finetune --model vit-base-patch16-224/ --data flowers/ --epochs 3
+    minivit-finetune --model runs/mnist/best.npz --data digits/ --epochs 5
 
-The source is a Google (vit_jax) .npz or a minivit checkpoint. Its head is replaced by a
-zero-initialized one for the folder's classes (ViT.reset_head); --head-only freezes every other
-parameter. Training is training.fit: the same progress bars and outputs as MNIST training
-(last.npz, best.npz, metrics.jsonl, config.json, curves.png in --out); the checkpoints carry
-the class names and the normalization for `python -m minivit.predict`.
+--model takes anything minivit.io.load_pretrained reads: a minivit checkpoint (it keeps its
+dtype and GELU), a Google (vit_jax) .npz, a transformers or timm folder or .safetensors file
+(loaded in --dtype; --gelu overrides their GELU); --checkpoint, --npz and --pretrained are the
+same flag. --image-size resizes the images and resamples the position table. The head is
+replaced by a zero-initialized one for the folder's classes (ViT.reset_head); --head-only
+freezes every other parameter (and makes the default --lr 1e-3 instead of 1e-4). The images
+are normalized with a transformers or timm source's own mean and std, otherwise with the
+training images' statistics; --mean/--std override either. Training is training.fit: the same
+progress bars and outputs as MNIST training (last.npz, best.npz, metrics.jsonl, config.json,
+curves.png in --out); the checkpoints carry the class names and the normalization for
+minivit-predict. --procs N trains as N processes under mpiexec (default 1).
 """
 from __future__ import annotations
 
@@ -17,22 +25,17 @@ import json
 import sys
 
 from .. import backend, parallel
-from ..training.finetune import frozen_keys, load_folder_for, load_source
+from ..training.finetune import frozen_keys, load_folder_for
 from ..training.loop import TrainOptions, fit
-from . import add_device_args, add_parallel_args, ran_as_processes, run, use_device
+from . import (add_device_args, add_model_arg, add_parallel_args, command_name, load_model,
+               ran_as_processes, run, use_device)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python examples/finetune.py",
+    ap = argparse.ArgumentParser(prog=command_name("minivit-finetune"),
                                  description="Fine-tune a pretrained ViT on an image folder "
                                              "(one sub-folder per class).")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--npz", metavar="FILE", help="a Google (vit_jax) ViT .npz")
-    src.add_argument("--checkpoint", metavar="FILE", help="a minivit checkpoint (.npz)")
-    src.add_argument("--pretrained", metavar="PATH",
-                     help="a Hugging Face (transformers or timm) folder or .safetensors file, or "
-                          "any layout minivit reads (needs pip install -e .[hub]); its "
-                          "normalization is used unless --mean/--std are given")
+    add_model_arg(ap, help="; transformers and timm need pip install -e .[hub]")
     ap.add_argument("--data", required=True, metavar="DIR",
                     help="DIR/<class>/<image> (split by --test-fraction) or DIR/train/<class> "
                          "and DIR/test/<class>; .png/.jpg need Pillow, .npy always works")
@@ -40,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="resize the images to S x S and resample the model's position table "
                          "to S (default: the images must already be the model's size)")
     ap.add_argument("--gelu", choices=("tanh", "erf"), default=None,
-                    help="GELU of a --npz model (default tanh, as vit_jax); a checkpoint "
-                         "records its own")
+                    help="GELU of a foreign model (default: the source's; tanh for a Google "
+                         ".npz, as vit_jax); a minivit checkpoint records its own")
     ap.add_argument("--head-only", action="store_true",
                     help="train only the new head (every other parameter frozen)")
     ap.add_argument("--test-fraction", type=float, default=0.2,
@@ -57,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="turn off the random shifts of up to 2 pixels")
     ap.add_argument("--mean", type=float, nargs="+", default=None,
                     help="normalization mean of pixel/255, one value or one per channel "
-                         "(default: the training images'; vit_jax models were pretrained with "
-                         "--mean 0.5 --std 0.5)")
+                         "(default: a transformers or timm source's, else the training images'; "
+                         "vit_jax models were pretrained with --mean 0.5 --std 0.5)")
     ap.add_argument("--std", type=float, nargs="+", default=None, help="see --mean")
     ap.add_argument("--seed", type=int, default=0)
     add_device_args(ap)
@@ -74,11 +77,10 @@ def main(argv=None) -> dict:
         return {}
     use_device(args)
     world = parallel.training_world(args.device)
-    model = load_source(args.npz, args.checkpoint, args.image_size, args.gelu, args.seed,
-                        dtype=args.dtype, pretrained=args.pretrained)
-    mean, std = args.mean, args.std
-    pre = model.preprocessing
-    if args.pretrained and pre is not None:               # the source's own normalization
+    model, fmt = load_model(args.model, args.gelu, args.dtype, image_size=args.image_size,
+                            seed=args.seed)
+    mean, std, pre = args.mean, args.std, model.preprocessing
+    if fmt in ("hf", "timm") and pre is not None:        # the source's own normalization
         mean = pre.mean if mean is None else mean
         std = pre.std if std is None else std
     data = load_folder_for(model, args.data, args.image_size, args.test_fraction, args.seed,
@@ -95,8 +97,7 @@ def main(argv=None) -> dict:
     cfg = model.config
     trainable = sum(v.size for k, v in model.params.items() if k not in frozen)
     if world.is_root:
-        source = args.npz or args.checkpoint or args.pretrained
-        print(f"minivit fine-tune: {source} -> {K} classes "
+        print(f"minivit fine-tune: {args.model} -> {K} classes "
               f"({', '.join(names[:8])}{', ...' if K > 8 else ''}); ViT patch "
               f"{cfg.patch_size}, dim {cfg.dim}, depth {cfg.depth}, {cfg.image_size}x"
               f"{cfg.image_size}x{cfg.in_channels}; {trainable:,} of {model.num_params():,} "
@@ -104,8 +105,7 @@ def main(argv=None) -> dict:
               f"images on {backend.name()}"
               + (f", {world.size} processes" if world.size > 1 else ""))
     run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(opts),
-                  "source": {"npz": args.npz, "checkpoint": args.checkpoint,
-                             "pretrained": args.pretrained},
+                  "source": {"model": args.model, "format": fmt},
                   "data": {"folder": args.data, **data.preprocessing.to_dict()},
                   "argv": sys.argv[1:] if argv is None else list(argv)}
     summary = fit(model, data, opts, args.out, run_config=run_config, quiet=args.quiet,

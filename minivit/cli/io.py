@@ -1,9 +1,11 @@
-"""python -m minivit.io: describe a checkpoint in any layout, or convert between layouts.
+"""Describe a checkpoint in any layout, or convert between layouts (minivit-io, or
+python -m minivit.io).
 
-    python -m minivit.io info vit-base-patch16-224/            # transformers, timm, Google, minivit
-    python -m minivit.io convert vit-base-patch16-224/ out/ --to timm
-    python -m minivit.io convert runs/mnist/best.npz mnist_vit.npz --to google
-    python -m minivit.io export runs/mnist/best.npz mnist_vit.npz   # = convert --to google
+    minivit-io info vit-base-patch16-224/           # transformers, timm, Google, minivit
+    minivit-io info vit_small.safetensors --heads 6  # a bare file that does not record heads
+    minivit-io convert vit-base-patch16-224/ out/ --to timm [--image-size 384]
+    minivit-io convert runs/mnist/best.npz mnist_vit.npz --to google
+    minivit-io export runs/mnist/best.npz mnist_vit.npz     # = convert --to google
 """
 from __future__ import annotations
 
@@ -13,13 +15,13 @@ import json
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.google import read_google_npz, save_google_npz
 from ..io.pretrained import describe_pretrained, load_pretrained, save_pretrained
-from . import run
+from . import command_name, run
 
 TARGETS = ("hf", "timm", "google", "minivit")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m minivit.io",
+    ap = argparse.ArgumentParser(prog=command_name("minivit-io"),
                                  description="Describe a ViT checkpoint (transformers, timm, "
                                              "Google .npz or minivit) or convert it to another "
                                              "layout.")

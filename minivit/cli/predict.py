@@ -1,18 +1,21 @@
-"""Classify image files with a trained model and print the top-k classes.
+"""Classify image files with a model and print the top-k classes (minivit-predict, or
+python -m minivit.predict).
 
-    python -m minivit.predict --checkpoint runs/finetune/best.npz photo.jpg digit.npy
-    python -m minivit.predict --checkpoint runs/mnist/best.npz --resize --top-k 3 scan.png
-    python -m minivit.predict --npz ViT-B_16.npz --resize cat.jpg        # class indices only
-    python -m minivit.predict --pretrained vit-base-patch16-224/ cat.jpg  # transformers / timm
+    minivit-predict --model runs/finetune/best.npz photo.jpg digit.npy
+    minivit-predict --model runs/mnist/best.npz --resize --top-k 3 scan.png
+    minivit-predict --model vit-base-patch16-224/ cat.jpg          # a transformers or timm folder
+    minivit-predict --model ViT-B_16.npz --gelu tanh cat.jpg       # Google .npz: class indices
 
+--model takes anything minivit.io.load_pretrained reads (a minivit checkpoint, a Google .npz, a
+transformers or timm folder, a .safetensors file); --checkpoint, --npz and --pretrained are the
+same flag. The model must have a classifier head. Its Preprocessing prepares the images: a
+transformers or timm source's resize, center crop and normalization; a minivit checkpoint's
+normalization and class names; a Google .npz's [-1, 1] inputs. --mean/--std override the
+normalization; --gelu the GELU of a foreign model (a Google .npz records none: tanh, as Flax).
 Images: PNG/JPEG (needs Pillow: pip install -e .[images]) or .npy (see
-minivit/data/imagefolder.py). They are converted to the model's channels (gray repeated to RGB,
-or RGB to luma; a note says so) and must be the model's size unless --resize (bilinear).
---pretrained takes any checkpoint minivit.io.load_pretrained reads (a transformers or timm
-folder, a .safetensors file, a Google or minivit .npz) and applies its own preprocessing: the
-resize, center crop and normalization of its preprocessor_config.json / pretrained_cfg.
-Normalization and class names: the model's Preprocessing (saved in minivit checkpoints; for
---npz, vit_jax's [-1, 1] inputs). --mean/--std override it.
+minivit/data/imagefolder.py), converted to the model's channels (gray repeated to RGB, or RGB to
+luma; a note says so). Without a resize in the preprocessing they must be the model's size,
+unless --resize (bilinear).
 """
 from __future__ import annotations
 
@@ -23,26 +26,18 @@ import sys
 import numpy as np
 
 from ..data.imagefolder import load_images
-from ..io.checkpoint import load_checkpoint
-from ..io.google import load_google_npz
-from ..io.pretrained import load_pretrained
 from ..io.preprocess import prepare_images
 from ..training.evaluate import predict_probs
-from . import add_device_args, run, use_device
+from . import add_device_args, add_model_arg, command_name, load_model, run, use_device
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m minivit.predict",
+    ap = argparse.ArgumentParser(prog=command_name("minivit-predict"),
                                  description="Print the top-k classes of image files.")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="FILE", help="a minivit checkpoint (.npz)")
-    src.add_argument("--npz", metavar="FILE", help="a Google (vit_jax) ViT .npz")
-    src.add_argument("--pretrained", metavar="PATH",
-                     help="a transformers or timm folder (config.json + model.safetensors), a "
-                          ".safetensors file, or a Google/minivit .npz; its preprocessing is "
-                          "applied (resize, center crop, normalization)")
+    add_model_arg(ap, help="; its preprocessing is applied")
     ap.add_argument("--gelu", choices=("tanh", "erf"), default=None,
-                    help="GELU of a --npz or --pretrained model (default: the source's)")
+                    help="GELU of a foreign model (default: the source's; tanh for a Google "
+                         ".npz); a minivit checkpoint records its own")
     ap.add_argument("--top-k", type=int, default=5, help="classes to show per image")
     ap.add_argument("--resize", action="store_true",
                     help="resize images to the model's size (bilinear) instead of failing")
@@ -55,35 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def load_model(args) -> tuple:
-    """(model, class names or None, mean, std) from --checkpoint or --npz."""
-    gelu = {"gelu": args.gelu} if args.gelu else {}
-    if args.npz:
-        model = load_google_npz(args.npz, **gelu)
-    elif args.pretrained:
-        model = load_pretrained(args.pretrained, **gelu)
-        if not model.config.num_classes:
-            raise ValueError(f"{args.pretrained} has no classifier head (a feature extractor: "
-                             f"forward returns its pooled features); fine-tune a head first")
-    else:
-        if args.gelu:
-            raise ValueError("--gelu applies to --npz only: a minivit checkpoint records its GELU")
-        model = load_checkpoint(args.checkpoint)["model"]
+def classifier(args) -> tuple:
+    """(model, class names or None, mean, std) from --model, --gelu, --mean and --std."""
+    model, _ = load_model(args.model, args.gelu)
+    if not model.config.num_classes:
+        raise ValueError(f"{args.model} has no classifier head (a feature extractor: forward "
+                         f"returns its pooled features); fine-tune a head first")
     pre = model.preprocessing
     names = pre.class_names if pre is not None else None
-    mean = pre.mean if pre is not None else None
-    std = pre.std if pre is not None else None
     K = model.config.num_classes
     if names is not None and len(names) != K:
         print(f"note: the checkpoint names {len(names)} classes but the model has {K} outputs; "
               f"showing class indices", file=sys.stderr)
         names = None
-    mean = args.mean if args.mean is not None else mean
-    std = args.std if args.std is not None else std
+    mean = args.mean if args.mean is not None else pre.mean if pre is not None else None
+    std = args.std if args.std is not None else pre.std if pre is not None else None
     if mean is None or std is None:
-        raise ValueError(f"{args.checkpoint or args.npz or args.pretrained} records no "
-                         f"normalization (mean and std of pixel / 255); pass --mean and --std "
-                         f"as used in training")
+        raise ValueError(f"{args.model} records no normalization (mean and std of pixel / 255); "
+                         f"pass --mean and --std as used in training")
     return model, names, mean, std
 
 
@@ -100,7 +84,7 @@ def main(argv=None) -> list:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     use_device(args)
-    model, names, mean, std = load_model(args)
+    model, names, mean, std = classifier(args)
     pre = model.preprocessing
     if pre is not None and pre.resize_size is not None:               # the source's own resize
         images = prepare_images(args.images, pre, model.config.in_channels)   # (M, C, S, S)

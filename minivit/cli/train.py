@@ -1,13 +1,16 @@
-"""python -m minivit.train: train a ViT on MNIST (examples/train_mnist.py calls it).
+"""Train a ViT on MNIST (minivit-train, python -m minivit.train or examples/train_mnist.py).
 
-    python -m minivit.train                     # the default recipe (about 98.5% or better)
-    python -m minivit.train --preset best       # the longer recipe (about 99%)
-    python -m minivit.train --procs 2           # 2 data-parallel processes on this host
-    mpiexec -n 4 python -m minivit.train        # 4 processes, on as many hosts as MPI is given
+    minivit-train                          # the default recipe (about 98.5% or better)
+    minivit-train --preset best            # the longer recipe (about 99%)
+    minivit-train --model wide --epochs 5  # another size (training/recipes.py), fewer epochs
+    minivit-train --procs 2                # 2 data-parallel processes on this host
+    mpiexec -n 4 python -m minivit.train   # 4 processes, on as many hosts as MPI is given
+    minivit-train --resume runs/mnist/last.npz
 
 By default (--procs auto) a CPU run on a machine with more than one core starts one process per
 core under mpiexec when MPI is installed (pip install -e .[mpi]): processes outrun threads here
-(benchmarks/README.md); otherwise one process splits each batch over worker threads.
+(benchmarks/README.md); otherwise one process splits each batch over worker threads
+(the policy: parallel/launch.py).
 """
 from __future__ import annotations
 
@@ -22,17 +25,20 @@ from ..model import ViT
 from ..parallel import threads
 from ..training.loop import TrainOptions, fit
 from ..training.recipes import MODELS, PRESETS, mnist_config
-from . import add_device_args, add_parallel_args, ran_as_processes, run, use_device
+from . import (add_device_args, add_parallel_args, command_name, ran_as_processes, run,
+               use_device)
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainOptions()
-    ap = argparse.ArgumentParser(prog="python -m minivit.train",
+    ap = argparse.ArgumentParser(prog=command_name("minivit-train"),
                                  description="Train a ViT on MNIST with minivit.")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default",
                     help="a tested recipe (default: ~98.5%% in minutes; best: 99%% in under 5 "
                          "minutes on 2 cores; long: the most in about 15 minutes)")
-    ap.add_argument("--model", choices=sorted(MODELS), help="model size (overrides the preset)")
+    ap.add_argument("--model", choices=sorted(MODELS),
+                    help="model size (overrides the preset): " + ", ".join(
+                        f"{k} ({v})" for k, v in MODELS.items()) + " of config.MODELS")
     ap.add_argument("--epochs", type=int, help="epochs (overrides the preset)")
     ap.add_argument("--stop-after-epochs", type=int, default=None, metavar="E",
                     help="save and stop after E epochs (the schedule stays that of --epochs); "
@@ -59,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="runs/mnist", help="output folder")
     ap.add_argument("--resume", default=None, metavar="CHECKPOINT",
                     help="continue a run from its last.npz")
-    ap.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
+    ap.add_argument("--limit-train", type=int, default=None,
+                    help="use only the first N training images")
     ap.add_argument("--limit-test", type=int, default=None, help="use only the first N test images")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap

@@ -5,7 +5,8 @@
     hf.py           transformers' ViT, DeiT and DINOv2 (config.json + model.safetensors)
     timm.py         timm's VisionTransformer (config.json + model.safetensors)
     pretrained.py   load_pretrained / save_pretrained: any of them, found from the contents
-    layout.py       the key-table transforms hf.py and timm.py share
+    layout.py       what google.py, hf.py and timm.py share: the key-table transforms, the
+                    one override check and the one path from a file's tensors to a model
     safetensors_file.py   checked safetensors reading and writing; pickle files refused
     preprocess.py   a checkpoint's preprocessing (resize, crop, normalize) applied to images
 

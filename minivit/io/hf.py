@@ -34,9 +34,9 @@ import math
 import numpy as np
 
 from ..config import Preprocessing, ViTConfig
-from .layout import block_count, check_layout, from_layout, mlp_ratio_for, to_layout
+from .layout import Layout, block_count, key_table, make_config, mlp_ratio_for, to_layout
 
-__all__ = ["hf_family", "hf_table", "hf_config", "hf_preprocessing", "from_hf", "to_hf",
+__all__ = ["hf_family", "hf_table", "hf_config", "hf_preprocessing", "hf_layout", "to_hf",
            "hf_pos_resample", "HF_FAMILIES"]
 
 HF_FAMILIES = ("vit", "deit", "dinov2", "dinov2_with_registers")
@@ -123,19 +123,8 @@ def hf_table(cfg: ViTConfig, family: str, head: str, prefixed: bool = True) -> d
     prefixed)."""
     block = BLOCK_DINO if family.startswith("dinov2") else BLOCK_VIT
     base = BASE[family] if prefixed and head in ("classifier", "teacher") else ""
-    table = {}
-    for k in cfg.param_shapes():
-        if k.startswith("blocks."):
-            _, i, short = k.split(".", 2)
-            kind, key = block[short]
-            pre = f"{base}encoder.layer.{i}."
-            table[k] = (kind, tuple(pre + x for x in key) if isinstance(key, tuple) else pre + key)
-        elif k in EMBED:
-            kind, key = EMBED[k]
-            table[k] = (kind, base + key)
-        else:
-            table[k] = HEADS[head][k]
-    return table
+    top = {**{k: (kind, base + key) for k, (kind, key) in EMBED.items()}, **HEADS.get(head, {})}
+    return key_table(cfg, top, block, base + "encoder.layer.{}.", f"transformers' {family} layout")
 
 
 # ---- config -------------------------------------------------------------------------------------
@@ -171,15 +160,15 @@ def hf_config(conf: dict, arrays: dict, family: str, head: str, **overrides) -> 
     K = {"classifier": "classifier.weight", "teacher": "cls_classifier.weight"}.get(head)
     fields = dict(
         image_size=grid * p, patch_size=p, in_channels=C, dim=D, heads=heads,
-        mlp_ratio=mlp_ratio_for(D, F), depth=block_count(arrays, "encoder.layer."), num_classes=arrays[K].shape[0] if K else 0,
+        mlp_ratio=mlp_ratio_for(D, F), depth=block_count(arrays, "encoder.layer."),
+        num_classes=arrays[K].shape[0] if K else 0,
         representation_size=R, gelu=GELU.get(act, "erf"),
         eps=float(conf.get("layer_norm_eps", 1e-6 if dino else 1e-12)),
         layer_scale=float(conf.get("layerscale_value", 1.0)) if dino else None,
         num_registers=arrays["embeddings.register_tokens"].shape[1]
         if "embeddings.register_tokens" in arrays else 0,
         distilled="embeddings.distillation_token" in arrays, pool="cls")
-    fields.update(overrides)
-    return ViTConfig(**fields)
+    return make_config(fields, overrides)
 
 
 def hf_pos_resample(family: str) -> dict:
@@ -244,16 +233,17 @@ def class_names_of(conf: dict, K: int):
     return [names[i] for i in range(K)] if sorted(names) == list(range(K)) else None
 
 
-def from_hf(arrays: dict, conf: dict, pre_conf: dict | None = None, **overrides):
-    """(ViTConfig, {minivit key: array}, Preprocessing, family) of a transformers checkpoint's
-    tensors and config; ValueError listing what does not fit."""
+def hf_layout(arrays: dict, conf: dict, pre_conf: dict | None = None, **overrides) -> Layout:
+    """The Layout of a transformers checkpoint: its tensors (a classifier's base-model prefix
+    stripped), config.json and preprocessor_config.json; DINOv2 runs at its processor's crop."""
     family, head = hf_family(conf, arrays)
     arrays = strip_base_prefix(arrays, family)
     cfg = hf_config(conf, arrays, family, head, **overrides)
-    table = hf_table(cfg, family, head, prefixed=False)   # the prefix is stripped already
-    check_layout(arrays, table, cfg, f"transformers' {family} layout", ignored=(MASK_TOKEN,))
     pre = hf_preprocessing(pre_conf, cfg, family, class_names_of(conf, cfg.num_classes))
-    return cfg, from_layout(arrays, table, cfg), pre, family
+    run_size = pre.image_size if family.startswith("dinov2") else None
+    return Layout(cfg, hf_table(cfg, family, head, prefixed=False), arrays, pre,
+                  f"transformers' {family} layout", (conf.get("architectures") or [family])[0],
+                  hf_pos_resample(family), image_size=run_size, ignored=(MASK_TOKEN,))
 
 
 # ---- writing ------------------------------------------------------------------------------------

@@ -1,22 +1,42 @@
-"""What the PyTorch-side layouts (io/hf.py, io/timm.py) share: a key table from minivit's
-parameter names to the file's tensor names, each entry with one shape transform:
+"""What every foreign layout (io/google.py, io/hf.py, io/timm.py) shares: a key table from
+minivit's parameter names to the file's tensor names, each entry with one shape transform,
+and the one path from a file's tensors to a model.
 
-    same     the same array                          cls_token, biases, LayerNorm, LayerScale
-    linear   torch Linear weight (out, in) = w.T     our linear weights are (in, out)
-    conv     torch Conv2d weight (D, C, p, p)        our patch_embed.w (p*p*C, D), row
+    same        the same array                       cls_token, biases, LayerNorm, LayerScale,
+                                                     Flax Dense kernels (already (in, out))
+    linear      torch Linear weight (out, in) = w.T  our linear weights are (in, out)
+    conv        torch Conv2d weight (D, C, p, p)     our patch_embed.w (p*p*C, D), row
                                                      (i*p + j)*C + c (layers.embed.patchify)
-    qkv      three (out, in) weights [q, k, v]       our attn.qkv.w (D, 3D) = [q | k | v]
-    qkv_b    three (D,) biases                       our attn.qkv.b (3D,)
+    hwio        Flax Conv kernel (p, p, C, D)        the same rows: a reshape
+    qkv         three (out, in) weights [q, k, v]    our attn.qkv.w (D, 3D) = [q | k | v]
+    qkv_b       three (D,) biases                    our attn.qkv.b (3D,)
+    qkv_heads   three Flax (D, H, Dh) kernels        attn.qkv.w, heads contiguous in each third
+    qkv_heads_b three Flax (H, Dh) biases            attn.qkv.b
+    out_heads   Flax (H, Dh, D) output kernel        our attn.proj.w (D, D), row h*Dh + d
 
-A table is {minivit key: (transform, file key)} (a tuple of three file keys for qkv and
-qkv_b). from_layout / to_layout apply it both ways and check_layout lists every missing,
-unknown, misshapen and non-float tensor at once, like io/google.py.
+A table is {minivit key: (transform, file key)} (a tuple of three file keys for the qkv
+transforms); key_table builds one from a layout's top-level and per-block entries.
+from_layout / to_layout apply it both ways and check_layout lists every missing, unknown,
+misshapen and non-float tensor at once.
+
+Loading, for every layout: check_overrides (what a caller may set), then the layout's own
+function reads the config from the file's shapes and JSON and returns a Layout
+(make_config builds its ViTConfig), layout_of checks the tensors against its table, and
+build_model fills a ViT and resamples the position table the way the source does.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import NamedTuple, Optional
+
 import numpy as np
 
-from ..config import ViTConfig
+from ..config import Preprocessing, ViTConfig
+from ..model import ViT
+
+OVERRIDABLE = ("dtype", "image_size", "eps", "gelu", "pool", "dropout", "attn_dropout",
+               "drop_path", "heads")
+HYBRID = ("conv_root/", "block1/", "patch_embed.backbone.")   # ResNet stems of hybrid models
 
 
 def _conv_load(a, cfg):
@@ -33,23 +53,68 @@ def _split3(v, axis):
     return tuple(np.split(v, 3, axis=axis))
 
 
+def _heads(cfg):
+    return cfg.heads, cfg.head_dim                                   # H, Dh
+
+
 # transform: (file arrays -> ours, ours -> file arrays, our shape -> file shape(s))
 TRANSFORMS = {
     "same": (lambda a, cfg: a, lambda v, cfg: v, lambda s, cfg: s),
     "linear": (lambda a, cfg: a.T, lambda v, cfg: v.T, lambda s, cfg: s[::-1]),
     "conv": (_conv_load, _conv_save,
              lambda s, cfg: (cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size)),
+    "hwio": (lambda a, cfg: a.reshape(-1, cfg.dim),                          # (p*p*C, D)
+             lambda v, cfg: v.reshape(cfg.patch_size, cfg.patch_size, cfg.in_channels, cfg.dim),
+             lambda s, cfg: (cfg.patch_size, cfg.patch_size, cfg.in_channels, cfg.dim)),
     "qkv": (lambda a, cfg: np.concatenate([x.T for x in a], axis=1),        # (D, 3D)
             lambda v, cfg: tuple(x.T for x in _split3(v, 1)),                # 3 x (D, D)
             lambda s, cfg: ((s[1] // 3, s[0]),) * 3),
     "qkv_b": (lambda a, cfg: np.concatenate(a), lambda v, cfg: _split3(v, 0),
               lambda s, cfg: ((s[0] // 3,),) * 3),
+    "qkv_heads": (lambda a, cfg: np.concatenate([x.reshape(cfg.dim, -1) for x in a], axis=1),
+                  lambda v, cfg: tuple(x.reshape(cfg.dim, *_heads(cfg)) for x in _split3(v, 1)),
+                  lambda s, cfg: ((cfg.dim, *_heads(cfg)),) * 3),           # 3 x (D, H, Dh)
+    "qkv_heads_b": (lambda a, cfg: np.concatenate([x.reshape(-1) for x in a]),   # (3D,)
+                    lambda v, cfg: tuple(x.reshape(_heads(cfg)) for x in _split3(v, 0)),
+                    lambda s, cfg: (_heads(cfg),) * 3),                      # 3 x (H, Dh)
+    "out_heads": (lambda a, cfg: a.reshape(-1, cfg.dim),                     # (H*Dh, D)
+                  lambda v, cfg: v.reshape(*_heads(cfg), cfg.dim),
+                  lambda s, cfg: (*_heads(cfg), cfg.dim)),                   # (H, Dh, D)
 }
 
 
-def file_keys(entry) -> tuple:
-    _, key = entry
-    return key if isinstance(key, tuple) else (key,)
+class Layout(NamedTuple):
+    """A checkpoint's tensors as minivit reads them: what google_layout, hf_layout and
+    timm_layout find from a file's tensor names, shapes and JSON."""
+    config: ViTConfig             # from the shapes (and config.json), the overrides applied
+    table: dict                   # {minivit key: (transform, file key(s))}
+    arrays: dict                  # the file's tensors under the table's names
+    preprocessing: Preprocessing  # resize, crop, mean, std, class names
+    what: str                     # "the vit_jax layout", for messages
+    architecture: str             # the source's model class or name
+    resample: dict                # set_image_size keywords: how the source resamples its table
+    image_size: Optional[int] = None   # the size the source runs at, when not its table's
+    ignored: tuple = ()           # file keys that may be present and are not read
+
+
+# ---- key tables ---------------------------------------------------------------------------------
+def key_table(cfg: ViTConfig, top: dict, block: dict, block_prefix: str, what: str) -> dict:
+    """{minivit key: (transform, file key(s))} for cfg: top-level parameters from `top`, block
+    i's from `block` (by short name) under block_prefix.format(i); ValueError naming a
+    parameter the layout has no place for."""
+    table = {}
+    for k in cfg.param_shapes():
+        if k.startswith("blocks."):
+            _, i, short = k.split(".", 2)
+            entry, pre = block.get(short), block_prefix.format(i)
+        else:
+            entry, pre = top.get(k), ""
+        if entry is None:
+            raise ValueError(f"{k}: {what} has no place for this parameter; save the model in "
+                             f"another format")
+        kind, key = entry
+        table[k] = (kind, tuple(pre + x for x in key) if isinstance(key, tuple) else pre + key)
+    return table
 
 
 def layout_shapes(table: dict, cfg: ViTConfig) -> dict:
@@ -59,7 +124,7 @@ def layout_shapes(table: dict, cfg: ViTConfig) -> dict:
     for k, (kind, key) in table.items():
         shape = TRANSFORMS[kind][2](ours[k], cfg)
         if isinstance(key, tuple):
-            out.update(zip(key, shape))
+            out.update(zip(key, (tuple(s) for s in shape)))
         else:
             out[key] = tuple(shape)
     return out
@@ -86,6 +151,15 @@ def to_layout(params: dict, table: dict, cfg: ViTConfig) -> dict:
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
+def module_order(d: dict, sep: str = "/") -> dict:
+    """d with its keys grouped by module (the path before the last sep), the modules in order of
+    first appearance: a Flax tree's order, where query/kernel and query/bias sit together."""
+    groups: dict = {}
+    for k, v in d.items():
+        groups.setdefault(k.rpartition(sep)[0] or k, {})[k] = v
+    return {k: v for g in groups.values() for k, v in g.items()}
+
+
 def check_layout(arrays: dict, table: dict, cfg: ViTConfig, what: str,
                  ignored: tuple = ()) -> None:
     """Raise one ValueError listing every missing, unknown, misshapen or non-float tensor;
@@ -94,21 +168,57 @@ def check_layout(arrays: dict, table: dict, cfg: ViTConfig, what: str,
     missing = [k for k in want if k not in arrays]
     unknown = sorted(k for k in arrays if k not in want and k not in ignored)
     misshapen = [f"{k}: got {tuple(arrays[k].shape)}, expected {want[k]}" for k in want
-                 if k in arrays and tuple(arrays[k].shape) != tuple(want[k])]
+                 if k in arrays and tuple(arrays[k].shape) != want[k]]
     nonfloat = [f"{k}: {arrays[k].dtype}" for k in want
                 if k in arrays and arrays[k].dtype.kind != "f"]
     if not (missing or unknown or misshapen or nonfloat):
         return
-    lines = [f"the tensors do not match {what} with patch={cfg.patch_size}, dim={cfg.dim}, "
-             f"depth={cfg.depth}, mlp_dim={cfg.mlp_dim}, classes={cfg.num_classes}:"]
-    for title, items in (("missing", missing), ("unknown", unknown), ("misshapen", misshapen),
-                         ("non-float", nonfloat)):
+    R = f", representation_size={cfg.representation_size}" if cfg.representation_size else ""
+    lines = [f"the tensors do not match {what} of a ViT with patch={cfg.patch_size}, "
+             f"dim={cfg.dim}, depth={cfg.depth}, heads={cfg.heads}, mlp_dim={cfg.mlp_dim}, "
+             f"classes={cfg.num_classes}{R}:"]
+    for title, items in (("missing keys", missing), ("unknown keys", unknown),
+                         ("misshapen keys", misshapen), ("non-float arrays", nonfloat)):
         if items:
             lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:12])
                          + (f" and {len(items) - 12} more" if len(items) > 12 else ""))
+    if any(k.startswith(HYBRID) for k in arrays):
+        lines.append("  (ResNet keys found: hybrid R50+ViT checkpoints are not supported)")
     lines.append("  the file holds another architecture (qk-norm, SwiGLU, hybrid and attention-"
-                 "pool models are not supported), or it was edited")
+                 "pool models are not supported), or it was edited: re-export it from a plain "
+                 "ViT, or fix the listed keys")
     raise ValueError("\n".join(lines))
+
+
+# ---- configs ------------------------------------------------------------------------------------
+def check_overrides(overrides: dict) -> None:
+    """The one check of what a caller may set when loading any checkpoint: only fields the file
+    cannot record (OVERRIDABLE); ValueError naming the others and why."""
+    known = {f.name for f in dataclasses.fields(ViTConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown ViTConfig fields {unknown} (these are not ViTConfig fields: "
+                         f"check the spelling; overridable: {', '.join(OVERRIDABLE)})")
+    if overrides.get("pos_embed") == "sincos":
+        raise ValueError("pos_embed='sincos' is unsupported when loading a checkpoint: every "
+                         "layout carries a learned position table; load it with the learned "
+                         "table (the default)")
+    fixed = sorted(set(overrides) - set(OVERRIDABLE))
+    if fixed:
+        raise ValueError(f"{fixed} are fixed by the checkpoint's shapes and cannot be overridden; "
+                         f"use image_size= to change the resolution (the position table is "
+                         f"resampled) and model.reset_head() to change the classes "
+                         f"(overridable: {', '.join(OVERRIDABLE)})")
+
+
+def make_config(fields: dict, overrides: dict) -> ViTConfig:
+    """ViTConfig(**fields) with the caller's overrides on top; ValueError saying so if the
+    combination is not a valid config."""
+    try:
+        return ViTConfig(**{**fields, **overrides})
+    except ValueError as e:
+        raise ValueError(f"the checkpoint's shapes and overrides give no valid ViTConfig: "
+                         f"{e}") from e
 
 
 def mlp_ratio_for(D: int, F: int) -> float:
@@ -118,11 +228,37 @@ def mlp_ratio_for(D: int, F: int) -> float:
 
 
 def block_count(arrays: dict, prefix: str) -> int:
-    """1 + the largest i of keys '<prefix><i>.'; 0 when there are none."""
+    """1 + the largest i of keys '<prefix><i>.' (or '<prefix><i>/'); 0 when there are none."""
     n = -1
     for k in arrays:
         if k.startswith(prefix):
-            head = k[len(prefix):].split(".", 1)[0]
+            head = k[len(prefix):].replace("/", ".").split(".", 1)[0]
             if head.isdigit():
                 n = max(n, int(head))
     return n + 1
+
+
+# ---- the one loader path ------------------------------------------------------------------------
+def layout_of(path: str, error: type, make, arrays: dict, *args, **overrides) -> Layout:
+    """make(arrays, *args, **overrides) (a layout's function), checked against the tensors; any
+    ValueError becomes error('path: message')."""
+    try:
+        lay = make(arrays, *args, **overrides)
+        check_layout(lay.arrays, lay.table, lay.config, lay.what, lay.ignored)
+    except ValueError as e:
+        raise error(f"{path}: {e}") from e
+    return lay
+
+
+def build_model(lay: Layout, seed: int = 0, image_size: Optional[int] = None,
+                **resample) -> ViT:
+    """A ViT of lay.config with the file's weights (copied and cast into the flat vector), at
+    image_size (default: the size the source runs at), the position table resampled the way
+    the source does it (resample= keywords of set_image_size change that)."""
+    model = ViT(lay.config, seed=seed, preprocessing=lay.preprocessing)
+    for k, v in from_layout(lay.arrays, lay.table, lay.config).items():
+        model.params[k] = v
+    size = image_size or lay.image_size
+    if size is not None and size != lay.config.image_size:
+        model.set_image_size(size, **{**lay.resample, **resample})
+    return model

@@ -10,8 +10,11 @@ What a path holds is found from its contents: a folder's config.json names timm
 ('architecture') or transformers ('model_type'); a bare .safetensors file's tensor names say
 which layout it is (with the config.json beside it when there is one); an .npz is Google's or,
 with a 'meta' entry, minivit's own. Pickle checkpoints are refused by name before any byte is
-read (safetensors_file.refuse_pickle). Each loader sets model.preprocessing (resize, crop,
-mean, std, class names) from the files.
+read (safetensors_file.refuse_pickle). Then one path for every foreign layout (layout.py): the
+format's function (google_layout, hf_layout, timm_layout) reads the config, key table and
+preprocessing (resize, crop, mean, std, class names) from the files; layout_of checks the
+tensors against the table; build_model fills the ViT. describe_pretrained runs the same
+functions on the safetensors headers alone.
 """
 from __future__ import annotations
 
@@ -25,22 +28,19 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import backend
-from ..config import ViTConfig
 from ..files import FileFormatError, atomic_write, check_finite
 from ..model import ViT
-from .hf import (class_names_of, from_hf, hf_config, hf_family, hf_pos_resample, hf_preprocessing,
-                 hf_table, strip_base_prefix, to_hf)
-from .layout import check_layout
+from .google import GoogleNpzError, google_layout, google_target, read_google_npz, save_google_npz
+from .hf import hf_layout, to_hf
+from .layout import Layout, build_model, check_overrides, layout_of
 from .safetensors_file import (DTYPES, PICKLE_SUFFIXES, SafetensorsError, read_safetensors,
                                read_safetensors_header, refuse_pickle, write_safetensors)
-from .timm import TIMM_RESAMPLE, from_timm, timm_config, timm_preprocessing, timm_table, to_timm
+from .timm import timm_layout, to_timm
 
 __all__ = ["load_pretrained", "save_pretrained", "describe_pretrained", "find_source",
            "PretrainedError", "FORMATS", "Source"]
 
 FORMATS = ("hf", "timm", "google", "minivit")
-OVERRIDABLE = ("dtype", "image_size", "eps", "gelu", "dropout", "attn_dropout", "drop_path",
-               "heads")
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 FIX = "download the checkpoint again (config.json and model.safetensors)"
@@ -49,6 +49,11 @@ NONFINITE_FIX = "download it again, or pass allow_nonfinite=True to inspect it"
 
 class PretrainedError(FileFormatError):
     """A checkpoint folder or file that cannot be loaded: names it, the problem and the fix."""
+
+
+# format -> (the function that reads its Layout, the error naming its files)
+LAYOUTS = {"google": (google_layout, GoogleNpzError), "hf": (hf_layout, PretrainedError),
+           "timm": (timm_layout, PretrainedError)}
 
 
 class Source(NamedTuple):
@@ -151,6 +156,8 @@ def _npz_format(path: str) -> str:
 
 
 def _read_arrays(src: Source, allow_nonfinite: bool) -> dict:
+    if src.format == "google":
+        return read_google_npz(src.path, allow_nonfinite)
     arrays = {}
     for w in src.weights:
         a, _ = read_safetensors(w)
@@ -160,56 +167,46 @@ def _read_arrays(src: Source, allow_nonfinite: bool) -> dict:
     return arrays
 
 
+def _header_arrays(src: Source) -> tuple[dict, dict]:
+    """({name: stand-in with the tensor's shape and dtype, no data}, {dtype: count}) from the
+    safetensors headers; a Google .npz is read."""
+    if src.format == "google":
+        arrays = read_google_npz(src.path, allow_nonfinite=True)
+        dtypes = [a.dtype.name for a in arrays.values()]
+    else:
+        arrays, dtypes = {}, []
+        for w in src.weights:
+            for k, (code, shape, _, _) in read_safetensors_header(w)[0].items():
+                dt = np.float32 if code in ("BF16", "F16") else np.dtype(DTYPES[code])
+                arrays[k] = np.broadcast_to(np.zeros((), dt), shape)
+                dtypes.append(code)
+    return arrays, {d: dtypes.count(d) for d in sorted(set(dtypes))}
+
+
+def _layout(src: Source, arrays: dict, overrides: dict) -> Layout:
+    make, error = LAYOUTS[src.format]
+    return layout_of(src.path, error, make, arrays, src.config, src.preprocessor, **overrides)
+
+
 # ---- loading ------------------------------------------------------------------------------------
-def _check_overrides(overrides: dict) -> None:
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        known = {f.name for f in dataclasses.fields(ViTConfig)}
-        what = ("are fixed by the checkpoint's shapes; use image_size= to resample the position "
-                "table and model.reset_head() for new classes" if set(unknown) <= known
-                else "are not ViTConfig fields")
-        raise ValueError(f"{unknown} {what} (overridable: {', '.join(OVERRIDABLE)})")
-
-
 def load_pretrained(path, *, seed: int = 0, allow_nonfinite: bool = False, **overrides) -> ViT:
     """A ViT with the weights, labels and preprocessing of a checkpoint in any layout minivit
-    reads (module docstring). overrides: dtype, image_size (the position table is resampled as
-    the source does it), eps, gelu, dropout, attn_dropout, drop_path, heads (for timm or bare
-    files that do not record it)."""
-    _check_overrides(overrides)
+    reads (module docstring). overrides (layout.OVERRIDABLE): dtype, image_size (the position
+    table is resampled as the source does it), eps, gelu, pool, dropout, attn_dropout,
+    drop_path, heads (for timm or bare files that do not record it)."""
+    check_overrides(overrides)
     src = find_source(path)
     image_size = overrides.pop("image_size", None)
-    if src.format == "google":
-        overrides.pop("heads", None)
-        from .google import load_google_npz
-        return load_google_npz(src.path, image_size, seed=seed, allow_nonfinite=allow_nonfinite,
-                               **overrides)
     if src.format == "minivit":
         return _load_minivit(src.path, image_size, allow_nonfinite, overrides)
-    arrays = _read_arrays(src, allow_nonfinite)
-    try:
-        if src.format == "hf":
-            cfg, params, pre, family = from_hf(arrays, src.config, src.preprocessor, **overrides)
-            resample = hf_pos_resample(family)
-            if image_size is None and family.startswith("dinov2") and pre.image_size:
-                image_size = pre.image_size               # transformers resamples to the input
-        else:
-            cfg, params, pre = from_timm(arrays, src.config, **overrides)
-            resample = TIMM_RESAMPLE
-    except ValueError as e:
-        raise PretrainedError(f"{src.path}: {e}") from e
-    model = ViT(cfg, seed=seed, preprocessing=pre)
-    for k, v in params.items():
-        model.params[k] = v                               # copied (and cast) into the flat vector
-    if image_size is not None and image_size != cfg.image_size:
-        model.set_image_size(image_size, **resample)
-    return model
+    lay = _layout(src, _read_arrays(src, allow_nonfinite), overrides)
+    return build_model(lay, seed, image_size)
 
 
 def _load_minivit(path: str, image_size, allow_nonfinite: bool, overrides: dict) -> ViT:
     from .checkpoint import load_checkpoint
     model = load_checkpoint(path, allow_nonfinite=allow_nonfinite)["model"]
-    overrides.pop("heads", None)
+    overrides.pop("heads", None)                          # recorded in the checkpoint
     if overrides:
         cfg = dataclasses.replace(model.config, **overrides)
         new = ViT(cfg, preprocessing=model.preprocessing)
@@ -222,44 +219,23 @@ def _load_minivit(path: str, image_size, allow_nonfinite: bool, overrides: dict)
 
 
 def describe_pretrained(path, **overrides) -> dict:
-    """What a checkpoint holds, from its headers and JSON only (no tensor is read): format,
-    family, config, preprocessing, tensor count and dtypes."""
-    _check_overrides(overrides)
+    """What a checkpoint holds: format, architecture, config, preprocessing, parameter and
+    tensor counts and dtypes; safetensors files are read from their headers only."""
+    check_overrides(overrides)
     src = find_source(path)
-    if src.format in ("google", "minivit"):
+    overrides.pop("image_size", None)
+    if src.format == "minivit":
         model = load_pretrained(src.path, **overrides)
         pre = model.preprocessing
         return {"format": src.format, "config": model.config.to_dict(),
                 "preprocessing": None if pre is None else pre.to_dict(),
                 "parameters": model.num_params()}
-    stand_ins, dtypes = {}, {}
-    for w in src.weights:
-        for k, (code, shape, _, _) in read_safetensors_header(w)[0].items():
-            dt = np.float32 if code in ("BF16", "F16") else np.dtype(DTYPES[code])
-            stand_ins[k] = np.broadcast_to(np.zeros((), dt), shape)   # shape and dtype, no data
-            dtypes[code] = dtypes.get(code, 0) + 1
-    overrides.pop("image_size", None)
-    try:
-        if src.format == "hf":
-            family, head = hf_family(src.config, stand_ins)
-            arrays = strip_base_prefix(stand_ins, family)
-            cfg = hf_config(src.config, arrays, family, head, **overrides)
-            check_layout(arrays, hf_table(cfg, family, head, prefixed=False), cfg,
-                         f"transformers' {family} layout", ignored=("embeddings.mask_token",))
-            pre = hf_preprocessing(src.preprocessor, cfg, family,
-                                   class_names_of(src.config, cfg.num_classes))
-            kind = src.config.get("architectures", [family])[0]
-        else:
-            cfg = timm_config(src.config, stand_ins, **overrides)
-            check_layout(stand_ins, timm_table(cfg), cfg, "timm's VisionTransformer layout")
-            pre = timm_preprocessing(src.config, cfg)
-            kind = src.config.get("architecture", "timm VisionTransformer")
-    except ValueError as e:
-        raise PretrainedError(f"{src.path}: {e}") from e
-    return {"format": src.format, "architecture": kind, "config": cfg.to_dict(),
-            "preprocessing": pre.to_dict(), "parameters": sum(
-                int(np.prod(s)) for s in cfg.param_shapes().values()),
-            "tensors": len(stand_ins), "dtypes": dtypes}
+    arrays, dtypes = _header_arrays(src)
+    lay = _layout(src, arrays, overrides)
+    return {"format": src.format, "architecture": lay.architecture,
+            "config": lay.config.to_dict(), "preprocessing": lay.preprocessing.to_dict(),
+            "parameters": sum(int(np.prod(s)) for s in lay.config.param_shapes().values()),
+            "tensors": len(arrays), "dtypes": dtypes}
 
 
 # ---- saving -------------------------------------------------------------------------------------
@@ -274,8 +250,11 @@ def save_pretrained(model: ViT, path, format: str = "hf") -> None:
                          f"checkpoints: minivit.io.save_checkpoint)")
     cfg, pre = model.config, model.preprocessing
     if format == "google":
-        _check_google(cfg)
-        from .google import save_google_npz
+        google_target(cfg, exact=True)
+        if (cfg.gelu, cfg.eps) != ("tanh", 1e-6):
+            warnings.warn(f"the Google layout records weights only and is read with flax's tanh "
+                          f"GELU and eps 1e-6; load this file back with gelu={cfg.gelu!r}, "
+                          f"eps={cfg.eps}", stacklevel=2)
         save_google_npz(model, path)
         return
     host = {k: backend.to_numpy(v) for k, v in model.params.items()}
@@ -298,20 +277,3 @@ def save_pretrained(model: ViT, path, format: str = "hf") -> None:
 def _write_json(path: str, obj: dict) -> None:
     text = json.dumps(obj, indent=2) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def _check_google(cfg: ViTConfig) -> None:
-    odd = [name for name, bad in (("no CLS token", not cfg.class_token),
-                                  ("a distillation token", cfg.distilled),
-                                  ("register tokens", cfg.num_registers),
-                                  ("LayerScale", cfg.layer_scale is not None),
-                                  ("a position table without the CLS row", not cfg.pos_embed_cls),
-                                  ("mean pooling", cfg.pool != "cls"),
-                                  ("no head", not cfg.num_classes)) if bad]
-    if odd:
-        raise ValueError(f"the Google vit_jax layout holds the original ViT; this model has "
-                         f"{', '.join(odd)}: save it with format='timm' or 'hf'")
-    if (cfg.gelu, cfg.eps) != ("tanh", 1e-6):
-        warnings.warn(f"the Google layout records weights only and is read with flax's tanh "
-                      f"GELU and eps 1e-6; load this file back with gelu={cfg.gelu!r}, "
-                      f"eps={cfg.eps}", stacklevel=3)

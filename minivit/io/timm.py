@@ -11,9 +11,10 @@
 config.json: {"architecture": "vit_base_patch16_224", "num_classes", "global_pool",
 "model_args": {...}, "pretrained_cfg": {"input_size", "interpolation", "crop_pct", "crop_mode",
 "mean", "std", ...}, "label_names": [...]}. The tensors do not record the head count: it comes
-from model_args (num_heads), else the architecture's size (tiny 3, small 6, medium 8, base 12,
-large, huge, giant 16), else heads= must be given. timm's defaults: LayerNorm eps 1e-6, exact
-GELU; timm resamples position tables bicubically with antialiasing.
+from model_args (num_heads), else the size the architecture names (config.SIZES: tiny 3,
+small 6, medium 8, base 12, large, huge, giant 16), else heads= must be given. timm's
+defaults: LayerNorm eps 1e-6, exact GELU; timm resamples position tables bicubically with
+antialiasing.
 """
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ import math
 import re
 import warnings
 
-from ..config import Preprocessing, ViTConfig
+from ..config import SIZES, Preprocessing, ViTConfig
 from .hf import IMAGENET_MEAN, IMAGENET_STD, class_names_of
-from .layout import block_count, check_layout, from_layout, mlp_ratio_for, to_layout
+from .layout import Layout, block_count, key_table, make_config, mlp_ratio_for, to_layout
 
-__all__ = ["timm_table", "timm_config", "timm_preprocessing", "from_timm", "to_timm",
+__all__ = ["timm_table", "timm_config", "timm_preprocessing", "timm_layout", "to_timm",
            "TIMM_RESAMPLE", "timm_heads"]
 
 BLOCK = {"norm1.w": ("same", "norm1.weight"), "norm1.b": ("same", "norm1.bias"),
@@ -42,8 +43,6 @@ TOP = {"patch_embed.w": ("conv", "patch_embed.proj.weight"),
        "pos_embed": ("same", "pos_embed"), "head.w": ("linear", "head.weight"),
        "head.b": ("same", "head.bias"), "head_dist.w": ("linear", "head_dist.weight"),
        "head_dist.b": ("same", "head_dist.bias")}
-SIZES = {"tiny": (192, 3), "small": (384, 6), "medium": (512, 8), "base": (768, 12),
-         "large": (1024, 16), "huge": (1280, 16), "giant": (1408, 16), "gigantic": (1664, 16)}
 TIMM_RESAMPLE = dict(method="bicubic", align_corners=False, antialias=True)
 UNSUPPORTED = {"qk_norm": "qk-norm attention", "pre_norm": "a pre-norm (CLIP) stem",
                "attn_pool": "attention pooling ('map')", "mlp_layer": "a custom MLP (SwiGLU)",
@@ -54,20 +53,8 @@ UNSUPPORTED = {"qk_norm": "qk-norm attention", "pre_norm": "a pre-norm (CLIP) st
 def timm_table(cfg: ViTConfig) -> dict:
     """{minivit key: (transform, timm key)} for cfg; the final norm is fc_norm with cfg.fc_norm."""
     norm = "fc_norm" if cfg.fc_norm else "norm"
-    table = {}
-    for k in cfg.param_shapes():
-        if k.startswith("blocks."):
-            _, i, short = k.split(".", 2)
-            kind, key = BLOCK[short]
-            table[k] = (kind, f"blocks.{i}.{key}")
-        elif k in ("norm.w", "norm.b"):
-            table[k] = ("same", f"{norm}.{'weight' if k == 'norm.w' else 'bias'}")
-        elif k in TOP:
-            table[k] = TOP[k]
-        else:
-            raise ValueError(f"{k}: timm's VisionTransformer has no such parameter (a tanh "
-                             f"pre-logits layer); save with format='google' or 'hf'")
-    return table
+    top = {**TOP, "norm.w": ("same", f"{norm}.weight"), "norm.b": ("same", f"{norm}.bias")}
+    return key_table(cfg, top, BLOCK, "blocks.{}.", "timm's VisionTransformer")
 
 
 def timm_heads(conf: dict, D: int, overrides: dict) -> int:
@@ -79,8 +66,8 @@ def timm_heads(conf: dict, D: int, overrides: dict) -> int:
         return int(args["num_heads"])
     arch = conf.get("architecture", "")
     for size in re.findall(r"(?:^|_)([a-z]+)(?=_)", arch):
-        if size in SIZES and SIZES[size][0] == D:
-            return SIZES[size][1]
+        if size in SIZES and SIZES[size]["dim"] == D:           # config.SIZES, the named widths
+            return SIZES[size]["heads"]
     raise ValueError(f"timm weights do not record the head count and the architecture "
                      f"{arch or '(none)'!r} does not name a known size with width {D}: pass "
                      f"heads= (tiny 3, small 6, base 12, large and huge 16)")
@@ -133,8 +120,7 @@ def timm_config(conf: dict, arrays: dict, **overrides) -> ViTConfig:
         num_registers=R, distilled="dist_token" in arrays, class_token="cls_token" in arrays,
         pos_embed_cls=not no_embed_class, gelu="tanh" if act == "gelu_tanh" else "erf",
         eps=float(conf.get("layer_norm_eps", 1e-6)))
-    fields.update(overrides)
-    return ViTConfig(**fields)
+    return make_config(fields, overrides)
 
 
 def timm_preprocessing(conf: dict, cfg: ViTConfig) -> Preprocessing:
@@ -166,12 +152,13 @@ def timm_preprocessing(conf: dict, cfg: ViTConfig) -> Preprocessing:
                          center_crop=True, resample=resample)
 
 
-def from_timm(arrays: dict, conf: dict, **overrides):
-    """(ViTConfig, {minivit key: array}, Preprocessing) of timm tensors and config.json."""
+def timm_layout(arrays: dict, conf: dict, pre_conf: dict | None = None, **overrides) -> Layout:
+    """The Layout of timm tensors and config.json (timm has no preprocessor_config.json: its
+    pretrained_cfg says how to prepare images)."""
     cfg = timm_config(conf, arrays, **overrides)
-    table = timm_table(cfg)
-    check_layout(arrays, table, cfg, "timm's VisionTransformer layout")
-    return cfg, from_layout(arrays, table, cfg), timm_preprocessing(conf, cfg)
+    return Layout(cfg, timm_table(cfg), arrays, timm_preprocessing(conf, cfg),
+                  "timm's VisionTransformer layout",
+                  conf.get("architecture", "timm VisionTransformer"), TIMM_RESAMPLE)
 
 
 # ---- writing ------------------------------------------------------------------------------------

@@ -27,11 +27,26 @@ def test_setup_declares_every_console_script():
 
 @pytest.mark.parametrize("script", sorted(COMMANDS))
 def test_help(script):
+    """--help works, and the usage line names the command as it was run."""
     args = COMMANDS[script][1]
     out = subprocess.run([sys.executable, *args, "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("usage:") and not out.stderr
+    assert out.stdout.startswith(f"usage: python {' '.join(args)} ") and not out.stderr
+
+
+@pytest.mark.parametrize("script", sorted(COMMANDS))
+def test_usage_names_the_console_script_and_python_m(script, tmp_path):
+    """As pip's console script (a file named minivit-<cmd> that imports entry), the usage line
+    says minivit-<cmd>; as `python -m minivit.cli.<cmd>`, it says that."""
+    module = COMMANDS[script][0]
+    exe = tmp_path / script
+    exe.write_text(f"import sys\nfrom {module} import entry\nsys.exit(entry())\n")
+    for cmd, name in (([str(exe)], script), (["-m", module], f"python -m {module}")):
+        out = subprocess.run([sys.executable, *cmd, "--help"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"usage: {name} "), out.stdout[:80]
 
 
 def test_bad_flag_is_one_error_line():
@@ -42,7 +57,7 @@ def test_bad_flag_is_one_error_line():
 
 
 def test_auto_procs_splits_the_batch_evenly_with_enough_images_each():
-    from minivit.cli import auto_procs
+    from minivit.parallel.launch import auto_procs
     assert auto_procs(2, 128) == 2
     assert auto_procs(64, 128) == 8            # 16 images each, not 2
     assert auto_procs(6, 128) == 4             # 128 is not divisible by 6 or 5

@@ -1,5 +1,6 @@
-"""The fine-tuning command end to end: from a Google .npz (head only) and from a minivit
-checkpoint (all parameters)."""
+"""The fine-tuning command end to end: from a Google .npz (head only), from a minivit
+checkpoint (all parameters) and from a transformers folder (--model, or its aliases --npz,
+--checkpoint and --pretrained)."""
 import json
 import os
 import pathlib
@@ -28,9 +29,10 @@ def test_finetune_head_only_from_google_npz(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"12x12 but the model takes 8x8.*--image-size"):
         finetune_cli.main(["--npz", npz, "--data", data, "--out", out, "--quiet"])
     capsys.readouterr()
-    summary = finetune_cli.main(["--npz", npz, "--data", data, "--image-size", "12", "--head-only",
-                                 "--epochs", "2", "--batch-size", "9", "--lr", "0.05",
-                                 "--warmup-epochs", "0", "--no-augment", "--quiet", "--out", out])
+    summary = finetune_cli.main(["--model", npz, "--data", data, "--image-size", "12",
+                                 "--head-only", "--epochs", "2", "--batch-size", "9", "--lr",
+                                 "0.05", "--warmup-epochs", "0", "--no-augment", "--quiet",
+                                 "--out", out])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
     assert summary["classes"] == 3 and summary["head_only"] and summary["epochs"] == 2
     for name in ("last.npz", "best.npz", "metrics.jsonl", "config.json"):
@@ -58,7 +60,7 @@ def test_finetune_all_params_from_checkpoint(tmp_path, capsys):
     save_checkpoint(ckpt, model)
     data = make_folder(tmp_path / "imgs", classes=("p", "q"), n=8, size=8)
     out = str(tmp_path / "run")
-    with pytest.raises(ValueError, match="--gelu applies to --npz only"):
+    with pytest.raises(ValueError, match="minivit checkpoint, which records its own"):
         finetune_cli.main(["--checkpoint", ckpt, "--data", data, "--gelu", "erf"])
     finetune_cli.main(["--checkpoint", ckpt, "--data", data, "--epochs", "1", "--batch-size", "6",
                        "--quiet", "--out", out])
