@@ -21,7 +21,9 @@ DECAY = {"blocks.0.mlp.fc1.w"}     # what a model's decay_keys() would give for 
 
 
 def grads_of(params, scale=1.0):
-    return {k: v * 0 + scale * (np.arange(v.size).reshape(v.shape) % 3 - 1.0) for k, v in params.items()}
+    """Fixed gradients on each parameter's own backend (no NumPy array meets a CuPy one)."""
+    return {k: backend.xp_of(v).asarray(scale * (np.arange(v.size).reshape(v.shape) % 3 - 1.0),
+                                        dtype=v.dtype) for k, v in params.items()}
 
 
 def test_model_decay_keys():

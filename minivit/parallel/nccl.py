@@ -10,13 +10,31 @@ from .. import backend
 from .mpi import Single
 
 
+NCCL_INSTALL = ("pip install nvidia-nccl-cu12 (CUDA 12) or nvidia-nccl-cu13 (CUDA 13), matching "
+                "your CuPy, or train on one GPU (--procs 1)")
+
+
+def load_nccl():
+    """CuPy's NCCL module, or a clear error: CuPy imports cupy.cuda.nccl even when libnccl
+    cannot be loaded (it then sets available = False and fails later, on first use)."""
+    try:
+        from cupy.cuda import nccl
+    except ImportError as e:
+        raise RuntimeError(f"multi-GPU training needs NCCL, which CuPy cannot import ({e}); "
+                           f"{NCCL_INSTALL}") from e
+    if not getattr(nccl, "available", True):
+        raise RuntimeError(f"multi-GPU training needs NCCL, but CuPy could not load libnccl; "
+                           f"{NCCL_INSTALL}")
+    return nccl
+
+
 class NcclWorld:
     """Wraps an MPI world (or Single): same rank and size, but allreduce_ runs on the GPU."""
     name = "NCCL"
 
     def __init__(self, mpi_world):
         cupy = backend.cupy()
-        from cupy.cuda import nccl
+        nccl = load_nccl()
         self.mpi, self.nccl, self.cupy = mpi_world, nccl, cupy
         self.rank, self.size = mpi_world.rank, mpi_world.size
         self.local_rank, self.local_size = mpi_world.local_rank, mpi_world.local_size
