@@ -8,13 +8,16 @@ breakdown of minivit's step, and the machine's float32 matmul peak.
     python benchmarks/bench.py --smoke                    # every part on a tiny model, seconds
     python benchmarks/bench.py --config vit-b16 --device gpu --impl all --batch 64
     python benchmarks/bench.py --config mnist --impl onnx --what infer   # pip install -e '.[onnx]'
+    python benchmarks/bench.py --config mnist --impl all --what train,infer --json  # keep them
 
 This file is the orchestration: the command line, one fresh process per measurement (alternating
-minivit, torch [and onnx] rounds), the wait for a quiet machine, the aggregation and the output
-(table or JSON lines). measure.py measures (step timing, matmul peak, memory, threads,
-vit_flops); layers.py is the per-layer breakdown; the PyTorch reference is tests/torch_vit.py;
-onnx_ref.py exports it for ONNX Runtime (the onnx implementation: CPU, inference and peak only;
-train and layers are reported as skipped).
+minivit, torch [and onnx] rounds), the wait for a quiet machine, the aggregation and the output:
+the table, and with --json (or --results FILE) every record stamped (stamp.py: machine, versions,
+commit, date, command) and appended to benchmarks/results/<machine tag>.jsonl as it is measured.
+measure.py measures (step timing, matmul peak, memory, threads, vit_flops); layers.py is the
+per-layer breakdown; the PyTorch reference is tests/torch_vit.py; onnx_ref.py exports it for
+ONNX Runtime (the onnx implementation: CPU, inference and peak only; train and layers are
+reported as skipped).
 
 Method (benchmarks/README.md has the long form):
 - train step = forward(train=True) + cross-entropy + backward + AdamW step; inference =
@@ -29,6 +32,9 @@ Method (benchmarks/README.md has the long form):
 - Peak memory: the process's max RSS on the CPU (each measurement is its own process under
   --impl all); on the GPU the high water of the memory each library's caching allocator holds:
   CuPy's pool total_bytes() / torch.cuda.max_memory_reserved() (both include cached free blocks).
+- A measurement process hands its records to the command that started it as JSON lines on its
+  standard output (--results -), one as each is measured; a process that fails leaves a
+  "failed" record and the others go on (the exit status is then 1).
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -63,6 +70,7 @@ if __name__ == "__main__":
 import layers  # noqa: E402  (benchmarks/ is not a package: its modules import each other by name)
 import measure  # noqa: E402
 import onnx_ref  # noqa: E402
+import stamp  # noqa: E402
 from minivit import ViTConfig  # noqa: E402
 
 CONFIGS = {
@@ -127,37 +135,55 @@ def unavailable(impl: str) -> str | None:
     return None
 
 
-def run_local(args, cfg: ViTConfig, whats: list) -> list:
-    """Every measurement of one implementation in this process; returns the result records."""
+# meta keys that a measurement record or its stamp holds already: the rest is its "setup"
+SETUP_SKIP = {"what", "impl", "config", "batch", "device", "threads", "python", "cpu", "numpy",
+              "torch", "onnxruntime"}
+
+
+def run_local(args, cfg: ViTConfig, whats: list, emit=lambda r: None) -> list:
+    """Every measurement of one implementation in this process, each record passed to emit()
+    as soon as it is measured; returns the records. Every measurement record carries the
+    process's setup (the meta record's details: backend, parameters, batch pieces, pools)."""
     base = {"impl": args.impl, "config": args.config, "batch": args.batch,
             "device": args.device, "threads": args.threads}
+    records = []
+
+    def out(r: dict) -> dict:
+        records.append(r)
+        emit(r)
+        return r
 
     def skipped(reason: str, what: str | None = None) -> dict:
         print(f"{args.impl}: {reason}; skipped", file=sys.stderr)
-        return {**base, "what": "skipped", "reason": reason, **({"of": what} if what else {})}
+        return out({**base, "what": "skipped", "reason": reason, **({"of": what} if what else {})})
 
     reason = unavailable(args.impl)
     if reason:
-        return [skipped(reason)]
-    skips, todo = [], []
+        skipped(reason)
+        return records
+    todo = []
     for what in whats:
         reason = unsupported(args.impl, what, args.device)
         if reason:
-            skips.append(skipped(reason, what))
+            skipped(reason, what)
         else:
             todo.append(what)
     if not todo:                                          # nothing left: build no model
-        return skips
-    thread_info = measure.limit_threads(args.threads, args.workers)
+        return records
+    thread_info = measure.limit_threads(args.threads, args.workers,
+                                        tune_allocator=args.impl == "minivit")
     rss_base = measure.rss_now_mb()                       # after the imports, before the model
     try:
         impl = make_bench(args, cfg)
     except onnx_ref.Unavailable as e:                     # the export child could not import
-        return [skipped(str(e))]
+        skipped(str(e))
+        return records
     meta = {**base, "what": "meta", **impl.info(), **thread_info, "rss_base_mb": rss_base,
-            "python": platform.python_version(), "cpu": cpu_name(), "tf32": args.tf32,
+            "python": platform.python_version(), "cpu": stamp.cpu_name(), "tf32": args.tf32,
             "wait_quiet_s": args.wait_quiet}
-    records = [meta] + skips
+    setup = {k: v for k, v in meta.items() if k not in SETUP_SKIP}
+    out(meta)
+    peak = args.peak_gflops
     for what in todo:
         if what == "layers" and args.impl != "minivit":
             print(f"per-layer breakdown is minivit-only; skipped for {args.impl}", file=sys.stderr)
@@ -165,18 +191,19 @@ def run_local(args, cfg: ViTConfig, whats: list) -> list:
         waited = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else 0.0
         load = OtherLoad()
         if what == "peak":
-            rs = [{"what": "peak", "n": args.peak_n,
+            rs = [{"what": "peak", "n": args.peak_n, "reps": args.peak_reps,
                    "gflops": impl.matmul_peak(args.peak_n, args.peak_reps)}]
+            peak = max(peak or 0.0, rs[0]["gflops"])
         elif what in ("train", "infer"):
             rs = [measure.time_step(impl, what, args.batch, args.steps, args.warmup)]
         else:
             rs = layers.breakdown(impl, args.batch, args.layer_reps, args.steps, args.warmup)
         others = load.cores()
-        records += [{**base, **r, "other_cores": others, "waited_s": waited} for r in rs]
-    peak = max((r["gflops"] for r in records if r["what"] == "peak"), default=args.peak_gflops)
-    for r in records:
-        if peak and r["what"] in ("train", "infer"):
-            r["frac_peak"] = r["gflops"] / peak
+        for r in rs:
+            r = {**base, **r, "other_cores": others, "waited_s": waited, "setup": setup}
+            if peak and r["what"] in ("train", "infer"):
+                r["frac_peak"] = r["gflops"] / peak
+            out(r)
     return records
 
 
@@ -225,23 +252,14 @@ def wait_quiet(max_s: float) -> float:
     return time.perf_counter() - t0
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 # ---- --impl all: fresh processes, alternating ---------------------------------------------------
 def child_command(args, impl: str, what: str) -> list:
-    """The command line that measures `what` for `impl` in a fresh process (JSON output)."""
+    """The command line that measures `what` for `impl` in a fresh process, which hands its
+    records back as JSON lines on its standard output (--results -)."""
     split = impl == "minivit" and what in ("train", "infer")
     threads = args.threads // args.procs if split else args.threads
-    cmd = [sys.executable, os.path.abspath(__file__), "--impl", impl, "--what", what, "--json",
+    cmd = [sys.executable, os.path.abspath(__file__), "--impl", impl, "--what", what,
+           "--results", "-",
            "--config", args.config, "--batch", str(args.batch), "--threads", str(max(1, threads)),
            "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--layer-reps", str(args.layer_reps), "--peak-n", str(args.peak_n),
@@ -251,21 +269,41 @@ def child_command(args, impl: str, what: str) -> list:
     return cmd + ["--smoke"] * args.smoke + ["--tf32"] * args.tf32
 
 
-def run_child(cmd: list, threads: int, procs: int = 1) -> list:
+class ChildFailed(Exception):
+    """A measurement process exited with an error; `records` are those it handed back first."""
+
+    def __init__(self, cmd: list, returncode: int, tail: str, records: list):
+        super().__init__(f"benchmark process failed (exit {returncode}): {' '.join(cmd)}\n{tail}")
+        self.cmd, self.returncode, self.tail, self.records = cmd, returncode, tail, records
+
+
+def run_child(cmd: list, threads: int, procs: int = 1, emit=lambda r: None) -> list:
     """Run one measurement process (or `procs` of them under mpiexec, splitting the threads)
-    with the thread variables set before its imports."""
+    with the thread variables set before its imports; each record it prints goes to emit() as
+    it arrives. Returns the records; raises ChildFailed when the process fails."""
     if procs > 1:
         from minivit.parallel import launch
         if launch.mpiexec_path() is None or not launch.mpi_available():
             raise SystemExit("--procs needs MPI: pip install -e .[mpi]")
         cmd = [launch.mpiexec_path(), "-n", str(procs)] + cmd
         threads = max(1, threads // procs)
-    env = {**os.environ, **{v: str(threads) for v in THREAD_VARS}}
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"benchmark process failed (exit {r.returncode}): {' '.join(cmd)}\n"
-                         f"{r.stderr[-3000:]}")
-    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    env = stamp.child_env({**os.environ, **{v: str(threads) for v in THREAD_VARS}})
+    records = []
+    with tempfile.TemporaryFile("w+") as err:            # a file: no pipe to fill and block on
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        for line in p.stdout:
+            if line.startswith("{"):
+                try:
+                    r = json.loads(line)
+                except ValueError:                        # a line cut short by a crash
+                    continue
+                records.append(r)
+                emit(r)
+        rc = p.wait()
+        if rc:
+            err.seek(0)
+            raise ChildFailed(cmd, rc, err.read()[-3000:], records)
+    return records
 
 
 def installed_impls() -> list:
@@ -285,26 +323,35 @@ def installed_impls() -> list:
 def run_all(args, whats: list, emit) -> list:
     """Each (what, impl) in its own process; train/infer alternate minivit, torch [, onnx] for
     --rounds. An (impl, what) that unsupported() rules out starts no process: one "skipped"
-    record says why. Returns the per-round records followed by aggregates (medians) and ratios."""
-    impls = installed_impls() if args.impl == "all" else [args.impl]
+    record says why; a process that fails leaves a "failed" record (its exit status and the
+    end of its error output) and the others still run. Every record goes to emit() as it
+    arrives. Returns the per-round records followed by aggregates (medians) and ratios."""
+    impls = args.impls
     records = []
+
+    def relay(r: dict, rnd=None) -> None:
+        if rnd is not None:
+            r["round"] = rnd
+        if "command" in r:                                # the child's; the stamp gets ours
+            r["child_command"] = r.pop("command")
+        emit(r)
+        records.append(r)
 
     def child(impl, what, rnd=None):
         reason = unsupported(impl, what, args.device)
         if reason:
             if rnd in (None, 0):                          # once, not every round
-                r = {"impl": impl, "what": "skipped", "of": what, "reason": reason}
-                emit(r)
-                records.append(r)
-            return []
+                relay({"impl": impl, "what": "skipped", "of": what, "reason": reason})
+            return
         procs = args.procs if impl == "minivit" and what in ("train", "infer") else 1
-        recs = run_child(child_command(args, impl, what), args.threads, procs)
-        for r in recs:
-            if rnd is not None:
-                r["round"] = rnd
-            emit(r)
-        records.extend(recs)
-        return recs
+        try:
+            run_child(child_command(args, impl, what), args.threads, procs,
+                      lambda r: relay(r, rnd))
+        except ChildFailed as e:
+            print(f"{impl} {what}: {e}", file=sys.stderr)
+            relay({"impl": impl, "what": "failed", "of": what, "config": args.config,
+                   "batch": args.batch, "device": args.device, "exit": e.returncode,
+                   "error": e.tail[-1500:], "child_command": stamp.command_line(e.cmd[1:])}, rnd)
 
     if "peak" in whats:
         for impl in impls:
@@ -324,9 +371,11 @@ def run_all(args, whats: list, emit) -> list:
 def aggregate(records: list, impls: list, args) -> list:
     """Median over rounds per (what, impl); ratios minivit/torch and minivit/onnx of images/s
     (= other ms / minivit ms) per what, for those measured; fraction of the machine peak (the
-    best matmul peak measured)."""
+    best matmul peak measured). An aggregate keeps its rounds' setup, machine and versions."""
     peaks = [r["gflops"] for r in records if r["what"] == "peak"]
     peak = max(peaks) if peaks else args.peak_gflops
+    where = {"config": args.config, "batch": args.batch, "device": args.device,
+             "threads": args.threads}
     out = []
     for what in ("train", "infer"):
         ms = {}
@@ -338,12 +387,16 @@ def aggregate(records: list, impls: list, args) -> list:
             mem = {k: statistics.median(r[k] for r in rs)
                    for k in ("peak_rss_mb", "gpu_peak_mb") if k in rs[0]}
             flops = rs[0]["gflop_per_step"]
-            a = {"what": what, "impl": impl, "aggregate": True, "config": args.config,
-                 "batch": args.batch, "device": args.device, "threads": args.threads,
+            a = {"what": what, "impl": impl, "aggregate": True, **where,
                  "rounds": len(rs), "ms_rounds": [r["ms"] for r in rs], "ms": m,
                  "images_per_s": args.batch / m * 1e3, "gflop_per_step": flops,
                  "gflops": flops / m * 1e3, **mem,
                  "other_cores_rounds": [r.get("other_cores") for r in rs]}
+            for k in ("steps", "setup", "machine"):
+                if k in rs[0]:
+                    a[k] = rs[0][k]
+            if any("versions" in r for r in rs):          # what the measuring processes ran
+                a["versions"] = {k: v for r in rs for k, v in r.get("versions", {}).items()}
             if peak:
                 a["frac_peak"] = a["gflops"] / peak
             out.append(a)
@@ -351,7 +404,7 @@ def aggregate(records: list, impls: list, args) -> list:
         ratios = {f"minivit_over_{k}": v / ms["minivit"] for k, v in ms.items()
                   if k != "minivit" and "minivit" in ms}
         if ratios:
-            out.append({"what": "ratio", "of": what, "aggregate": True, **ratios})
+            out.append({"what": "ratio", "of": what, "aggregate": True, **where, **ratios})
     return out
 
 
@@ -388,6 +441,10 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
     for line in dict.fromkeys(f"{r['impl']}: {r['reason']}; skipped" for r in records
                               if r["what"] == "skipped"):
         print(line)
+    for r in records:
+        if r["what"] == "failed":
+            print(f"{r['impl']} {r['of']}: FAILED (exit {r['exit']}); its error output is on "
+                  f"stderr and in the record")
 
     peaks = [r for r in records if r["what"] == "peak"]
     for r in peaks:
@@ -396,7 +453,7 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
     peak = max((r["gflops"] for r in peaks), default=args.peak_gflops)
 
     rows = [r for r in records if r["what"] in ("train", "infer")
-            and (r.get("aggregate") or args.impl != "all")]
+            and (r.get("aggregate") or not multi_process(args))]
     if rows:
         mem_key = "gpu_peak_mb" if args.device == "gpu" else "peak_rss_mb"
         mem_name = "GPU peak MB" if args.device == "gpu" else "max RSS MB"
@@ -437,7 +494,13 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
             print(f"batch pieces on worker threads: {t['chunks']}")
 
 
-# ---- command line -------------------------------------------------------------------------------
+# ---- command line ----------------------------------------------------------------------------
+def multi_process(args) -> bool:
+    """Whether the measurements run in child processes (several implementations, or --procs),
+    each record relayed from them, rather than in this one."""
+    return len(args.impls) > 1 or args.procs > 1 or args.impl == "all"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -456,12 +519,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 30)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5)")
     ap.add_argument("--rounds", type=int, default=None,
-                    help="alternating A B rounds with --impl all (default 3)")
-    ap.add_argument("--impl", choices=IMPLS + ("all",), default="minivit",
+                    help="alternating rounds when several implementations run (default 3)")
+    ap.add_argument("--impl", default="minivit",
                     help="minivit, torch (the PyTorch reference, attention written out), "
                          "torch-sdpa (the same with F.scaled_dot_product_attention), onnx (the "
-                         "reference exported to ONNX Runtime: CPU inference and peak only), or "
-                         "all installed (default minivit)")
+                         "reference exported to ONNX Runtime: CPU inference and peak only), a "
+                         "comma list of them, or all installed (default minivit)")
     ap.add_argument("--what", default=None,
                     help="comma list of train, infer, layers, peak, or all (default train)")
     ap.add_argument("--layer-reps", type=int, default=None, help="calls per layer timing (30)")
@@ -478,8 +541,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "torch: torch.backends.cuda.matmul.allow_tf32)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny model, 3 steps, every part: checks the script in seconds")
-    ap.add_argument("--json", action="store_true", help="one JSON line per result, no table")
+    ap.add_argument("--json", action="store_true",
+                    help="keep the results: append every record, stamped (machine, versions, "
+                         "commit, date, command), to benchmarks/results/<machine tag>.jsonl as "
+                         "it is measured (the table is still printed)")
+    ap.add_argument("--results", default=None, metavar="FILE",
+                    help="append the records to FILE instead (implies --json); '-': JSON lines "
+                         "on standard output instead of the table")
     args = ap.parse_args(argv)
+    args.impls = parse_impls(args.impl)
+    if len(args.impls) == 1 and args.impl != "all":
+        args.impl = args.impls[0]
+    args.json = args.json or args.results is not None
     s = args.smoke
     gpu = args.device == "gpu"
     defaults = dict(config="tiny" if s else "mnist", batch=32 if s else 128,
@@ -498,6 +571,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def parse_impls(text: str) -> list:
+    """--impl: one implementation, a comma list, or all (every one installed)."""
+    asked = [w.strip() for w in text.split(",") if w.strip()]
+    bad = [w for w in asked if w not in IMPLS + ("all",)]
+    if bad or not asked:
+        raise SystemExit(f"--impl {text!r}: unknown {bad}; use one of {', '.join(IMPLS)}, a "
+                         f"comma list of them, or all")
+    if "all" in asked:
+        return installed_impls()
+    return list(dict.fromkeys(asked))
+
+
 def parse_whats(text: str) -> list:
     asked = {w.strip() for w in text.split(",") if w.strip()}
     bad = asked - set(WHATS) - {"all"}
@@ -508,12 +593,12 @@ def parse_whats(text: str) -> list:
 
 
 def main(argv=None) -> list:
-    """Run the benchmarks the arguments ask for; print the table (or JSON lines) and return the
-    result records."""
+    """Run the benchmarks the arguments ask for; print the table, keep the stamped records
+    (--json / --results) and return them."""
     args = parse_args(argv)
     cfg = ViTConfig(**CONFIGS[args.config])
     whats = parse_whats(args.what)
-    if cfg.image_size >= 224 and args.device == "cpu" and not args.json:
+    if cfg.image_size >= 224 and args.device == "cpu" and args.results != "-":
         print(f"note: {args.config} on the CPU is slow ({measure.vit_flops(cfg, 1) / 1e9:.0f} "
               f"GFLOP per image forward); consider --device gpu or a small --batch",
               file=sys.stderr)
@@ -521,17 +606,22 @@ def main(argv=None) -> list:
     if parallel.launched_size() > 1 and not parallel.world().is_root:
         run_local(args, cfg, whats)                       # one of --procs' processes: rank 0 reports
         return []
-    emit = (lambda r: print(json.dumps(r), flush=True)) if args.json else (lambda r: None)
-    if args.impl == "all" or args.procs > 1:             # --procs: the processes are children
-        records = run_all(args, whats, emit)
-    else:
-        records = run_local(args, cfg, whats)
-        for r in records:
-            emit(r)
-    if not args.json:
+    sink = stamp.Sink(args.results, script="bench.py") if args.json else None
+    emit = sink.write if sink else (lambda r: r)
+    try:
+        if multi_process(args):                           # --procs: the processes are children
+            records = run_all(args, whats, emit)
+        else:
+            records = run_local(args, cfg, whats, emit)
+    finally:
+        if sink:
+            sink.close()
+    if args.results != "-":
         print_tables(records, args, cfg)
+        if sink:
+            print(f"records appended to {os.path.relpath(sink.path)}")
     return records
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if any(r["what"] == "failed" for r in main()) else 0)

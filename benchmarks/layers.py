@@ -1,16 +1,21 @@
 """Where minivit's training step goes: the forward and the backward time of each layer, measured
-by calling the package's own pairs the way the model calls them, on the shapes of a real step.
+by calling the pairs the model's fast block (minivit/kernels/block.py) calls, the way it calls
+them, on the shapes of a real step.
 
-    patch embed         patch_embed_forward/backward                          1 per step
-    layernorm normalize normalize_forward/backward (norm1 and norm2)           2 per block
-    qkv linear          affine_into_linear (norm1's affine) + linear          1 per block
-    attention core      attention_forward/backward                            1 per block
-      of which softmax  softmax_forward/backward on the scores (N, B, H, N)   (part of the core)
-    attn out proj       linear (the projection mhsa_forward ends with)        1 per block
-    mlp                 affine_into_linear (norm2's affine) + mlp pair        1 per block
-      of which GELU     the GELU pair alone, on the MLP's hidden (B, N, F)   (part of mlp)
-    head                head_forward/backward                                 1 per step
-    loss                cross_entropy_forward/backward                        1 per step
+    patch embed         layers: patch_embed_forward/backward                  1 per step
+    layernorm normalize kernels.norm: normalize_forward/backward (norm1, 2)    2 per block
+    qkv linear          kernels.norm: affine_into_linear (norm1's affine)     1 per block
+                        + kernels.linear: linear
+    attention core      kernels.attention: attention_forward/backward (NumPy:  1 per block
+                        scores keys first), attention_*_gpu (CuPy)
+      of which softmax  its softmax pair alone on the scores                 (part of the core)
+    attn out proj       kernels.linear: linear (the block's projection)       1 per block
+    mlp                 affine_into_linear (norm2's affine) + kernels.block:  1 per block
+                        the mlp pair
+      of which GELU     kernels.gelu: the GELU pair alone, on the MLP's       (part of mlp)
+                        hidden (B, N, F)
+    head                layers: head_forward/backward                         1 per step
+    loss                layers: cross_entropy_forward/backward                1 per step
     AdamW step          AdamW.step over the model's params and grads          1 per step
 
 qkv linear, attention core and attn out proj are the three pairs of the block's attention branch
@@ -30,13 +35,15 @@ import numpy as np
 
 from measure import LR, WEIGHT_DECAY, MinivitBench, batch_pieces, time_ms, time_step
 from minivit import ViT, backend
-from minivit.layers import (GELU, attention_backward, attention_forward, cross_entropy_backward,
-                            cross_entropy_forward, affine_into_linear_backward,
-                            affine_into_linear_forward, affine_linear_inputs,
-                            head_backward, head_forward, linear_backward, linear_forward,
-                            mlp_backward, mlp_forward, normalize_backward, normalize_forward,
-                            patch_embed_backward, patch_embed_forward, softmax_backward,
-                            softmax_forward)
+from minivit.kernels import attention as fast_attention
+from minivit.kernels import fused
+from minivit.kernels.block import mlp_backward, mlp_forward
+from minivit.kernels.gelu import GELU
+from minivit.kernels.linear import linear_backward, linear_forward
+from minivit.kernels.norm import (affine_into_linear_backward, affine_into_linear_forward,
+                                  affine_linear_inputs, normalize_backward, normalize_forward)
+from minivit.layers import (cross_entropy_backward, cross_entropy_forward, head_backward,
+                            head_forward, patch_embed_backward, patch_embed_forward)
 from minivit.optim import AdamW
 from minivit.parallel import threads
 
@@ -48,6 +55,17 @@ class Layer(NamedTuple):
     forward: Callable          # *inputs -> (out, cache)
     backward: Callable         # (dout, cache) -> grads
     part_of: str | None = None # a part of that row, timed alone (not added to the sum)
+
+
+def gpu_softmax_forward(s):
+    """The softmax inside kernels.attention.attention_forward_gpu, alone (CuPy)."""
+    a = fused.softmax_exp(s, s.max(-1, keepdims=True))   # (b, H, N, N)
+    a /= a.sum(-1, keepdims=True)
+    return a, a
+
+
+def gpu_softmax_backward(da, a):
+    return fused.softmax_dx(da, a, (da * a).sum(-1, keepdims=True))
 
 
 def step_layers(model: ViT) -> list:
@@ -85,8 +103,20 @@ def step_layers(model: ViT) -> list:
         dh, dw1, db1, dw2, db2 = mlp_backward(dy, c_mlp)
         return (*affine_into_linear_backward(dh, dw1, db1, h, c_aff), dw2, db2)
 
-    def scores(b):                       # attention scores as the core keeps them, keys first
-        return (backend.asarray(rng.standard_normal((N, b, cfg.heads, N)).astype(cfg.dtype)),)
+    numpy = backend.xp() is np
+    if numpy:                            # the fast kernels' layout: scores keys first
+        core = (lambda qkv: fast_attention.attention_forward(qkv, cfg.heads),
+                fast_attention.attention_backward)
+        soft, score_shape = (fast_attention.softmax_forward, fast_attention.softmax_backward), \
+            (N, cfg.heads, N)            # (N, b, H, N) below
+    else:                                # CuPy: queries first, the softmax fused in the core
+        core = (lambda qkv: fast_attention.attention_forward_gpu(qkv, cfg.heads),
+                fast_attention.attention_backward_gpu)
+        soft, score_shape = (gpu_softmax_forward, gpu_softmax_backward), (cfg.heads, N, N)
+
+    def scores(b):                       # attention scores as the core keeps them
+        shape = (N, b, *score_shape[1:]) if numpy else (b, *score_shape)
+        return (backend.asarray(rng.standard_normal(shape).astype(cfg.dtype)),)
 
     def labels(b):
         return rand(K)(b) + (backend.asarray(rng.integers(0, K, b)),)   # (b, K), (b,)
@@ -99,10 +129,8 @@ def step_layers(model: ViT) -> list:
         Layer("layernorm normalize (2/block)", 2 * L, rand(N, D),
               lambda x: normalize_forward(x, cfg.eps), normalize_backward),
         Layer("qkv linear (+norm1 affine)", L, rand(N, D), qkv_forward, qkv_backward),
-        Layer("attention core", L, rand(N, 3 * D),
-              lambda qkv: attention_forward(qkv, cfg.heads), attention_backward),
-        Layer("  of which softmax", L, scores, softmax_forward, softmax_backward,
-              part_of="attention core"),
+        Layer("attention core", L, rand(N, 3 * D), *core),
+        Layer("  of which softmax", L, scores, *soft, part_of="attention core"),
         Layer("attn out proj", L, rand(N, D),
               lambda o: linear_forward(o, bp["attn.proj.w"], bp["attn.proj.b"]), linear_backward),
         Layer("mlp (+norm2 affine)", L, rand(N, D), mlp_affine_forward, mlp_affine_backward),

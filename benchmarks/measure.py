@@ -8,6 +8,7 @@ measurement process or prints a table (OnnxBench runs its export in a child proc
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import statistics
@@ -27,7 +28,7 @@ if TESTS not in sys.path:
     sys.path.append(TESTS)
 
 from minivit import ViT, ViTConfig, backend, parallel  # noqa: E402
-from minivit.layers import cross_entropy_backward, cross_entropy_forward  # noqa: E402
+from minivit.layers import BatchRows, cross_entropy_backward, cross_entropy_forward  # noqa: E402
 from minivit.optim import AdamW  # noqa: E402
 from minivit.parallel import threads  # noqa: E402
 
@@ -89,10 +90,14 @@ def rss_peak_mb() -> float:
 _THREAD_LIMITS = None   # threadpoolctl's limiter, kept alive for the whole process
 
 
-def limit_threads(blas_threads: int, workers: int | None = None) -> dict:
+def limit_threads(blas_threads: int, workers: int | None = None,
+                  tune_allocator: bool = False) -> dict:
     """Pin BLAS/OpenMP pools to `blas_threads` (threadpoolctl when installed; otherwise the
-    *_NUM_THREADS variables that bench.py sets before NumPy loads did it) and minivit's batch
-    split to `workers` threads (default: blas_threads). Returns what the pools report."""
+    *_NUM_THREADS variables that bench.py sets before NumPy loads did it) and apply minivit's
+    CPU runtime as its commands do (threads.Runtime: `blas_threads` cores, the batch split over
+    `workers` threads (default: blas_threads), glibc's allocator tuned when tune_allocator,
+    which minivit's processes ask for and the others do not, unless MINIVIT_NO_MALLOPT=1).
+    Returns what the pools report and whether the allocator was tuned."""
     global _THREAD_LIMITS
     info = {"threads": blas_threads}
     try:
@@ -103,7 +108,12 @@ def limit_threads(blas_threads: int, workers: int | None = None) -> dict:
         _THREAD_LIMITS = threadpool_limits(limits=blas_threads)
         info["pools"] = sorted(f"{p['internal_api']} {p.get('version')} x{p['num_threads']}"
                                for p in threadpool_info())
-    threads.set_workers(workers if workers is not None else blas_threads)
+    runtime = threads.Runtime.from_env(cores=blas_threads,
+                                       workers=workers if workers is not None else blas_threads)
+    if not tune_allocator:
+        runtime = dataclasses.replace(runtime, tune_allocator=False)
+    runtime.apply()
+    info["allocator_tuned"] = runtime.tune_allocator
     return info
 
 
@@ -162,13 +172,15 @@ class MinivitBench:
         share = len(y) / self.rows[1]
 
         def step():
-            logits = model.forward(x, train=True, batch_rows=self.rows)   # (B / R, K)
+            start, total = self.rows              # this process's rows of the global batch
+            masks = BatchRows(int(model.rng.integers(2 ** 63)), start, start + len(y), total)
+            logits = model.forward(x, train=True, masks=masks)   # (B / R, K)
             _, cache = cross_entropy_forward(logits, y)
             dlogits = cross_entropy_backward(cache)
             if world.size > 1:
                 dlogits *= share
             model.backward(dlogits)
-            world.allreduce_(model.grads.buffer)
+            world.allreduce_(model.grads.flat)
             opt.step(model.grads)
             self._track()
         return step
@@ -336,9 +348,8 @@ class OnnxBench:
 
 class TorchSdpaBench(TorchBench):
     """The same reference with PyTorch's fused attention, F.scaled_dot_product_attention, as
-    PyTorch's own ViTs (torchvision, timm, transformers) run by default: on the 2-core CPU the
-    faster of the two at ViT-B/16 (inference at batch 8: 4% and 14% in two sittings), the
-    slower at the MNIST shapes (training step: 63 against 48 ms)."""
+    PyTorch's own ViTs (torchvision, timm, transformers) run by default. Which of the two is
+    faster depends on the shape and the machine, so both are measured (benchmarks/results/)."""
     name = "torch-sdpa"
 
     def __init__(self, cfg: ViTConfig, batch: int, gpu: bool = False, tf32: bool = False,
@@ -359,5 +370,6 @@ def time_step(bench, what: str, batch: int, steps: int, warmup: int) -> dict:
     ms = statistics.median(ts)
     flops = vit_flops(bench.cfg, batch) * (3 if what == "train" else 1)
     return {"what": what, "ms": ms, "ms_min": min(ts), "ms_max": max(ts), "steps": len(ts),
+            "warmup": warmup, "ms_all": [round(t, 4) for t in ts],
             "images_per_s": batch / ms * 1e3, "gflop_per_step": flops / 1e9,
             "gflops": flops / ms / 1e6, **bench.memory()}
