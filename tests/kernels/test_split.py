@@ -15,8 +15,7 @@ from minivit.parallel import threads
 from conftest import randn
 from kernel_testing import assert_close, block_params
 
-SMALL = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2, heads=2,
-             mlp_ratio=1.5, dtype="float64")
+from test_model import SMALL, check_model, randomize  # noqa: E402  (the model tests' helpers)
 
 
 @pytest.fixture(autouse=True)
@@ -26,39 +25,6 @@ def kernels_on():
     kernels.on()
     yield
     (kernels.on if before else kernels.off)()
-
-
-def randomize(model, seed=0):
-    """Random non-degenerate values for every parameter (biases and LayerNorm too)."""
-    rng = np.random.default_rng(seed)
-    for k, v in model.params.items():
-        v[...] = backend.asarray(rng.standard_normal(v.shape) * (0.5 if v.ndim > 1 else 0.3)
-                                 + (1.0 if "norm" in k and k.endswith(".w") else 0.0))
-
-
-def check_model(xp, cfg, B=3, seed_masks=None):
-    """Finite-difference check of every parameter and the input of a ViT's loss."""
-    model = ViT(cfg, seed=0)
-    randomize(model)
-    x = randn(xp, B, cfg.in_channels, cfg.image_size, cfg.image_size, seed=1)
-    labels = xp.asarray(np.arange(B) % cfg.num_classes)
-
-    def loss():
-        if seed_masks is not None:
-            model.rng = np.random.default_rng(seed_masks)   # the same dropout masks every call
-        return cross_entropy_forward(model.forward(x, train=True), labels, 0.1)[0]
-
-    if seed_masks is not None:
-        model.rng = np.random.default_rng(seed_masks)
-    logits = model.forward(x, train=True)
-    _, cache = cross_entropy_forward(logits, labels, 0.1)
-    dx = model.backward(cross_entropy_backward(cache))
-    names = list(model.params)
-    errs = check_grads(loss, [x] + [model.params[k] for k in names],
-                       [dx] + [model.grads[k] for k in names], ["x"] + names, tol=1e-6,
-                       max_coords=60, directions=1)
-    assert set(errs) == {"x", *model.params}
-    return model
 
 
 # ---- the batch split by images -------------------------------------------------------------
