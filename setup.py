@@ -26,6 +26,7 @@ setup(
         "minivit-finetune=minivit.cli.finetune:entry",
         "minivit-evaluate=minivit.cli.evaluate:entry",
         "minivit-predict=minivit.cli.predict:entry",
+        "minivit-embed=minivit.cli.embed:entry",
         "minivit-io=minivit.cli.io:entry",
         "minivit-attention=minivit.cli.attention:entry",
     ]},

@@ -507,7 +507,7 @@ def test_export_and_attention_report_a_full_disk(tmp_path, capsys, monkeypatch):
     for err, words in ((errno.ENOSPC, "No space left on device"), (errno.EACCES, "ermission")):
         failing_disk(monkeypatch, "g.npz", err)
         with pytest.raises(SystemExit) as e:
-            run(io_cli.main, ["export", ckpt, str(out)])
+            run(io_cli.main, ["export", ckpt, str(out), "--overwrite"])
         assert words in one_error_line(capsys, e, str(out))
         assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["c.npz", "g.npz"]
         monkeypatch.undo()

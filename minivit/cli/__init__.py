@@ -1,12 +1,16 @@
 """The command lines, one module each: parse the flags, build the pieces, call the library.
 
-    module         console script       python -m                   example script
-    train.py       minivit-train        python -m minivit.train     examples/train_mnist.py
-    finetune.py    minivit-finetune     python -m minivit.cli.finetune   examples/finetune.py
+    module         console script       python -m                    example script
+    train.py       minivit-train        python -m minivit.train      examples/train_mnist.py
+    finetune.py    minivit-finetune     python -m minivit.finetune   examples/finetune.py
     evaluate.py    minivit-evaluate     python -m minivit.evaluate
     predict.py     minivit-predict      python -m minivit.predict
+    embed.py       minivit-embed        python -m minivit.embed
     io.py          minivit-io           python -m minivit.io
-    attention.py   minivit-attention    python -m minivit.cli.attention  examples/attention_maps.py
+    attention.py   minivit-attention    python -m minivit.attention  examples/attention_maps.py
+
+flags.py holds the checks of flag values made while parsing and the rule for output paths.
+Every parser is a Parser: a bad flag is one line, and --version prints minivit's version.
 
 Each usage line names the command the way it was run (command_name). Every command that reads
 a model takes it with one flag, --model PATH, in any layout minivit.io.load_pretrained reads
@@ -19,7 +23,23 @@ import argparse
 import os
 import sys
 
+from .flags import count
+
 USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ArithmeticError)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line naming the flag, the value and what it
+    takes (flags.py checks the values), and a pointer to --help, instead of the whole usage;
+    every command has --version."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .. import __version__
+        self.add_argument("--version", action="version", version=f"minivit {__version__}")
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
 
 
 def run(main, argv=None):
@@ -28,19 +48,20 @@ def run(main, argv=None):
     permission), a bad flag, no GPU, a diverging loss) prints one 'error: <message>' line naming
     the file where there is one, and exits with status 2; MINIVIT_DEBUG=1 shows the traceback.
     Under mpiexec a failing process ends the whole job (parallel/mpi.py fail): the error is
-    printed once, and no process is left waiting in a collective."""
+    printed once, and no process is left waiting in a collective; an error the processes agreed
+    on (parallel.mpi.together: flags, data, output folder) is printed once without the abort."""
     try:
         return main(argv)
     except USER_ERRORS as e:
         if os.environ.get("MINIVIT_DEBUG") == "1" and not _under_mpi():
             raise
         message = f"error: {describe(e)}"
-        if _under_mpi():
+        if _under_mpi() and not _shared(e):
             _fail_job(message)
         print(f"{message}\n(set MINIVIT_DEBUG=1 to see the traceback)", file=sys.stderr)
         raise SystemExit(2)
-    except Exception:
-        if not _under_mpi():
+    except Exception as e:
+        if not _under_mpi() or _shared(e):                # the other processes have ended
             raise
         import traceback
         _fail_job(traceback.format_exc().rstrip())
@@ -49,6 +70,13 @@ def run(main, argv=None):
 def _under_mpi() -> bool:
     from ..parallel import launched_size
     return launched_size() > 1
+
+
+def _shared(e: BaseException) -> bool:
+    """An error every process of the job knows about (parallel.mpi.together): the others have
+    exited cleanly, so this one reports it without ending the job by MPI's abort."""
+    from ..parallel.mpi import is_shared
+    return is_shared(e)
 
 
 def _fail_job(message: str) -> None:
@@ -70,7 +98,7 @@ def add_device_args(ap: argparse.ArgumentParser, workers: bool = True) -> None:
     ap.add_argument("--tf32", action="store_true", help="GPU: TF32 tensor-core matmuls (faster, "
                     "about 1e-3 relative error)")
     if workers:
-        ap.add_argument("--workers", type=int, default=None,
+        ap.add_argument("--workers", type=count, default=None,
                         help="CPU worker threads the batch is split over (default: one per core)")
 
 
@@ -87,6 +115,51 @@ def use_device(args) -> None:
     if getattr(args, "workers", None) is not None:
         runtime = dataclasses.replace(runtime, workers=args.workers)
     runtime.apply()
+
+
+def training_folder(args, world, default: str) -> str:
+    """The folder a training command writes to, chosen by the root, the same on every process,
+    said once: with --resume the resumed checkpoint's folder (the run goes on where it is, also
+    when it went to a numbered folder); else --out (default `default`), or a numbered folder
+    beside it when it holds an earlier run (flags.run_folder)."""
+    from .flags import run_folder
+    if args.resume is not None:
+        out = os.path.dirname(args.resume) or "."
+        if args.out is not None and os.path.realpath(args.out) != os.path.realpath(out) \
+                and world.is_root:
+            print(f"note: --resume continues the run in its folder {out}; --out {args.out} is "
+                  f"not used", file=sys.stderr)
+        return out
+    asked = args.out if args.out is not None else default
+    out = world.bcast(run_folder(asked, args.overwrite) if world.is_root else None)
+    if out != asked and world.is_root:
+        print(f"{asked} holds an earlier run, so this one goes to {out} (--overwrite writes "
+              f"into {asked}; --resume continues the earlier run)", file=sys.stderr)
+    return out
+
+
+def check_resumable(path: str) -> None:
+    """ValueError unless --resume names a minivit checkpoint: another layout gets the flag that
+    reads it (a run starts from a pretrained model with minivit-finetune --model)."""
+    from ..io.pretrained import find_source
+    fmt = find_source(path).format
+    if fmt != "minivit":
+        name = {"google": "a Google (vit_jax) .npz", "hf": "a transformers checkpoint",
+                "timm": "a timm checkpoint"}.get(fmt, f"a {fmt} file")
+        raise ValueError(f"--resume {path}: this is {name}, not a minivit run's checkpoint "
+                         f"(last.npz); to start from it, pass it to minivit-finetune --model "
+                         f"{path}; to read it, minivit-io info {path}")
+
+
+def add_output_args(ap: argparse.ArgumentParser, default: str) -> None:
+    """--out, --overwrite and --resume of a training command (the rule: flags.py)."""
+    from .flags import add_overwrite_arg, existing_file, folder
+    ap.add_argument("--out", type=folder, default=None, metavar="DIR",
+                    help=f"output folder (default {default}); one holding an earlier run is "
+                         f"kept: this run goes to a numbered folder beside it ({default}-2, ...)")
+    add_overwrite_arg(ap, "the files of an earlier run in --out")
+    ap.add_argument("--resume", type=existing_file, default=None, metavar="CHECKPOINT",
+                    help="continue a run from its last.npz, in that checkpoint's folder")
 
 
 def add_parallel_args(ap: argparse.ArgumentParser, default_procs: str = "auto") -> None:

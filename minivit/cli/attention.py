@@ -14,7 +14,6 @@ matplotlib the numbers are printed and no PNG is written.
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
@@ -25,17 +24,21 @@ from ..config import ViTConfig
 from ..data.batches import normalize
 from ..data.mnist import PREPROCESSING
 from ..model import ViT
-from . import add_device_args, add_model_arg, command_name, load_model, run, use_device
+from . import Parser, add_device_args, add_model_arg, command_name, load_model, run, use_device
+from .flags import add_overwrite_arg, count, folder, new_output
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=command_name("minivit-attention"),
+def build_parser() -> Parser:
+    ap = Parser(prog=command_name("minivit-attention"),
                                  description="Draw per-layer CLS attention and attention rollout "
                                              "for a few MNIST test images.")
     add_model_arg(ap, required=False, help="; trained on MNIST (28x28x1)")
-    ap.add_argument("--data", default=None, help="folder with the MNIST files (default: cache)")
-    ap.add_argument("--num-images", type=int, default=6)
-    ap.add_argument("--out", default="attention.png", help="the PNG to write")
+    ap.add_argument("--data", type=folder, default=None,
+                    help="folder with the MNIST files (default: cache)")
+    ap.add_argument("--num-images", type=count, default=6)
+    ap.add_argument("--out", default="attention.png", help="the PNG to write (an existing one "
+                    "is kept unless --overwrite)")
+    add_overwrite_arg(ap, "--out")
     add_device_args(ap, workers=False)
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: a tiny random model (unless --model) and at most 3 "
@@ -69,8 +72,6 @@ def load(args) -> tuple:
         raise ValueError(f"the model takes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
                          f"images, MNIST is 28x28x1; use a model trained on MNIST")
     n = min(args.num_images, 3) if args.quick else args.num_images
-    if n < 1:
-        raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
     if args.quick and not args.data:
         x, y = synthetic_digits(n)
     else:
@@ -82,6 +83,7 @@ def load(args) -> tuple:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    new_output(args.out, args.overwrite)
     use_device(args)
     model, x, y, mean, std, names = load(args)
     res = attention_maps(model, normalize(backend.asarray(x), model.config.dtype, mean, std))

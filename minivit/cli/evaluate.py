@@ -10,20 +10,21 @@ names come from the model's Preprocessing (MNIST's for a checkpoint that records
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 from ..data.mnist import PREPROCESSING, load_mnist
 from ..training.evaluate import confusion_matrix, predict, report
-from . import add_device_args, add_model_arg, command_name, load_model, run, use_device
+from . import Parser, add_device_args, add_model_arg, command_name, load_model, run, use_device
+from .flags import count, folder
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=command_name("minivit-evaluate"),
+def build_parser() -> Parser:
+    ap = Parser(prog=command_name("minivit-evaluate"),
                                  description="Evaluate a model on the MNIST test set.")
     add_model_arg(ap, help="; it must take 28x28x1 images and have 10 classes")
-    ap.add_argument("--data", default=None, help="folder with the MNIST files (default: cache)")
-    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--data", type=folder, default=None,
+                    help="folder with the MNIST files (default: cache)")
+    ap.add_argument("--batch-size", type=count, default=500)
     add_device_args(ap, workers=False)
     return ap
 

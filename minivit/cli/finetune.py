@@ -19,7 +19,6 @@ minivit-predict. --procs N trains as N processes under mpiexec (default 1).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -27,19 +26,26 @@ import sys
 from .. import backend, parallel
 from ..training.finetune import frozen_keys, load_folder_for
 from ..training.loop import TrainOptions, fit
-from . import (add_device_args, add_model_arg, add_parallel_args, command_name, load_model,
-               ran_as_processes, run, use_device)
+from ..parallel.mpi import together
+from ..training.loop import steps_per_epoch_of
+from . import (Parser, add_device_args, add_model_arg, add_output_args, add_parallel_args,
+               check_resumable, command_name, load_model, ran_as_processes, run,
+               training_folder, use_device)
+from .flags import (count, existing_folder, fraction, natural, nonnegative, open_fraction,
+                    positive)
+
+OUT = "runs/finetune"                                     # the default output folder
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=command_name("minivit-finetune"),
+def build_parser() -> Parser:
+    ap = Parser(prog=command_name("minivit-finetune"),
                                  description="Fine-tune a pretrained ViT on an image folder "
                                              "(one sub-folder per class).")
     add_model_arg(ap, help="; transformers and timm need pip install -e .[hub]")
-    ap.add_argument("--data", required=True, metavar="DIR",
+    ap.add_argument("--data", type=existing_folder, required=True, metavar="DIR",
                     help="DIR/<class>/<image> (split by --test-fraction) or DIR/train/<class> "
                          "and DIR/test/<class>; .png/.jpg need Pillow, .npy always works")
-    ap.add_argument("--image-size", type=int, default=None, metavar="S",
+    ap.add_argument("--image-size", type=count, default=None, metavar="S",
                     help="resize the images to S x S and resample the model's position table "
                          "to S (default: the images must already be the model's size)")
     ap.add_argument("--gelu", choices=("tanh", "erf"), default=None,
@@ -47,26 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
                          ".npz, as vit_jax); a minivit checkpoint records its own")
     ap.add_argument("--head-only", action="store_true",
                     help="train only the new head (every other parameter frozen)")
-    ap.add_argument("--test-fraction", type=float, default=0.2,
+    ap.add_argument("--test-fraction", type=open_fraction, default=0.2,
                     help="share of each class held out for testing (without DIR/train, DIR/test)")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=None,
+    ap.add_argument("--epochs", type=count, default=10)
+    ap.add_argument("--batch-size", type=count, default=64)
+    ap.add_argument("--lr", type=positive, default=None,
                     help="peak learning rate (default 1e-3 with --head-only, else 1e-4)")
-    ap.add_argument("--weight-decay", type=float, default=0.0)
-    ap.add_argument("--warmup-epochs", type=float, default=1.0)
-    ap.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    ap.add_argument("--weight-decay", type=nonnegative, default=0.0)
+    ap.add_argument("--warmup-epochs", type=nonnegative, default=1.0)
+    ap.add_argument("--smoothing", type=fraction, default=0.1, help="label smoothing")
     ap.add_argument("--no-augment", dest="augment", action="store_false",
                     help="turn off the random shifts of up to 2 pixels")
-    ap.add_argument("--mean", type=float, nargs="+", default=None,
+    ap.add_argument("--mean", type=float, nargs="+", default=None, metavar="M",
                     help="normalization mean of pixel/255, one value or one per channel "
                          "(default: a transformers or timm source's, else the training images'; "
                          "vit_jax models were pretrained with --mean 0.5 --std 0.5)")
-    ap.add_argument("--std", type=float, nargs="+", default=None, help="see --mean")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--std", type=positive, nargs="+", default=None, metavar="S",
+                    help="see --mean")
+    ap.add_argument("--seed", type=natural, default=0)
     add_device_args(ap)
     add_parallel_args(ap, default_procs="1")
-    ap.add_argument("--out", default="runs/finetune", help="output folder")
+    add_output_args(ap, OUT)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 
@@ -76,15 +83,15 @@ def main(argv=None) -> dict:
     if ran_as_processes(args, argv, "minivit.cli.finetune"):   # --procs N: the job is done
         return {}
     use_device(args)
-    world = parallel.training_world(args.device)
-    model, fmt = load_model(args.model, args.gelu, args.dtype, image_size=args.image_size,
-                            seed=args.seed)
+    world, job = parallel.training_world(args.device), parallel.world()
+    model, fmt = together(job, lambda: load_model(args.model, args.gelu, args.dtype,
+                                                  image_size=args.image_size, seed=args.seed))
     mean, std, pre = args.mean, args.std, model.preprocessing
     if fmt in ("hf", "timm") and pre is not None:        # the source's own normalization
         mean = pre.mean if mean is None else mean
         std = pre.std if std is None else std
-    data = load_folder_for(model, args.data, args.image_size, args.test_fraction, args.seed,
-                           mean, std)
+    data = together(job, lambda: load_folder_for(model, args.data, args.image_size,
+                                                 args.test_fraction, args.seed, mean, std))
     names = data.preprocessing.class_names
     K = len(names)
     model.reset_head(K)                                             # zero-initialized
@@ -108,8 +115,12 @@ def main(argv=None) -> dict:
                   "source": {"model": args.model, "format": fmt},
                   "data": {"folder": args.data, **data.preprocessing.to_dict()},
                   "argv": sys.argv[1:] if argv is None else list(argv)}
-    summary = fit(model, data, opts, args.out, run_config=run_config, quiet=args.quiet,
-                  world=world)
+    together(job, lambda: steps_per_epoch_of(data, opts, world))   # a batch size that fits
+    if args.resume:
+        together(job, lambda: check_resumable(args.resume))
+    out = together(job, lambda: training_folder(args, job, OUT))
+    summary = fit(model, data, opts, out, resume=args.resume, run_config=run_config,
+                  quiet=args.quiet, world=world)
     summary.update(device=args.device, classes=K, head_only=args.head_only)
     if world.is_root:
         print(json.dumps(summary))

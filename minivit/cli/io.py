@@ -6,22 +6,27 @@ python -m minivit.io).
     minivit-io convert vit-base-patch16-224/ out/ --to timm [--image-size 384]
     minivit-io convert runs/mnist/best.npz mnist_vit.npz --to google
     minivit-io export runs/mnist/best.npz mnist_vit.npz     # = convert --to google
+
+An existing destination is never replaced without --overwrite, and never converted into
+itself: a destination that is the source or inside it is refused. The destination must fit the
+layout: a folder for hf and timm, an .npz file for google and minivit.
 """
 from __future__ import annotations
 
-import argparse
+import os
 import json
 
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.google import read_google_npz, save_google_npz
 from ..io.pretrained import describe_pretrained, load_pretrained, save_pretrained
-from . import command_name, run
+from . import Parser, command_name, run
+from .flags import add_overwrite_arg, count, new_output
 
 TARGETS = ("hf", "timm", "google", "minivit")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=command_name("minivit-io"),
+def build_parser() -> Parser:
+    ap = Parser(prog=command_name("minivit-io"),
                                  description="Describe a ViT checkpoint (transformers, timm, "
                                              "Google .npz or minivit) or convert it to another "
                                              "layout.")
@@ -30,26 +35,61 @@ def build_parser() -> argparse.ArgumentParser:
                                        "checkpoint (reads headers only for safetensors)")
     info.add_argument("path", help="a folder (config.json + model.safetensors), a .safetensors "
                                    "file or an .npz")
-    info.add_argument("--heads", type=int, default=None,
+    info.add_argument("--heads", type=count, default=None,
                       help="the head count, for timm or bare files that do not record it")
     conv = sub.add_parser("convert", help="load a checkpoint in any layout and write it in "
                                           "another")
     conv.add_argument("src")
     conv.add_argument("out", help="a folder for --to hf/timm, an .npz file for google/minivit")
     conv.add_argument("--to", choices=TARGETS, required=True)
-    conv.add_argument("--heads", type=int, default=None, help="see info --heads")
-    conv.add_argument("--image-size", type=int, default=None,
+    conv.add_argument("--heads", type=count, default=None, help="see info --heads")
+    conv.add_argument("--image-size", type=count, default=None,
                       help="resample the position table for this input size first")
+    add_overwrite_arg(conv, "an existing destination")
     ex = sub.add_parser("export", help="write a minivit checkpoint's weights as a Google .npz "
                                        "(convert --to google)")
     ex.add_argument("checkpoint")
     ex.add_argument("out")
+    add_overwrite_arg(ex, "an existing destination")
     return ap
+
+
+def check_destination(src: str, out: str, to: str, overwrite: bool) -> None:
+    """ValueError for a destination that is the source or inside it, that exists (without
+    overwrite), or that does not fit the layout (a folder for hf/timm, an .npz otherwise)."""
+    if not os.path.exists(src):
+        raise ValueError(f"{src}: no such file or folder; check the path")
+    a, b = os.path.realpath(src), os.path.realpath(out)
+    if b == a or b.startswith(a.rstrip(os.sep) + os.sep):
+        raise ValueError(f"the destination {out} is the source {src} or inside it; write the "
+                         f"converted model to another path")
+    if to in ("hf", "timm") and out.endswith((".npz", ".safetensors", ".json")):
+        raise ValueError(f"--to {to} writes a folder (config.json + model.safetensors), not "
+                         f"{out}; give a folder path")
+    if to in ("google", "minivit") and not out.endswith(".npz"):
+        raise ValueError(f"--to {to} writes an .npz file; give a path ending in .npz, not {out}")
+    if os.path.isdir(out) and not os.listdir(out) and not overwrite:
+        return                                            # an empty folder is not replaced
+    new_output(out, overwrite, "the destination")
+
+
+CHECKPOINT_FILES = ("config.json", "preprocessor_config.json", "model.safetensors",
+                    "model.safetensors.index.json")
+
+
+def clear_checkpoint_folder(folder: str) -> None:
+    """Remove the checkpoint files of an earlier conversion from folder (--overwrite), so that
+    none of them (a preprocessor_config.json, shards) is left beside the new ones."""
+    for name in os.listdir(folder):
+        if name in CHECKPOINT_FILES or (name.startswith("model-") and name.endswith(".safetensors")):
+            os.remove(os.path.join(folder, name))
 
 
 def convert(src: str, out: str, to: str, **overrides):
     """Load src (any layout) and write it as `to`; returns the model."""
     model = load_pretrained(src, **overrides)
+    if os.path.isdir(out):
+        clear_checkpoint_folder(out)
     if to == "minivit":
         save_checkpoint(out, model)
     else:
@@ -59,6 +99,10 @@ def convert(src: str, out: str, to: str, **overrides):
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    if args.cmd in ("export", "convert"):
+        src = args.checkpoint if args.cmd == "export" else args.src
+        check_destination(src, args.out, "google" if args.cmd == "export" else args.to,
+                          args.overwrite)
     if args.cmd == "export":
         model = load_checkpoint(args.checkpoint)["model"]
         save_google_npz(model, args.out)

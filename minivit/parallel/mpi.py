@@ -109,6 +109,51 @@ def world():
     return _world
 
 
+def together(world, fn, root_first: bool = False):
+    """fn() on every process, the outcome agreed: when it raises on any process, every process
+    ends here with one error line for the job (the lowest failing rank's) and no abort, since
+    no process is left waiting in a collective. root_first: the root runs fn first and the others
+    only once it has succeeded (a download happens once, and a failed one is reported once).
+    Returns fn()'s value; for one process, simply fn()."""
+    if world.size == 1:
+        return fn()
+    error = None
+    if root_first:
+        if world.is_root:
+            try:
+                value = fn()
+            except Exception as e:                        # any: the others must learn of it
+                error = e
+        if world.bcast(error is not None):                # the root failed: it alone reports
+            if world.is_root:
+                raise _shared(error)
+            raise SystemExit(2)
+    if not (root_first and world.is_root):
+        try:
+            value = fn()
+        except Exception as e:
+            error = e
+    failed = np.zeros(world.size)
+    failed[world.rank] = error is not None
+    failed = world.allreduce_(failed)
+    if failed.any():
+        if error is not None and world.rank == int(np.flatnonzero(failed)[0]):
+            raise _shared(error)
+        raise SystemExit(2)
+    return value
+
+
+def _shared(error: Exception) -> Exception:
+    """Mark an error every process knows about (is_shared): the commands print it once and exit
+    without MPI's abort."""
+    error.minivit_shared = True
+    return error
+
+
+def is_shared(error: BaseException) -> bool:
+    return getattr(error, "minivit_shared", False)
+
+
 def fail(world, message: str, code: int = 2) -> None:
     """Print one `error:` line for the whole job and end it. Every process that fails calls this;
     the root prints at once and aborts the job, the others wait a moment first, so an error that

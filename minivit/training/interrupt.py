@@ -27,11 +27,13 @@ class GracefulInterrupt:
             print("\nCtrl-C: saving a checkpoint after this step (press again to quit at once)",
                   file=sys.stderr)
 
-    def save_and_exit(self, save, step: int, out_dir: str) -> None:
+    def save_and_exit(self, save, out_dir: str, where: str) -> None:
+        """save('last.npz'), say where the run stopped (`where`: as the progress bar counts) and
+        how to continue, and exit with status 130."""
         save("last.npz")
         last = os.path.join(out_dir, "last.npz")
         if self.announce:
-            print(f"\ninterrupted at step {step}: saved {last}; continue with the same command "
+            print(f"\ninterrupted {where}: saved {last}; continue with the same command "
                   f"plus --resume {last}", file=sys.stderr)
         raise SystemExit(130)
 

@@ -4,6 +4,10 @@
                                       label smoothing; evaluates after every epoch; writes
                                       last.npz, best.npz, metrics.jsonl, config.json, curves.png
 
+fit in steps: steps_per_epoch_of (the batch size checked before anything is written),
+resume_state (a checkpoint's weights, optimizer, generator and RunState), prepare_folder,
+train_epoch (train_step after train_step, with the progress bar), epoch_record and finish.
+
 Data-parallel (parallel/mpi.py): under mpiexec every process runs fit on its equal share of each
 global batch (the same order, shifts and dropout masks as one process), the gradients and the
 step's statistics are summed by one all-reduce, and only rank 0 prints and writes.
@@ -11,6 +15,8 @@ step's statistics are summed by one all-reduce, and only rank 0 prints and write
 Every file is written atomically (files.atomic_write), so a run killed at any moment leaves files
 that load. metrics.jsonl is rewritten whole from the history kept in the checkpoints, after them:
 on --resume it is rewritten from the resumed checkpoint, so it never repeats or misses an epoch.
+A checkpoint written mid-epoch (Ctrl-C) carries that epoch's running sums (EpochSums), so the
+resumed epoch's line equals the line an uninterrupted run writes.
 A run starts by removing the temporary files a killed run left in its folder.
 """
 from __future__ import annotations
@@ -85,111 +91,148 @@ def batches(data: Dataset, opts: TrainOptions, epoch: int, start: int, dtype: st
                            dtype=dtype, mean=pre.mean, std=pre.std, shard=shard).batches(start)
 
 
+class EpochSums:
+    """The running sums of the epoch in progress, which its metrics line is made of. A checkpoint
+    written mid-epoch (Ctrl-C) carries them, so that the resumed epoch's line equals the line of
+    an uninterrupted run (loss and accuracy exactly; time as the sum of both parts)."""
+
+    def __init__(self, loss: float = 0.0, hits: int = 0, seen: int = 0, time_s: float = 0.0):
+        self.loss = float(loss)       # sum over the epoch's images of their loss
+        self.hits = int(hits)         # right predictions
+        self.seen = int(seen)         # images trained on
+        self.time_s = float(time_s)   # training time before this process took the epoch over
+
+    def add(self, r: "StepResult", batch: int) -> None:
+        self.loss += r.loss * batch
+        self.hits += r.hits
+        self.seen += batch
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "hits": self.hits, "seen": self.seen, "time_s": self.time_s}
+
+    @classmethod
+    def from_dict(cls, d) -> "EpochSums":
+        """From a checkpoint's header: a missing or malformed entry (an older checkpoint) starts
+        the sums afresh."""
+        try:
+            return cls(**{k: d[k] for k in ("loss", "hits", "seen", "time_s")})
+        except (KeyError, TypeError, ValueError):
+            return cls()
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint carries besides the weights and optimizer."""
+    step: int = 0
+    best: float = -1.0                                    # best test accuracy so far
+    history: list = field(default_factory=list)           # one metrics record per finished epoch
+    sums: EpochSums = field(default_factory=EpochSums)    # the unfinished epoch's
+    wall_s: float = 0.0                                   # wall time of the earlier sessions
+
+    def extra(self, epoch_sums: Optional[EpochSums], wall_s: float) -> dict:
+        """The checkpoint's `extra` header entry."""
+        return {"best_acc": self.best, "history": self.history, "wall_s": wall_s,
+                "epoch_sums": None if epoch_sums is None else epoch_sums.to_dict()}
+
+
+def steps_per_epoch_of(data: Dataset, opts: TrainOptions, world) -> int:
+    """Optimizer steps per epoch; ValueError (before anything is written) for a batch size the
+    processes or the training set cannot take."""
+    if opts.batch_size % world.size:
+        raise ValueError(f"batch_size={opts.batch_size} is not divisible by the {world.size} "
+                         f"processes; choose a batch size that is a multiple of {world.size}")
+    steps = len(data.x_train) // opts.batch_size
+    if steps == 0:
+        raise ValueError(f"batch_size={opts.batch_size} is larger than the training set "
+                         f"({len(data.x_train)} images); lower --batch-size")
+    return steps
+
+
+def resume_state(path: str, model: ViT, opt, out_dir: str, steps_per_epoch: int) -> RunState:
+    """Load the checkpoint at path into model and opt; the run's state from its header (a
+    checkpoint not written by fit: the history from out_dir/metrics.jsonl)."""
+    meta = load_checkpoint(path, model, opt)
+    extra = meta.get("extra") or {}
+    step = int(meta["step"])
+    history = extra.get("history")
+    if history is None:
+        history = read_metrics(out_dir, step // steps_per_epoch)
+    sums = EpochSums.from_dict(extra.get("epoch_sums")) if step % steps_per_epoch else EpochSums()
+    if meta.get("rng_state") is not None:
+        set_rng_state(model.rng, meta["rng_state"])
+    return RunState(step, float(extra.get("best_acc", -1.0)), list(history), sums,
+                    float(extra.get("wall_s") or 0.0))
+
+
+def prepare_folder(out_dir: str) -> None:
+    """Make out_dir, and remove the temporary files a killed run left there."""
+    os.makedirs(out_dir, exist_ok=True)
+    for path in clean_stale_temps(out_dir, OUTPUTS):
+        print(f"removed {path}, left by an interrupted run", file=sys.stderr)
+
+
+def where(step: int, steps_per_epoch: int, epochs: int) -> str:
+    """A step as the progress bar counts it: 'epoch 2/12, batch 7/20', or 'after epoch 1/12'."""
+    epoch, batch = divmod(step, steps_per_epoch)
+    if batch == 0:
+        return f"after epoch {epoch}/{epochs}"
+    return f"epoch {epoch + 1}/{epochs}, batch {batch}/{steps_per_epoch}"
+
+
 def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Optional[str] = None,
         run_config: Optional[dict] = None, quiet: bool = False, world=None) -> dict:
     """Train, evaluate after each epoch, keep last/best checkpoints and metrics; return a summary.
     The model takes the data's Preprocessing, so that its checkpoints carry it. world: the
-    processes of a data-parallel job (default: parallel.world(), one process outside mpiexec)."""
-    from tqdm import tqdm
-
+    processes of a data-parallel job (default: parallel.world(), one process outside mpiexec).
+    Everything that can be checked is checked before out_dir is touched."""
     world = default_world() if world is None else world
     root = world.is_root
-    if opts.batch_size % world.size:
-        raise ValueError(f"batch_size={opts.batch_size} is not divisible by the {world.size} "
-                         f"processes; choose a batch size that is a multiple of {world.size}")
+    steps_per_epoch = steps_per_epoch_of(data, opts, world)
     model.preprocessing = data.preprocessing
     if opts.frozen:
         model.freeze(opts.frozen)
-    pre = data.preprocessing
-    if root:
-        os.makedirs(out_dir, exist_ok=True)
-        for path in clean_stale_temps(out_dir, OUTPUTS):
-            print(f"removed {path}, left by an interrupted run", file=sys.stderr)
     opt = make_optimizer(model, opts)
-    steps_per_epoch = len(data.x_train) // opts.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={opts.batch_size} is larger than the training set "
-                         f"({len(data.x_train)} images); lower --batch-size")
-    total = steps_per_epoch * opts.epochs
-    warmup = int(round(opts.warmup_epochs * steps_per_epoch))
-    step, best, history = 0, -1.0, []
-    if resume:
-        meta = load_checkpoint(resume, model, opt)
-        step, best = int(meta["step"]), float(meta["extra"].get("best_acc", -1.0))
-        history = (meta.get("extra") or {}).get("history")
-        if history is None:                               # a checkpoint not written by fit
-            history = read_metrics(out_dir, step // steps_per_epoch)
-        history = list(history)
-        if meta.get("rng_state") is not None:
-            set_rng_state(model.rng, meta["rng_state"])
-        if root:
-            write_metrics(out_dir, history)               # what the checkpoint holds, no more
-            print(f"resumed from {resume} at step {step} (epoch {step // steps_per_epoch})")
+    state = resume_state(resume, model, opt, out_dir, steps_per_epoch) if resume else RunState()
     if root:
+        prepare_folder(out_dir)
         config = run_config or {"model": model.config.to_dict(), "train": dataclasses.asdict(opts)}
         atomic_write(os.path.join(out_dir, "config.json"),
                      lambda f: f.write(json.dumps(config, indent=2).encode()))
+        if resume:
+            write_metrics(out_dir, state.history)         # what the checkpoint holds, no more
+            print(f"resumed from {resume} at step {state.step} "
+                  f"({where(state.step, steps_per_epoch, opts.epochs)})")
 
-    def save(name: str) -> None:                          # rank 0 writes; the others hold the same
-        if root:
-            save_checkpoint(os.path.join(out_dir, name), model, opt, step=step,
-                            epoch=step // steps_per_epoch, rng_state=rng_state(model.rng),
-                            extra={"best_acc": best, "history": history})
+    t_start = time.perf_counter() - state.wall_s          # the wall clock of the whole run
 
-    t_start, images_seen, train_time, cm = time.perf_counter(), 0, 0.0, None
+    def save(name: str, sums: Optional[EpochSums] = None) -> None:
+        if root:                                          # rank 0 writes; the others hold the same
+            save_checkpoint(os.path.join(out_dir, name), model, opt, step=state.step,
+                            epoch=state.step // steps_per_epoch, rng_state=rng_state(model.rng),
+                            extra=state.extra(sums, time.perf_counter() - t_start))
+
+    images_seen, train_time, cm = 0, 0.0, None
     stop = GracefulInterrupt(announce=root)
-    stopping = False
     try:
-        for epoch in range(step // steps_per_epoch, opts.epochs):
-            skip = step - epoch * steps_per_epoch                 # batches done before a resume
-            loss_sum = correct = seen = 0
-            t_epoch = time.perf_counter()
-            bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{opts.epochs}",
-                       unit="batch", disable=quiet or not root, dynamic_ncols=True, leave=True)
-            for x, y in batches(data, opts, epoch, skip, model.config.dtype, world):
-                lr = warmup_cosine(step, total, opts.lr, warmup, opts.min_lr)
-                r = train_step(model, opt, x, y, lr, opts, world, stop.requested)
-                step += 1
-                B = len(y) * world.size                   # the global batch
-                loss_sum += r.loss * B
-                correct += r.hits
-                seen += B
-                elapsed = time.perf_counter() - t_epoch
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                lr=f"{lr:.2e}", img_s=f"{seen / max(elapsed, 1e-9):.0f}",
-                                refresh=False)            # drawn by update, at most 10 times a second
-                bar.update(1)
-                # Ctrl-C: one process's own flag, or, with several, the flags summed in the step's
-                # all-reduce, so that every process stops after the same step
-                stopping = r.stop if world.size > 1 else stop.requested
-                if stopping and step % steps_per_epoch:   # Ctrl-C: stop on this step
-                    bar.close()
-                    stop.save_and_exit(save, step, out_dir)
-            bar.close()
-            epoch_time = time.perf_counter() - t_epoch
-            train_time += epoch_time
-            images_seen += seen
-            cm = evaluate(model, data.x_test, data.y_test, opts.eval_batch_size, pre.mean, pre.std,
-                          world)
-            test_acc = float(cm.diagonal().sum() / max(cm.sum(), 1))
-            record = {"epoch": epoch + 1, "step": step, "lr": lr,
-                      "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                      "test_acc": test_acc, "epoch_time_s": round(epoch_time, 2),
-                      "images_per_s": round(seen / max(epoch_time, 1e-9), 1),
-                      "wall_s": round(time.perf_counter() - t_start, 2)}
-            history.append(record)
+        for epoch in range(state.step // steps_per_epoch, opts.epochs):
+            sums, lr, stopping = train_epoch(model, opt, data, opts, state, epoch,
+                                             steps_per_epoch, world, stop, quiet, save, out_dir)
+            train_time += sums.time_s
+            images_seen += sums.seen
+            cm = evaluate(model, data.x_test, data.y_test, opts.eval_batch_size,
+                          data.preprocessing.mean, data.preprocessing.std, world)
+            record = epoch_record(epoch, state.step, lr, sums, cm, time.perf_counter() - t_start)
+            state.history.append(record)
             if root:
-                tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} "
-                           f"acc {record['train_acc']:.4f} | test acc {test_acc:.4f} | "
-                           f"{record['images_per_s']:.0f} img/s")
-            if test_acc > best:
-                best = test_acc
+                print_epoch(record)
+            if record["test_acc"] > state.best:
+                state.best = record["test_acc"]
                 save("best.npz")
             save("last.npz")
             if root:
-                write_metrics(out_dir, history)           # after the checkpoint that holds it
+                write_metrics(out_dir, state.history)     # after the checkpoint that holds it
             if stopping:
-                stop.save_and_exit(save, step, out_dir)
+                stop.save_and_exit(save, out_dir, where(state.step, steps_per_epoch, opts.epochs))
             if opts.stop_after_epochs is not None and epoch + 1 >= opts.stop_after_epochs \
                     and epoch + 1 < opts.epochs:
                 if root:
@@ -203,19 +246,78 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
         raise SystemExit(130)
     finally:
         stop.restore()
+    return finish(model, data, opts, state, out_dir, cm, world, quiet,
+                  images_seen / max(train_time, 1e-9), time.perf_counter() - t_start)
 
-    if root:
-        plot_curves(history, os.path.join(out_dir, "curves.png"))
+
+def train_epoch(model: ViT, opt, data: Dataset, opts: TrainOptions, state: RunState, epoch: int,
+                steps_per_epoch: int, world, stop: GracefulInterrupt, quiet: bool, save,
+                out_dir: str) -> tuple:
+    """The rest of one epoch's steps (all of them, or those after a resume), with its progress
+    bar. Returns (sums, the last learning rate, whether Ctrl-C asked to stop at its end); a
+    Ctrl-C mid-epoch saves last.npz with the epoch's sums and exits."""
+    from tqdm import tqdm
+
+    skip = state.step - epoch * steps_per_epoch           # batches done before a resume
+    sums, state.sums = state.sums, EpochSums()            # a resumed epoch's sums, once
+    total = steps_per_epoch * opts.epochs
+    warmup = int(round(opts.warmup_epochs * steps_per_epoch))
+    t_epoch, time_before = time.perf_counter(), sums.time_s
+    bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{opts.epochs}",
+               unit="batch", disable=quiet or not world.is_root, dynamic_ncols=True, leave=True)
+    lr, stopping = opts.lr, False
+    for x, y in batches(data, opts, epoch, skip, model.config.dtype, world):
+        lr = warmup_cosine(state.step, total, opts.lr, warmup, opts.min_lr)
+        r = train_step(model, opt, x, y, lr, opts, world, stop.requested)
+        state.step += 1
+        sums.add(r, len(y) * world.size)                  # the global batch
+        sums.time_s = time_before + time.perf_counter() - t_epoch
+        bar.set_postfix(loss=f"{sums.loss / sums.seen:.4f}", acc=f"{sums.hits / sums.seen:.4f}",
+                        lr=f"{lr:.2e}", img_s=f"{sums.seen / max(sums.time_s, 1e-9):.0f}",
+                        refresh=False)                    # drawn by update, at most 10 times a second
+        bar.update(1)
+        # Ctrl-C: one process's own flag, or, with several, the flags summed in the step's
+        # all-reduce, so that every process stops after the same step
+        stopping = r.stop if world.size > 1 else stop.requested
+        if stopping and state.step % steps_per_epoch:     # Ctrl-C: stop on this step
+            bar.close()
+            stop.save_and_exit(lambda name: save(name, sums), out_dir,
+                               where(state.step, steps_per_epoch, opts.epochs))
+    bar.close()
+    return sums, lr, stopping
+
+
+def epoch_record(epoch: int, step: int, lr: float, sums: EpochSums, cm, wall_s: float) -> dict:
+    """The metrics line of a finished epoch."""
+    seen = max(sums.seen, 1)
+    return {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": sums.loss / seen,
+            "train_acc": sums.hits / seen, "test_acc": float(cm.diagonal().sum() / max(cm.sum(), 1)),
+            "epoch_time_s": round(sums.time_s, 2),
+            "images_per_s": round(sums.seen / max(sums.time_s, 1e-9), 1),
+            "wall_s": round(wall_s, 2)}
+
+
+def print_epoch(record: dict) -> None:
+    from tqdm import tqdm
+    tqdm.write(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} "
+               f"acc {record['train_acc']:.4f} | test acc {record['test_acc']:.4f} | "
+               f"{record['images_per_s']:.0f} img/s")
+
+
+def finish(model: ViT, data: Dataset, opts: TrainOptions, state: RunState, out_dir: str, cm, world,
+           quiet: bool, images_per_s: float, wall_s: float) -> dict:
+    """The curves plot, the final report and the run's summary."""
+    pre = data.preprocessing
+    if world.is_root:
+        plot_curves(state.history, os.path.join(out_dir, "curves.png"))
     if cm is None:                                        # resumed after the last epoch
         cm = evaluate(model, data.x_test, data.y_test, opts.eval_batch_size, pre.mean, pre.std,
                       world)
-    if not quiet and root:
+    if not quiet and world.is_root:
         print(report(cm, pre.class_names))
-    wall = time.perf_counter() - t_start
-    return {"test_acc": float(cm.diagonal().sum() / max(cm.sum(), 1)), "best_test_acc": best,
-            "epochs": opts.epochs, "steps": step, "wall_s": round(wall, 1),
-            "train_images_per_s": round(images_seen / max(train_time, 1e-9), 1),
-            "world_size": world.size, "out": out_dir}
+    return {"test_acc": float(cm.diagonal().sum() / max(cm.sum(), 1)), "best_test_acc": state.best,
+            "epochs": opts.epochs, "steps": state.step, "wall_s": round(wall_s, 1),
+            "train_images_per_s": round(images_per_s, 1), "world_size": world.size, "out": out_dir}
 
 
 def write_metrics(out_dir: str, history: list) -> None:

@@ -14,6 +14,7 @@ COMMANDS = {   # console script -> (module with entry(), python -m target or exa
     "minivit-finetune": ("minivit.cli.finetune", ["examples/finetune.py"]),
     "minivit-evaluate": ("minivit.cli.evaluate", ["-m", "minivit.evaluate"]),
     "minivit-predict": ("minivit.cli.predict", ["-m", "minivit.predict"]),
+    "minivit-embed": ("minivit.cli.embed", ["-m", "minivit.embed"]),
     "minivit-io": ("minivit.cli.io", ["-m", "minivit.io"]),
     "minivit-attention": ("minivit.cli.attention", ["examples/attention_maps.py"]),
 }
@@ -53,7 +54,9 @@ def test_bad_flag_is_one_error_line():
     out = subprocess.run([sys.executable, "examples/train_mnist.py", "--procs", "1", "--workers", "0"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.startswith("error: workers must be a positive integer")
+    lines = out.stderr.splitlines()
+    assert lines[0] == ("python examples/train_mnist.py: error: argument --workers: takes an "
+                        "integer >= 1, got '0'") and len(lines) == 2, lines
 
 
 def test_auto_procs_splits_the_batch_evenly_with_enough_images_each():
@@ -62,3 +65,23 @@ def test_auto_procs_splits_the_batch_evenly_with_enough_images_each():
     assert auto_procs(64, 128) == 8            # 16 images each, not 2
     assert auto_procs(6, 128) == 4             # 128 is not divisible by 6 or 5
     assert auto_procs(2, 24) == 1 and auto_procs(1, 128) == 1
+
+
+@pytest.mark.parametrize("script", sorted(COMMANDS))
+def test_every_command_has_a_python_m_module_and_version(script, capsys):
+    """`python -m minivit.<command>` runs the command (the module, or a package's __main__,
+    calls the command's entry), and --version prints minivit's version."""
+    import importlib
+    import importlib.util
+
+    import minivit
+    name = "minivit." + script.removeprefix("minivit-")
+    spec = importlib.util.find_spec(name)
+    if spec.submodule_search_locations:                   # a package: python -m runs __main__
+        spec = importlib.util.find_spec(name + ".__main__")
+    source = open(spec.origin).read()
+    assert f"from {COMMANDS[script][0]} import entry" in source and "entry()" in source
+    cli = importlib.import_module(COMMANDS[script][0])
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"minivit {minivit.__version__}\n"

@@ -86,3 +86,50 @@ def test_finetune_from_a_pretrained_hf_folder(tmp_path, capsys):
     assert summary["classes"] == 2
     pre = load_checkpoint(os.path.join(out, "last.npz"))["preprocessing"]
     assert pre.mean == [0.5] and pre.std == [0.25] and pre.class_names == ["p", "q"]
+
+
+def test_finetune_ctrl_c_then_resume_is_exact(tmp_path, monkeypatch, capsys):
+    """Ctrl-C mid-epoch saves last.npz and says to add --resume; the same command plus --resume
+    ends with the parameters and metrics of an uninterrupted run, in the interrupted run's
+    folder (here a numbered one: the default-named folder held an earlier run)."""
+    import signal
+
+    from minivit import optim
+    ckpt = str(tmp_path / "pre.npz")
+    save_checkpoint(ckpt, ViT(ViTConfig(**TINY), seed=2))
+    data = make_folder(tmp_path / "imgs", classes=("a", "b", "c"), n=12, size=8)
+    out = str(tmp_path / "run")
+    args = ["--model", ckpt, "--data", data, "--epochs", "2", "--batch-size", "3", "--quiet",
+            "--out", out]
+    from minivit.training import loop
+    monkeypatch.setattr(loop, "plot_curves", lambda history, path: None)   # not what is tested
+    straight = finetune_cli.main(args)["out"]
+    assert straight == out
+    real_step, calls = optim.AdamW.step, {"n": 0}
+
+    def interrupt(self, grads, lr=None):
+        calls["n"] += 1
+        if calls["n"] == 5:                               # epoch 2 of 3 steps per epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, grads, lr)
+    monkeypatch.setattr(optim.AdamW, "step", interrupt)
+    with pytest.raises(SystemExit) as e:
+        finetune_cli.main(args)                           # goes to run-2: run holds the first
+    assert e.value.code == 130
+    last = os.path.join(out + "-2", "last.npz")
+    assert f"--resume {last}" in capsys.readouterr().err
+    monkeypatch.setattr(optim.AdamW, "step", real_step)
+    resumed = finetune_cli.main(args + ["--resume", last])
+    assert resumed["out"] == out + "-2" and resumed["steps"] == straight_steps(out)
+    a = load_checkpoint(os.path.join(out, "last.npz"))["model"].params
+    b = load_checkpoint(last)["model"].params
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    lines = [pathlib.Path(o, "metrics.jsonl").read_text().splitlines() for o in (out, out + "-2")]
+    exact = ("epoch", "step", "train_loss", "train_acc", "test_acc")
+    assert [{k: json.loads(l)[k] for k in exact} for l in lines[0]] == \
+        [{k: json.loads(l)[k] for k in exact} for l in lines[1]]
+
+
+def straight_steps(out):
+    return json.loads(pathlib.Path(out, "metrics.jsonl").read_text().splitlines()[-1])["step"]

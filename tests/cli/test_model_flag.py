@@ -20,7 +20,7 @@ MNIST = dict(image_size=28, patch_size=7, in_channels=1, num_classes=10, dim=16,
 
 
 @pytest.mark.parametrize("command, rest", [(predict, ["x.npy"]), (evaluate, []),
-                                           (finetune, ["--data", "d"]), (attention, [])])
+                                           (finetune, ["--data", "."]), (attention, [])])
 def test_model_and_its_aliases_are_one_flag(command, rest):
     for flag in ALIASES:
         assert command.build_parser().parse_args([flag, "m.npz", *rest]).model == "m.npz"
@@ -101,7 +101,8 @@ def test_evaluate_reads_every_layout_with_each_flag(tmp_path, mnist_dir, capsys)
 def test_attention_model_flag_and_alias(tmp_path, capsys):
     model = mnist_model()
     paths = sources(tmp_path, model)
-    maps = [attention.main([flag, paths[fmt], "--quick", "--out", str(tmp_path / f"{fmt}.png")])
+    maps = [attention.main([flag, paths[fmt], "--quick", "--out",
+                            str(tmp_path / f"{flag[2:]}-{fmt}.png")])
             for flag, fmt in (("--model", "minivit"), ("--checkpoint", "minivit"),
                               ("--model", "google"))]
     for m in maps[1:]:

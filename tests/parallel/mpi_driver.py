@@ -1,6 +1,7 @@
 """The training command as the MPI tests run it under mpiexec: the synthetic MNIST files of the
 test pass the checksum check (their sums come in MINIVIT_TEST_SUMS, JSON), and a fault can be
-injected with MINIVIT_TEST_FAULT="rank:step:kind" (kind: raise, or kill for SIGKILL)."""
+injected with MINIVIT_TEST_FAULT="rank:step:kind" (kind: raise, or kill for SIGKILL), and
+MINIVIT_TEST_OFFLINE=1 makes every download attempt fail at once."""
 import json
 import os
 import signal
@@ -9,6 +10,9 @@ from minivit.data import mnist
 from minivit.training import loop
 
 mnist.MNIST_FILES.update(json.loads(os.environ["MINIVIT_TEST_SUMS"]))
+if os.environ.get("MINIVIT_TEST_OFFLINE") == "1":
+    from minivit.data import download
+    download._urlopen = None
 fault = os.environ.get("MINIVIT_TEST_FAULT")
 if fault:
     rank, step, kind = fault.split(":")

@@ -130,12 +130,32 @@ def test_a_fault_on_one_rank_ends_the_job(mnist, tmp_path, kind):
 
 
 def test_bad_input_under_mpi_is_one_error(mnist, tmp_path):
+    """An error every process meets before training (here the batch size) is one line, with
+    status 2 and without MPI's abort banner, and nothing is written."""
     data, env = mnist
     r = run(2, FLAGS + ["--epochs", "1", "--batch-size", "41", "--data", data, "--out",
                         str(tmp_path / "b")], env, timeout=60)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "Abort" not in r.stderr
     errors = [l for l in r.stderr.splitlines() if "error:" in l]
     assert len(errors) == 1 and "not divisible by the 2 processes" in errors[0], r.stderr
+    assert not os.path.exists(tmp_path / "b")
+
+
+def test_a_download_happens_on_one_process(mnist, tmp_path):
+    """A data folder without MNIST: rank 0 alone tries the download (its lines once), the
+    others wait; its failure is one error line, status 2, no abort banner."""
+    _, env = mnist
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run(2, FLAGS + ["--epochs", "1", "--data", str(empty), "--out", str(tmp_path / "d")],
+            {**env, "MINIVIT_TEST_OFFLINE": "1"}, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "Abort" not in r.stderr
+    errors = [l for l in r.stderr.splitlines() if "error:" in l]
+    assert len(errors) == 1, r.stderr
+    lines = [l for l in (r.stdout + r.stderr).splitlines() if l.strip() and "error:" not in l
+             and "MINIVIT_DEBUG" not in l]
+    assert len(lines) == len(set(lines)), lines         # nothing said twice
+    assert not os.path.exists(tmp_path / "d")
 
 
 def test_procs_batch_divisibility_is_refused_before_launch(mnist, tmp_path):

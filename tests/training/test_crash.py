@@ -237,7 +237,7 @@ def test_full_disk_is_one_error_line_and_keeps_old_files(first_run, tmp_path, mo
     failing_disk(monkeypatch, target, errno.ENOSPC)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:                  # the same run again: every file rewritten
-        run(train_cli.main, argv[:-1] + [out])
+        run(train_cli.main, argv[:-1] + [out, "--overwrite"])
     err = capsys.readouterr().err
     path = os.path.join(out, target)
     assert e.value.code == 2 and "Traceback" not in err

@@ -90,8 +90,17 @@ def test_ctrl_c_saves_and_resume_is_exact(mnist_dir, tmp_path, monkeypatch, caps
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    metrics = [json.loads(l) for l in pathlib.Path(cut, "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [1, 2]
+    def lines(run):
+        return [json.loads(l) for l in pathlib.Path(run, "metrics.jsonl").read_text().splitlines()]
+    whole, resumed = lines(straight), lines(cut)
+    assert [m["epoch"] for m in resumed] == [1, 2]
+    exact = ("epoch", "step", "lr", "train_loss", "train_acc", "test_acc")
+    for a_line, b_line in zip(whole, resumed):            # the interrupted epoch's line too
+        assert {k: b_line[k] for k in exact} == {k: a_line[k] for k in exact}
+        assert b_line["epoch_time_s"] > 0 and b_line["wall_s"] >= b_line["epoch_time_s"]
+    err = capsys.readouterr()
+    assert f"resumed from {os.path.join(cut, 'last.npz')} at step {stop_at} (" in err.out
+    assert ("(after epoch 1/2)" if stop_at == 20 else "(epoch 2/2, batch 7/20)") in err.out
 
 
 def test_evaluate_cli(mnist_dir, tmp_path, capsys):
