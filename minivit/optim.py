@@ -236,11 +236,17 @@ def warmup_cosine(step: int, total_steps: int, base_lr: float, warmup_steps: int
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * s))
 
 
+def _on_device(a) -> bool:
+    return backend.xp_of(a) is not np
+
+
 def clip_grad_norm(grads: dict, max_norm: float) -> float:
     """norm = sqrt(sum_k ||g_k||^2); if norm > max_norm: g_k *= max_norm / norm (in place), so
     the clipped norm is max_norm exactly (torch adds 1e-6 to the denominator; we do not).
     Returns the norm before clipping. A NaN or inf norm is returned as is and nothing is scaled:
-    the caller decides (skip the step, lower the learning rate, or stop)."""
+    the caller decides (skip the step, lower the learning rate, or stop).
+    On the GPU nothing waits for the device: the norm stays there (a 0-d array) and the scale
+    min(1, max_norm / norm) (1 for a NaN or inf norm) is applied there."""
     if max_norm < 0 or not math.isfinite(max_norm):
         raise ValueError(f"max_norm must be a finite number >= 0, got {max_norm}")
     if not grads:
@@ -250,7 +256,18 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     else:
         flat = backend.xp_of(next(iter(grads.values()))).concatenate(
             [g.ravel() for g in grads.values()])         # (P,): one dot, not a sum per key
-    total = math.sqrt(float(flat @ flat))                 # one device sync
+    xp = backend.xp_of(flat)
+    if _on_device(flat):                                  # on the device, without a sync
+        total = xp.sqrt(flat @ flat)
+        ok = xp.isfinite(total) & (total > max_norm)
+        scale = xp.where(ok, max_norm / xp.where(ok, total, 1), 1).astype(flat.dtype)
+        if isinstance(grads, ParamDict):
+            grads.flat *= scale
+        else:
+            for g in grads.values():
+                g *= scale
+        return total
+    total = math.sqrt(float(flat @ flat))
     if math.isfinite(total) and total > max_norm:
         scale = max_norm / total
         if isinstance(grads, ParamDict):

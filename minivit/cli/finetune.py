@@ -27,7 +27,7 @@ from .. import backend, parallel
 from ..training.finetune import frozen_keys, load_folder_for
 from ..training.loop import TrainOptions, fit
 from ..parallel.mpi import together
-from ..training.loop import steps_per_epoch_of
+from ..training.loop import check_data
 from . import (Parser, add_device_args, add_model_arg, add_output_args, add_parallel_args,
                check_resumable, command_name, load_model, ran_as_processes, run,
                training_folder, use_device)
@@ -115,7 +115,7 @@ def main(argv=None) -> dict:
                   "source": {"model": args.model, "format": fmt},
                   "data": {"folder": args.data, **data.preprocessing.to_dict()},
                   "argv": sys.argv[1:] if argv is None else list(argv)}
-    together(job, lambda: steps_per_epoch_of(data, opts, world))   # a batch size that fits
+    together(job, lambda: check_data(model, data, opts, world))   # labels, batch size
     if args.resume:
         together(job, lambda: check_resumable(args.resume))
     out = together(job, lambda: training_folder(args, job, OUT))

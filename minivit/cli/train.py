@@ -23,7 +23,7 @@ from ..data.mnist import mnist_dataset
 from ..model import ViT
 from ..parallel import threads
 from ..parallel.mpi import together
-from ..training.loop import TrainOptions, fit, steps_per_epoch_of
+from ..training.loop import TrainOptions, check_data, fit
 from ..training.recipes import MODELS, PRESETS, mnist_config
 from . import (Parser, add_device_args, add_output_args, add_parallel_args, check_resumable,
                command_name, ran_as_processes, run, training_folder, use_device)
@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
               f"{len(data.x_train)} training / {len(data.x_test)} test images")
     run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(opts),
                   "argv": sys.argv[1:] if argv is None else list(argv)}
-    together(job, lambda: steps_per_epoch_of(data, opts, world))   # a batch size that fits
+    together(job, lambda: check_data(model, data, opts, world))   # labels, batch size
     summary = fit(model, data, opts, out, resume=args.resume, run_config=run_config,
                   quiet=args.quiet, world=world)
     summary["device"] = args.device

@@ -9,7 +9,7 @@ from .dropout import BatchRows, drop_path_backward, drop_path_forward, dropout_b
 from .embed import cls_backward, cls_forward, insert_tokens_backward, insert_tokens_forward, patch_embed_backward, patch_embed_forward, patchify, pos_embed_backward, pos_embed_forward, sincos_2d, unpatchify
 from .head import HeadCache, head_backward, head_forward
 from .linear import linear_backward, linear_forward
-from .loss import cross_entropy_backward, cross_entropy_forward
+from .loss import check_labels, cross_entropy_backward, cross_entropy_forward, cross_entropy_losses
 from .norm import layernorm_backward, layernorm_forward
 from .scale import layer_scale_backward, layer_scale_forward
 
@@ -24,4 +24,5 @@ __all__ = ["GELU", "gelu_erf_backward", "gelu_erf_forward", "gelu_tanh_backward"
            "patch_embed_forward", "patchify", "pos_embed_backward", "pos_embed_forward",
            "sincos_2d", "unpatchify", "HeadCache", "head_backward", "head_forward",
            "linear_backward", "linear_forward", "cross_entropy_backward", "cross_entropy_forward",
+           "cross_entropy_losses", "check_labels",
            "layernorm_backward", "layernorm_forward", "layer_scale_backward", "layer_scale_forward"]

@@ -4,7 +4,7 @@
                                       label smoothing; evaluates after every epoch; writes
                                       last.npz, best.npz, metrics.jsonl, config.json, curves.png
 
-fit in steps: steps_per_epoch_of (the batch size checked before anything is written),
+fit in steps: check_data (labels and batch size checked before anything is written),
 resume_state (a checkpoint's weights, optimizer, generator and RunState), prepare_folder,
 train_epoch (train_step after train_step, with the progress bar), epoch_record and finish.
 
@@ -35,7 +35,7 @@ from .. import backend
 from ..data.batches import Dataset, iterate_batches
 from ..files import atomic_write, clean_stale_temps
 from ..io.checkpoint import load_checkpoint, save_checkpoint
-from ..layers import BatchRows, cross_entropy_backward, cross_entropy_forward
+from ..layers import BatchRows, check_labels, cross_entropy_backward, cross_entropy_losses
 from ..model import ViT
 from ..optim import SGD, AdamW, clip_grad_norm, warmup_cosine
 from ..parallel import Single, world as default_world
@@ -135,9 +135,15 @@ class RunState:
                 "epoch_sums": None if epoch_sums is None else epoch_sums.to_dict()}
 
 
-def steps_per_epoch_of(data: Dataset, opts: TrainOptions, world) -> int:
-    """Optimizer steps per epoch; ValueError (before anything is written) for a batch size the
-    processes or the training set cannot take."""
+def check_data(model: ViT, data: Dataset, opts: TrainOptions, world) -> int:
+    """Optimizer steps per epoch; ValueError (before anything is written) for labels outside the
+    model's classes (checked here once, so that no training step has to read them) or a batch
+    size the processes or the training set cannot take."""
+    for split, y in (("training", data.y_train), ("test", data.y_test)):
+        try:
+            check_labels(np.asarray(y), model.config.num_classes)
+        except ValueError as e:
+            raise ValueError(f"the {split} set's {e}") from None
     if opts.batch_size % world.size:
         raise ValueError(f"batch_size={opts.batch_size} is not divisible by the {world.size} "
                          f"processes; choose a batch size that is a multiple of {world.size}")
@@ -187,7 +193,7 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
     Everything that can be checked is checked before out_dir is touched."""
     world = default_world() if world is None else world
     root = world.is_root
-    steps_per_epoch = steps_per_epoch_of(data, opts, world)
+    steps_per_epoch = check_data(model, data, opts, world)
     model.preprocessing = data.preprocessing
     if opts.frozen:
         model.freeze(opts.frozen)
@@ -358,22 +364,32 @@ def train_step(model: ViT, opt, x, y, lr: float, opts: TrainOptions, world=None,
     With a world of R processes, x (b, ...) is this process's rows of a global batch of B = R b
     (its dropout masks those rows of the global batch's): its loss gradient is scaled by b / B,
     one in-place all-reduce sums the gradients and a second the step's loss, hits and stop
-    flags; every process then clips by the global norm and takes the same step."""
+    flags; every process then clips by the global norm and takes the same step.
+
+    On the GPU the step waits for the device once: the loss sum and the hits are fetched
+    together (stats), which also is the NaN check. The labels were checked once for the whole
+    dataset (check_data) and the images are finite by construction (normalized uint8), so
+    neither is read here; the mask seed comes from a host generator; clipping stays on the
+    device."""
     world = Single() if world is None else world
     b = len(y)
     B = b * world.size
     masks = BatchRows(int(model.rng.integers(2 ** 63)), world.rank * b, (world.rank + 1) * b, B)
-    logits = model.forward(x, train=True, masks=masks)                      # (b, K)
-    loss, cache = cross_entropy_forward(logits, y, opts.smoothing)
+    logits = model.forward(x, train=True, masks=masks, check_finite=False)  # (b, K)
+    losses, cache = cross_entropy_losses(logits, y, opts.smoothing)         # (b,), no sync
     dlogits = cross_entropy_backward(cache)                                 # (b, K), mean over b
-    hits = int((logits.argmax(1) == y).sum())
+    xp = backend.xp_of(logits)
+    stats = xp.stack([losses.sum(dtype=xp.float64),                        # (2,) on the device
+                      (logits.argmax(1) == y).sum(dtype=xp.float64)])
     if world.size > 1:
         dlogits *= b / B                                  # this process's share of the mean over B
     model.backward(dlogits)
+    host = backend.to_numpy(stats)                        # the step's one device-to-host copy
     if world.size > 1:
         world.allreduce_(model.grads.flat)
-        stats = world.allreduce_(np.array([loss * b, hits, float(stop)]))   # (3,) host float64
-        loss, hits, stop = float(stats[0]) / B, int(round(float(stats[1]))), float(stats[2]) > 0
+        host = world.allreduce_(np.array([host[0], host[1], float(stop)]))  # (3,) host float64
+        stop = float(host[2]) > 0
+    loss, hits = float(host[0]) / B, int(round(float(host[1])))
     if not np.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss}; lower --lr (now {opts.lr}) or keep "
                                  f"--clip on, and resume from the last good last.npz")
