@@ -1,7 +1,7 @@
 """Fine-tuning a pretrained ViT: the source model at the wanted resolution, the data at the
 model's channels and size, a fresh head for the new classes, and which parameters stay frozen.
 
-    model = load_source(npz="ViT-B_16.npz", image_size=384)     # position table resampled
+    model = load_pretrained("ViT-B_16.npz", image_size=384)     # position table resampled
     data = load_folder_for(model, "flowers/")                    # Dataset with its Preprocessing
     model.reset_head(len(data.preprocessing.class_names))        # zero head, as in the paper
     opts = TrainOptions(..., frozen=sorted(frozen_keys(model, head_only=True)))
@@ -13,8 +13,6 @@ from typing import Optional, Sequence
 
 from ..data.batches import Dataset
 from ..data.imagefolder import load_image_folder
-from ..io.checkpoint import load_checkpoint
-from ..io.google import load_google_npz
 from ..model import ViT
 
 
@@ -32,27 +30,22 @@ def frozen_keys(model: ViT, head_only: bool = True) -> set[str]:
 def load_source(npz: Optional[str] = None, checkpoint: Optional[str] = None,
                 image_size: Optional[int] = None, gelu: Optional[str] = None,
                 seed: int = 0, dtype: str = "float32", pretrained: Optional[str] = None) -> ViT:
-    """The pretrained model from a Google .npz, a minivit checkpoint or any layout
-    io.load_pretrained reads (Hugging Face, timm), at image_size if given; a foreign file is
-    loaded in `dtype` (a minivit checkpoint keeps its own)."""
-    if sum(s is not None for s in (npz, checkpoint, pretrained)) != 1:
+    """The pretrained model at `npz`, `checkpoint` or `pretrained` (give one), at image_size if
+    given: io.load_pretrained, which reads all of them (the commands' --model); kept for the
+    scripts that name the source's kind. gelu and dtype apply to a foreign file; a minivit
+    checkpoint records its GELU and keeps its dtype."""
+    given = [p for p in (npz, checkpoint, pretrained) if p is not None]
+    if len(given) != 1:
         raise ValueError("give exactly one source: a Google .npz, a minivit checkpoint or a "
-                         "pretrained folder")
-    if pretrained is not None:
-        from ..io.pretrained import load_pretrained
-        overrides = {"gelu": gelu} if gelu else {}
-        if image_size is not None:
-            overrides["image_size"] = image_size
-        return load_pretrained(pretrained, seed=seed, dtype=dtype, **overrides)
-    if npz is not None:
-        overrides = {"gelu": gelu} if gelu else {}
-        return load_google_npz(npz, image_size=image_size, seed=seed, dtype=dtype, **overrides)
-    if gelu:
-        raise ValueError("--gelu applies to --npz only: a minivit checkpoint records its GELU")
-    model = load_checkpoint(checkpoint)["model"]
-    if image_size is not None and image_size != model.config.image_size:
-        model.set_image_size(image_size)
-    return model
+                         "pretrained folder (or call minivit.load_pretrained(path))")
+    from ..io.pretrained import find_source, load_pretrained
+    overrides = {"seed": seed} if image_size is None else {"seed": seed, "image_size": image_size}
+    if find_source(given[0]).format != "minivit":
+        overrides.update({"dtype": dtype, **({"gelu": gelu} if gelu else {})})
+    elif gelu:
+        raise ValueError(f"{given[0]} is a minivit checkpoint, which records its own GELU; "
+                         f"leave gelu out")
+    return load_pretrained(given[0], **overrides)
 
 
 def load_folder_for(model: ViT, folder: str, image_size: Optional[int] = None,
