@@ -62,8 +62,13 @@ def build_parser() -> Parser:
     ap.add_argument("--weight-decay", type=nonnegative, default=0.0)
     ap.add_argument("--warmup-epochs", type=nonnegative, default=1.0)
     ap.add_argument("--smoothing", type=fraction, default=0.1, help="label smoothing")
-    ap.add_argument("--no-augment", dest="augment", action="store_false",
-                    help="turn off the random shifts of up to 2 pixels")
+    ap.add_argument("--augment", choices=("auto", "crop-flip", "shift", "none"), default="auto",
+                    help="training augmentation: crop-flip (a random resized crop and a random "
+                         "horizontal flip, as the ViT/DeiT fine-tuning recipes), shift (random "
+                         "shifts of up to 2 pixels, as for MNIST) or none; auto (default): "
+                         "crop-flip for 3-channel photos, shift otherwise")
+    ap.add_argument("--no-augment", dest="augment", action="store_const", const="none",
+                    help="the same as --augment none")
     ap.add_argument("--mean", type=float, nargs="+", default=None, metavar="M",
                     help="normalization mean of pixel/255, one value or one per channel "
                          "(default: a transformers or timm source's, else the training images'; "
@@ -76,6 +81,13 @@ def build_parser() -> Parser:
     add_output_args(ap, OUT)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
+
+
+def augmentation(choice: str, model) -> str | bool:
+    """--augment as TrainOptions.augment: auto is crop-flip for 3-channel models, else shift."""
+    if choice == "auto":
+        return "crop-flip" if model.config.in_channels == 3 else "shift"
+    return False if choice == "none" else choice
 
 
 def main(argv=None) -> dict:
@@ -99,7 +111,7 @@ def main(argv=None) -> dict:
     lr = args.lr if args.lr is not None else (1e-3 if args.head_only else 1e-4)
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=lr,
                         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                        smoothing=args.smoothing, augment=args.augment, seed=args.seed,
+                        smoothing=args.smoothing, augment=augmentation(args.augment, model), seed=args.seed,
                         frozen=frozen)
     cfg = model.config
     trainable = sum(v.size for k, v in model.params.items() if k not in frozen)

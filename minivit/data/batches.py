@@ -1,9 +1,11 @@
 """Batches for training and evaluation: normalization, augmentation, a seeded batch iterator,
 and Dataset, the uint8 train/test arrays a data source (mnist.py, imagefolder.py) returns.
 
-Images stay uint8 on the host. BatchIterator gathers one batch at a time, optionally shifts
-it by up to +-2 pixels, moves it to the backend as uint8 and normalizes it there. There are no
-dataset defaults here: the mean and std come from the dataset's Preprocessing.
+Images stay uint8 on the host. BatchIterator gathers one batch at a time, optionally augments
+it (AUGMENTATIONS: "shift" moves each image by up to +-2 pixels, for MNIST; "crop-flip" takes a
+random resized crop and a random horizontal flip, for photos), moves it to the backend as uint8
+and normalizes it there. There are no dataset defaults here: the mean and std come from the
+dataset's Preprocessing.
 """
 from __future__ import annotations
 
@@ -73,13 +75,55 @@ def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.
     return crops[np.arange(B), :, off[0], off[1]]                     # (B, C, H, W)
 
 
+def random_resized_crop_flip(x: np.ndarray, rng: np.random.Generator,
+                             scale: tuple = (0.08, 1.0), ratio: tuple = (3 / 4, 4 / 3)) -> np.ndarray:
+    """Each image of uint8 (B, C, H, W) cropped to a random box and resized back to H x W
+    (bilinear), then flipped left-right with probability 1/2: the augmentation the ViT and DeiT
+    recipes fine-tune with (torchvision's RandomResizedCrop + RandomHorizontalFlip), applied to
+    the stored H x W images.
+
+    The box of image b covers a fraction a_b ~ U(scale) of the area with aspect ratio r_b
+    (log-uniform in ratio), clipped to the image: height h = sqrt(a H W / r), width w = sqrt(a H
+    W r), corner uniform. Output pixel (i, j) samples the box at y = top + (i + 1/2) h / H - 1/2,
+    x = left + (j + 1/2) w / W - 1/2 (x mirrored for a flipped image), bilinearly from its four
+    neighbours: one gather per neighbour for the whole batch, no loop over images."""
+    B, C, H, W = x.shape
+    area = rng.uniform(scale[0], scale[1], B) * H * W                  # (B,)
+    r = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), B))     # (B,)
+    h = np.clip(np.sqrt(area / r), 1.0, H)                             # (B,) box height
+    w = np.clip(np.sqrt(area * r), 1.0, W)                             # (B,) box width
+    top = rng.uniform(0.0, 1.0, B) * (H - h)                           # (B,)
+    left = rng.uniform(0.0, 1.0, B) * (W - w)                          # (B,)
+    flip = rng.uniform(0.0, 1.0, B) < 0.5                              # (B,)
+    ys = top[:, None] + (np.arange(H) + 0.5) * (h / H)[:, None] - 0.5  # (B, H) sample rows
+    xs = left[:, None] + (np.arange(W) + 0.5) * (w / W)[:, None] - 0.5  # (B, W) sample columns
+    xs = np.where(flip[:, None], xs[:, ::-1], xs)
+    ys, xs = np.clip(ys, 0, H - 1), np.clip(xs, 0, W - 1)
+    y0, x0 = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
+    y1, x1 = np.minimum(y0 + 1, H - 1), np.minimum(x0 + 1, W - 1)
+    fy, fx = (ys - y0)[:, None, :, None], (xs - x0)[:, None, None, :]  # (B, 1, H, 1), (B, 1, 1, W)
+    b, c = np.arange(B)[:, None, None, None], np.arange(C)[None, :, None, None]
+
+    def at(yi, xi):                                                    # (B, C, H, W) float32
+        return x[b, c, yi[:, None, :, None], xi[:, None, None, :]].astype(np.float32)
+    top_row = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
+    bottom_row = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
+    out = top_row * (1 - fy) + bottom_row * fy                         # (B, C, H, W)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+AUGMENTATIONS = ("shift", "crop-flip")
+
+
 class BatchIterator:
     """Seeded mini-batches (x float (B, C, H, W) normalized with mean and std, a dataset's
     Preprocessing; y int64 (B,)) on the backend.
 
-    The order of epoch e depends only on (seed, e), and the shifts of batch i only on
+    The order of epoch e depends only on (seed, e), and the augmentation of batch i only on
     (seed, e, i), so a resumed run sees the same batches: set_epoch(e), then batches(start=i).
-    Images are uint8 (N, H, W) or (N, C, H, W) on the host; only a batch is moved."""
+    augment: False, "shift" (True: random shifts of up to max_shift pixels) or "crop-flip"
+    (random_resized_crop_flip). Images are uint8 (N, H, W) or (N, C, H, W) on the host; only a
+    batch is moved."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int,
                  shuffle: bool = True, seed: int = 0, epoch: int = 0, drop_last: bool = False,
@@ -104,6 +148,10 @@ class BatchIterator:
         if size > 1 and not drop_last:
             raise ValueError("batches split over processes need drop_last=True (a short last "
                              "batch could not be split evenly)")
+        augment = "shift" if augment is True else augment
+        if augment and augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be False, True (shift) or one of {AUGMENTATIONS}, "
+                             f"got {augment!r}")
         self.shard = (int(rank), int(size))
         self.images = images if images.ndim == 4 else images[:, None]   # (N, C, H, W) view
         self.labels = labels
@@ -138,13 +186,16 @@ class BatchIterator:
         return self.batches(0)
 
     def make_batch(self, idx: np.ndarray, i: int = 0) -> tuple:
-        """Gather, maybe shift (on the host, uint8), move, then normalize on the backend.
-        With shard=(rank, size), the shifts are drawn for the whole batch and this process keeps
-        its equal slice of rows: the same pixels as one process would see."""
+        """Gather, maybe augment (on the host, uint8), move, then normalize on the backend.
+        With shard=(rank, size), the augmentation is drawn for the whole batch and this process
+        keeps its equal slice of rows: the same pixels as one process would see."""
         x = self.images[idx]                                             # (B, C, H, W) uint8
         if self.augment:
             rng = np.random.default_rng((self.seed, self.epoch, 1, i))
-            x = random_shift(x, self.max_shift, rng)                     # (B, C, H, W)
+            if self.augment == "shift":
+                x = random_shift(x, self.max_shift, rng)                 # (B, C, H, W)
+            else:
+                x = random_resized_crop_flip(x, rng)                     # (B, C, H, W)
         rank, size = self.shard
         if size > 1:
             b = len(idx) // size

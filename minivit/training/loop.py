@@ -59,7 +59,8 @@ class TrainOptions:
     warmup_epochs: float = 1.0
     smoothing: float = 0.1            # label smoothing
     clip: float = 1.0                 # global gradient-norm clip; 0 disables
-    augment: bool = True              # random shifts of up to 2 pixels
+    augment: bool | str = True        # True/"shift": random shifts of up to 2 pixels (MNIST);
+                                      # "crop-flip": random resized crop + flip (photos); False
     seed: int = 0
     eval_batch_size: int = 500
     frozen: list = field(default_factory=list)   # parameter names to keep fixed (fit applies

@@ -133,3 +133,12 @@ def test_finetune_ctrl_c_then_resume_is_exact(tmp_path, monkeypatch, capsys):
 
 def straight_steps(out):
     return json.loads(pathlib.Path(out, "metrics.jsonl").read_text().splitlines()[-1])["step"]
+
+
+def test_augmentation_is_crop_flip_for_photos_and_shift_for_gray():
+    rgb, gray = ViT(ViTConfig(**{**TINY, "in_channels": 3})), ViT(ViTConfig(**TINY))
+    assert finetune_cli.augmentation("auto", rgb) == "crop-flip"
+    assert finetune_cli.augmentation("auto", gray) == "shift"
+    assert finetune_cli.augmentation("none", rgb) is False
+    assert finetune_cli.build_parser().parse_args(
+        ["--model", "m", "--data", ".", "--no-augment"]).augment == "none"

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from minivit import backend
-from minivit.data.batches import BatchIterator, iterate_batches, normalize, random_shift
+from minivit.data.batches import (BatchIterator, iterate_batches, normalize,
+                                  random_resized_crop_flip, random_shift)
 from minivit.data.mnist import MNIST_MEAN, MNIST_STD
 
 def test_normalize_values():
@@ -164,3 +165,57 @@ def test_augment_shifts_vary_by_batch_and_epoch():
     assert len({tuple(s) for s in e0}) == 4                          # no batch repeats another
     it.set_epoch(1)
     assert shifts() != e0
+
+
+def brute_crop_flip(img, top, left, h, w, flip):
+    """One image's random resized crop, pixel by pixel from the definition: output (i, j)
+    samples the box at y = top + (i + 1/2) h / H - 1/2 (x alike, mirrored when flipped),
+    bilinearly."""
+    C, H, W = img.shape
+    out = np.zeros((C, H, W))
+    for i in range(H):
+        for j in range(W):
+            jj = W - 1 - j if flip else j
+            y = min(max(top + (i + 0.5) * h / H - 0.5, 0), H - 1)
+            x = min(max(left + (jj + 0.5) * w / W - 0.5, 0), W - 1)
+            y0, x0 = int(np.floor(y)), int(np.floor(x))
+            y1, x1 = min(y0 + 1, H - 1), min(x0 + 1, W - 1)
+            fy, fx = y - y0, x - x0
+            out[:, i, j] = ((img[:, y0, x0] * (1 - fx) + img[:, y0, x1] * fx) * (1 - fy)
+                            + (img[:, y1, x0] * (1 - fx) + img[:, y1, x1] * fx) * fy)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def test_random_resized_crop_flip_equals_its_definition():
+    """The batched gathers equal a per-pixel loop over each image's own box and flip, with the
+    boxes drawn as the function draws them (same generator state)."""
+    x = np.random.default_rng(0).integers(0, 256, (6, 3, 9, 7)).astype(np.uint8)
+    out = random_resized_crop_flip(x, np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    B, C, H, W = x.shape
+    area = rng.uniform(0.08, 1.0, B) * H * W
+    r = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), B))
+    h, w = np.clip(np.sqrt(area / r), 1, H), np.clip(np.sqrt(area * r), 1, W)
+    top, left = rng.uniform(0, 1, B) * (H - h), rng.uniform(0, 1, B) * (W - w)
+    flip = rng.uniform(0, 1, B) < 0.5
+    assert flip.any() and not flip.all()                  # both kinds in this draw
+    for b in range(B):
+        want = brute_crop_flip(x[b].astype(np.float64), top[b], left[b], h[b], w[b], flip[b])
+        assert np.abs(out[b].astype(int) - want.astype(int)).max() <= 1, b   # float32 rounding
+    assert out.shape == x.shape and out.dtype == np.uint8
+
+
+def test_crop_flip_batches_are_seeded_and_split_over_ranks_as_one():
+    x = np.random.default_rng(1).integers(0, 256, (8, 3, 6, 6)).astype(np.uint8)
+    y = np.arange(8)
+    kw = dict(batch_size=4, seed=3, drop_last=True, augment="crop-flip")
+    whole = [b[0] for b in BatchIterator(x, y, **kw)]
+    again = [b[0] for b in BatchIterator(x, y, **kw)]
+    halves = [[b[0] for b in BatchIterator(x, y, shard=(r, 2), **kw)] for r in (0, 1)]
+    plain = [b[0] for b in BatchIterator(x, y, **{**kw, "augment": False})]
+    for i in range(2):
+        np.testing.assert_array_equal(whole[i], again[i])
+        np.testing.assert_array_equal(whole[i], np.concatenate([halves[0][i], halves[1][i]]))
+        assert not np.array_equal(whole[i], plain[i])
+    with pytest.raises(ValueError, match="augment must be"):
+        BatchIterator(x, y, batch_size=4, augment="mixup")
