@@ -49,9 +49,19 @@ def run(main, argv=None):
     the file where there is one, and exits with status 2; MINIVIT_DEBUG=1 shows the traceback.
     Under mpiexec a failing process ends the whole job (parallel/mpi.py fail): the error is
     printed once, and no process is left waiting in a collective; an error the processes agreed
-    on (parallel.mpi.together: flags, data, output folder) is printed once without the abort."""
+    on (parallel.mpi.together: flags, data, output folder) is printed once without the abort.
+    Warnings print as one 'warning: <message>' line; a closed pipe (`minivit-io info X | head`)
+    ends the command quietly."""
+    import warnings
+    warnings.formatwarning = _one_line_warning
     try:
         return main(argv)
+    except BrokenPipeError:                               # the reader went away: nothing to say
+        try:                                              # no second error at exit's flush
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        raise SystemExit(0)
     except USER_ERRORS as e:
         if os.environ.get("MINIVIT_DEBUG") == "1" and not _under_mpi():
             raise
@@ -65,6 +75,10 @@ def run(main, argv=None):
             raise
         import traceback
         _fail_job(traceback.format_exc().rstrip())
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 def _under_mpi() -> bool:

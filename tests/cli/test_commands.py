@@ -85,3 +85,16 @@ def test_every_command_has_a_python_m_module_and_version(script, capsys):
     with pytest.raises(SystemExit) as e:
         cli.build_parser().parse_args(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out == f"minivit {minivit.__version__}\n"
+
+
+def test_a_closed_pipe_ends_quietly_and_warnings_are_one_line():
+    code = ("import warnings\nfrom minivit.cli import run\n"
+            "def main(argv):\n"
+            "    warnings.warn('the source has no labels')\n"
+            "    for i in range(200000):\n"
+            "        print('x' * 60)\n"
+            "run(main)\n")
+    p = subprocess.run(f"{sys.executable} -c \"{code}\" | head -1", shell=True, cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout == "x" * 60 + "\n"
+    assert p.stderr == "warning: the source has no labels\n", p.stderr   # no BrokenPipeError
