@@ -8,6 +8,9 @@ the way an image viewer shows it, and fit it to a model's input.
     fit_image(img, ...)                  uint8 (channels, S, S): the model's preprocessing
     read_batches(paths, prepare, n)      batches of prepared images; a file that cannot be read
                                          or prepared is reported with its reason and left out
+    class_folder(root)                   (class names, [(path, label)]) of root/<class>/...
+    folder_splits(root)                  (root/train, root/test): which split folders it has
+    split_by_class(files, f, seed)       a seeded per-class train/test split
 
 A file named on the command line is tried whatever its extension; inside a folder only the
 image extensions count, so that a README or a .csv beside the photos is not reported as a
@@ -44,7 +47,7 @@ from ..files import check_file
 from .imagefolder import ImageFolderError, convert_channels, read_image, resize_image
 
 __all__ = ["IMAGE_EXTENSIONS", "find_images", "read_photo", "fit_image", "read_batches",
-           "Batch", "needs_pillow", "pillow"]
+           "Batch", "needs_pillow", "pillow", "class_folder", "folder_splits", "split_by_class"]
 
 # The raster formats a folder walk picks up (with Pillow; .npy without it). A file named on the
 # command line is tried whatever its extension.
@@ -252,3 +255,67 @@ def read_batches(paths: list, prepare: Callable, batch_size: int,
             images = np.stack([g[1] for g in ok]) if ok else None
             yield Batch([g[0] for g in ok], images, [(g[0], g[3]) for g in got if g[3]],
                         [g[2] for g in ok], len(chunk))
+
+
+# ---- folders of classes (evaluate) --------------------------------------------------------------
+def _subfolders(folder: str) -> list:
+    """The sorted non-hidden sub-folders of folder."""
+    return sorted(e for e in os.listdir(folder)
+                  if not _hidden(e) and os.path.isdir(os.path.join(folder, e)))
+
+
+def folder_splits(root: str) -> tuple[Optional[str], Optional[str]]:
+    """(root/train, root/test), each None when root has no such split folder: a sub-folder
+    named train or test that holds class sub-folders itself (a class folder of images that
+    happens to be called 'test' is a class). (None, None): root is itself a folder of classes."""
+    out = []
+    for split in ("train", "test"):
+        path = os.path.join(root, split)
+        out.append(path if os.path.isdir(path) and _subfolders(path) else None)
+    return out[0], out[1]
+
+
+def class_folder(root: str) -> tuple[list, list]:
+    """(class names, [(image path, label)]) of root/<class>/: the class names are the sorted
+    sub-folder names (label i = names[i]); each class folder's images are found as
+    find_images finds a folder's (recursively, sorted, image extensions only, hidden entries
+    left out). An ImageFolderError names the folder and the fix when root is not a folder,
+    has no class sub-folders, or a class folder has no images."""
+    if not os.path.isdir(root):
+        raise ImageFolderError(f"{root} is not a folder; pass a folder holding one sub-folder "
+                               f"of images per class ({os.path.join(root, '<class>', '<image>')})")
+    names = _subfolders(root)
+    if not names:
+        loose = [e for e in sorted(os.listdir(root)) if not _hidden(e)]
+        found = (f"; it holds {len(loose)} file(s) such as {loose[0]!r}: move each image into "
+                 f"the sub-folder of its class" if loose else "; it is empty")
+        raise ImageFolderError(f"{root} has no class sub-folders (one per class: "
+                               f"{os.path.join(root, 'cat', '1.jpg')}, "
+                               f"{os.path.join(root, 'dog', '2.jpg')}){found}")
+    files = []
+    for label, name in enumerate(names):
+        found = _walk(os.path.join(root, name))
+        if not found:
+            raise ImageFolderError(f"class folder {os.path.join(root, name)} has no images "
+                                   f"(.png, .jpg, .webp, ... or .npy); add images or remove "
+                                   f"the folder")
+        files += [(path, label) for path in found]
+    return names, files
+
+
+def split_by_class(files: list, test_fraction: float, seed: int) -> tuple[list, list]:
+    """(train, test) of [(path, label)]: per class, a seeded round(n * test_fraction) of its n
+    files (at least 1 and at most n - 1 when n >= 2; none when n == 1) go to the test split,
+    the rule image folders are split by for fine-tuning (imagefolder.load_image_folder)."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in sorted({lab for _, lab in files}):
+        mine = [f for f in files if f[1] == label]
+        n = len(mine)
+        k = min(max(int(round(n * test_fraction)), 1), n - 1) if n >= 2 else 0
+        pick = set(rng.permutation(n)[:k].tolist())
+        test += [f for i, f in enumerate(mine) if i in pick]
+        train += [f for i, f in enumerate(mine) if i not in pick]
+    return train, test

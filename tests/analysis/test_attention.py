@@ -49,6 +49,41 @@ def test_cls_maps_and_model_attention():
     assert np.allclose(res["layers"].sum((2, 3)) + cls_self, 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("extra, prefix", [(dict(num_registers=3, layer_scale=0.5), 4),
+                                           (dict(distilled=True), 2),
+                                           (dict(class_token=False, pool="mean"), 0)])
+def test_maps_read_the_patch_columns_past_cls_distillation_and_registers(extra, prefix):
+    """With T prefix tokens (CLS, a distillation token, registers) before the patches, the maps
+    are the CLS row's patch columns (no CLS token: the mean of the patch rows), of each layer
+    and of the rollout over every token."""
+    model = ViT(ViTConfig(**{**TINY, "depth": 2, **extra}), seed=0)
+    assert model.config.num_prefix_tokens == prefix
+    x = np.random.default_rng(1).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    res = attention_maps(model, x)
+    _, attn = model.forward(x, return_attention=True)
+    attn = [a.astype(np.float64) for a in attn]
+    R = attention_rollout(attn)
+    if prefix:
+        assert res["query"] == "cls"
+        want = np.stack([a.mean(1)[:, 0, prefix:] for a in attn], 1).reshape(2, 2, 2, 2)
+        assert np.allclose(res["rollout"], R[:, 0, prefix:].reshape(2, 2, 2))
+    else:
+        assert res["query"] == "mean"
+        want = np.stack([a.mean(1).mean(1) for a in attn], 1).reshape(2, 2, 2, 2)
+        assert np.allclose(res["rollout"], R.mean(1).reshape(2, 2, 2))
+    assert np.allclose(res["layers"], want, atol=1e-6)
+    with pytest.raises(ValueError, match=f"plus {prefix + 1} prefix token"):
+        cls_maps(R, 2, prefix + 1)
+    with pytest.raises(ValueError, match="query must be"):
+        cls_maps(R, 2, prefix, "max")
+
+
+def test_a_model_without_a_head_has_maps_and_no_probabilities():
+    model = ViT(ViTConfig(**{**TINY, "num_classes": 0}), seed=0)
+    res = attention_maps(model, np.zeros((1, 1, 8, 8), np.float32))
+    assert res["probs"] is None and res["rollout"].shape == (1, 2, 2)
+
+
 @needs_mpl
 def test_attention_example_quick_writes_png(tmp_path, capsys):
     mod = load_example("attention_maps")
