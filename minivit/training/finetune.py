@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ..data.batches import Dataset
 from ..data.imagefolder import load_image_folder
 from ..model import ViT
@@ -52,9 +54,17 @@ def load_folder_for(model: ViT, folder: str, image_size: Optional[int] = None,
                     test_fraction: float = 0.2, seed: int = 0,
                     mean: Optional[Sequence[float]] = None,
                     std: Optional[Sequence[float]] = None) -> Dataset:
-    """An image folder at the model's channels; checks the size; mean/std replace the folder's
-    own statistics when given (one value or one per channel)."""
+    """An image folder at the model's channels and size. A model whose preprocessing resizes
+    (a transformers or timm source) takes photos of any size through that resize and center
+    crop (load_photo_folder), unless image_size asks for another size; otherwise the images are
+    read as they are (resized straight to image_size if given) and must come out at the
+    model's size. mean/std replace the normalization when given (one value or one per channel):
+    by default the source's (photos) or the folder's own statistics."""
     cfg = model.config
+    pre = model.preprocessing
+    if image_size is None and pre is not None and pre.resize_size is not None:
+        data = load_photo_folder(model, folder, test_fraction, seed)
+        return with_normalization(data, mean, std, cfg.in_channels)
     data = load_image_folder(folder, image_size=image_size, channels=cfg.in_channels,
                              test_fraction=test_fraction, seed=seed)
     S = data.x_train.shape[-1]
@@ -63,11 +73,55 @@ def load_folder_for(model: ViT, folder: str, image_size: Optional[int] = None,
                          f"{cfg.image_size}x{cfg.image_size}; pass --image-size {cfg.image_size} "
                          f"to resize the images, or --image-size {S} to resample the model's "
                          f"position table to them")
+    return with_normalization(data, mean, std, cfg.in_channels)
+
+
+def load_photo_folder(model: ViT, folder: str, test_fraction: float = 0.2,
+                      seed: int = 0) -> Dataset:
+    """The photos of folder/<class>/ (or folder/train/<class>/ and folder/test/<class>/), of any
+    size and any format Pillow reads, through the model's own preprocessing (resize, then center
+    crop: io/preprocess.py, as transformers and timm prepare their inputs), at the model's size
+    and channels. The Dataset's Preprocessing is the model's with the folder's class names, so
+    a checkpoint of the fine-tuned model predicts with no flags: the same resize, crop and
+    normalization, and the new labels."""
+    from ..data.imagefolder import ImageFolderError
+    from ..data.photos import class_folder, fit_image, folder_splits, read_photo, split_by_class
+    train_dir, test_dir = folder_splits(folder)
+    if train_dir and test_dir:
+        names, train = class_folder(train_dir)
+        test_names, test = class_folder(test_dir)
+        unknown = sorted(set(test_names) - set(names))
+        if unknown:
+            raise ImageFolderError(f"{test_dir} has classes {unknown} that {train_dir} lacks; "
+                                   f"every test class needs training images")
+        test = [(path, names.index(test_names[label])) for path, label in test]
+    else:
+        names, files = class_folder(folder)
+        train, test = split_by_class(files, test_fraction, seed)
+        if not test:
+            raise ImageFolderError(f"{folder}: no class has 2 images, so no test split can be "
+                                   f"held out; add images or give {folder}/train and "
+                                   f"{folder}/test")
+    cfg, pre = model.config, model.preprocessing
+
+    def load(files: list) -> tuple:
+        x = np.stack([fit_image(read_photo(path), path, cfg.image_size, cfg.in_channels, pre,
+                                False) for path, _ in files])                 # (M, C, S, S)
+        return x, np.array([label for _, label in files], dtype=np.int64)
+    x_train, y_train = load(train)
+    x_test, y_test = load(test)
+    return Dataset(x_train, y_train, x_test, y_test,
+                   dataclasses.replace(pre, class_names=list(names)))
+
+
+def with_normalization(data: Dataset, mean, std, channels: int) -> Dataset:
+    """data with mean and/or std replaced in its Preprocessing (one value or one per channel;
+    None keeps the data's)."""
     changes = {}
     for name, v in (("mean", mean), ("std", std)):
         if v is not None:
-            if len(v) not in (1, cfg.in_channels):
-                raise ValueError(f"--{name} has {len(v)} values for {cfg.in_channels} "
+            if len(v) not in (1, channels):
+                raise ValueError(f"--{name} has {len(v)} values for {channels} "
                                  f"channel(s); give one value or one per channel")
             changes[name] = [float(a) for a in v]
     if changes:

@@ -142,3 +142,44 @@ def test_augmentation_is_crop_flip_for_photos_and_shift_for_gray():
     assert finetune_cli.augmentation("none", rgb) is False
     assert finetune_cli.build_parser().parse_args(
         ["--model", "m", "--data", ".", "--no-augment"]).augment == "none"
+
+
+def test_finetune_photos_of_any_size_through_the_sources_preprocessing(tmp_path, monkeypatch,
+                                                                       capsys):
+    """A source whose preprocessing resizes and center-crops (as transformers and timm folders
+    state) takes a folder of photos of mixed sizes with no --image-size; the fine-tuned
+    checkpoint keeps that resize and crop with the folder's class names, so predict needs no
+    flags on it, and prepares an odd-sized photo exactly as the source would."""
+    from minivit import Preprocessing
+    from minivit.data.photos import fit_image, read_photo
+    from minivit.training import loop
+    monkeypatch.setattr(loop, "plot_curves", lambda history, path: None)
+    pre = Preprocessing(mean=[0.5] * 3, std=[0.25] * 3, image_size=8, channels=3, resize_size=10,
+                        resize_mode="shortest", center_crop=True, class_names=["x", "y"])
+    src = ViT(ViTConfig(**{**TINY, "in_channels": 3, "num_classes": 2}), seed=4,
+              preprocessing=pre)
+    ckpt = str(tmp_path / "src.npz")
+    save_checkpoint(ckpt, src)
+    rng = np.random.default_rng(0)
+    for k, c in enumerate(("cat", "dog")):
+        os.makedirs(tmp_path / "photos" / c)
+        for i, (h, w) in enumerate([(12, 16), (9, 9), (20, 11), (10, 14)]):
+            img = rng.integers(0, 60, (3, h, w)).astype(np.uint8)
+            img[k] += 150                                 # the class is the bright channel
+            np.save(tmp_path / "photos" / c / f"{i}.npy", img)
+    out = str(tmp_path / "run")
+    finetune_cli.main(["--model", ckpt, "--data", str(tmp_path / "photos"), "--epochs", "1",
+                       "--batch-size", "2", "--quiet", "--out", out])
+    tuned = load_checkpoint(os.path.join(out, "last.npz"))
+    kept = tuned["preprocessing"]
+    assert (kept.resize_size, kept.resize_mode, kept.center_crop) == (10, "shortest", True)
+    assert kept.class_names == ["cat", "dog"] and kept.mean == [0.5] * 3 and kept.std == [0.25] * 3
+    photo = str(tmp_path / "photos" / "dog" / "2.npy")
+    capsys.readouterr()
+    res = predict.main(["--model", os.path.join(out, "last.npz"), photo])
+    x = fit_image(read_photo(photo), photo, 8, 3, pre, False)            # (3, 8, 8)
+    from minivit.data.batches import normalize
+    logits = tuned["model"].forward(normalize(x[None], "float32", pre.mean, pre.std))
+    p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert res[0]["top"][0]["label"] == ["cat", "dog"][int(p.argmax())]
+    assert res[0]["top"][0]["prob"] == pytest.approx(float(p.max()), rel=1e-5)
