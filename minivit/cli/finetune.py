@@ -8,14 +8,19 @@ python examples/finetune.py).
 --model takes anything minivit.io.load_pretrained reads: a minivit checkpoint (it keeps its
 dtype and GELU), a Google (vit_jax) .npz, a transformers or timm folder or .safetensors file
 (loaded in --dtype; --gelu overrides their GELU); --checkpoint, --npz and --pretrained are the
-same flag. --image-size resizes the images and resamples the position table. The head is
-replaced by a zero-initialized one for the folder's classes (ViT.reset_head); --head-only
-freezes every other parameter (and makes the default --lr 1e-3 instead of 1e-4). The images
-are normalized with a transformers or timm source's own mean and std, otherwise with the
-training images' statistics; --mean/--std override either. Training is training.fit: the same
-progress bars and outputs as MNIST training (last.npz, best.npz, metrics.jsonl, config.json,
-curves.png in --out); the checkpoints carry the class names and the normalization for
-minivit-predict. --procs N trains as N processes under mpiexec (default 1).
+same flag. A source whose preprocessing resizes (transformers and timm folders state a resize
+and a center crop) takes photos of any size and any format Pillow reads through that resize
+and crop; otherwise the images must be the model's size, or --image-size S resizes them and
+resamples the position table. The head is replaced by a zero-initialized one for the folder's
+classes (ViT.reset_head); --head-only freezes every other parameter (and makes the default
+--lr 1e-3 instead of 1e-4). The images are normalized with a transformers or timm source's own
+mean and std, otherwise with the training images' statistics; --mean/--std override either.
+Augmentation (--augment): a random resized crop and flip for 3-channel photos, random shifts
+of up to 2 pixels otherwise. Training is training.fit: the same progress bars, outputs and
+rules as MNIST training (last.npz, best.npz, metrics.jsonl, config.json, curves.png in --out,
+a numbered folder beside one that holds an earlier run; Ctrl-C saves, --resume continues); the
+checkpoints carry the class names and the preprocessing for minivit-predict.
+--procs N trains as N processes under mpiexec (default 1).
 """
 from __future__ import annotations
 
