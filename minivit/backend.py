@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import Unavailable, UserError
+
 _xp = np          # the module that new arrays are created with
 _cupy = None      # the cupy module once imported, else None
 
@@ -19,17 +21,17 @@ def _import_cupy():
     try:
         import cupy
     except ImportError as e:
-        raise RuntimeError(
+        raise Unavailable(
             "the GPU backend needs CuPy, which is not installed; install it with "
             "`pip install -e .[gpu]` (CuPy for CUDA 12), `.[gpu-cuda13]` (CUDA 13) or the "
             "cupy-cudaXXx wheel matching your CUDA driver, or run on the CPU with --device cpu") from e
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # cupy raises its own CUDARuntimeError when no driver is present
-        raise RuntimeError(f"CuPy is installed but no usable CUDA GPU was found ({e}); "
+        raise Unavailable(f"CuPy is installed but no usable CUDA GPU was found ({e}); "
                            f"check `nvidia-smi` or run on the CPU with --device cpu") from e
     if n == 0:
-        raise RuntimeError("CuPy is installed but no CUDA GPU is visible; "
+        raise Unavailable("CuPy is installed but no CUDA GPU is visible; "
                            "run on the CPU with --device cpu")
     _cupy = cupy
     return cupy
@@ -47,7 +49,7 @@ def use(name: str, tf32: bool | None = None) -> None:
         if tf32 is not None:
             set_tf32(tf32)
     else:
-        raise ValueError(f"unknown backend {name!r}; use 'cpu' (NumPy) or 'gpu' (CuPy)")
+        raise UserError(f"unknown backend {name!r}; use 'cpu' (NumPy) or 'gpu' (CuPy)")
 
 
 def cupy():

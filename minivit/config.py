@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from .errors import UserError
+
 BLOCK_KEYS = ("norm1.w", "norm1.b", "attn.qkv.w", "attn.qkv.b", "attn.proj.w", "attn.proj.b",
               "norm2.w", "norm2.b", "mlp.fc1.w", "mlp.fc1.b", "mlp.fc2.w", "mlp.fc2.b")
 SCALE_KEYS = ("ls1.g", "ls2.g")         # LayerScale of the two branches, with cfg.layer_scale
@@ -59,29 +61,29 @@ class ViTConfig:
     def __post_init__(self):
         for field, allowed in _CHOICES.items():
             if getattr(self, field) not in allowed:
-                raise ValueError(f"{field}={getattr(self, field)!r} is not one of {allowed}")
+                raise UserError(f"{field}={getattr(self, field)!r} is not one of {allowed}")
         for field in ("image_size", "patch_size", "in_channels", "num_classes", "dim",
                       "depth", "heads", "num_registers"):
             v = getattr(self, field)
             low = 0 if field in ("num_classes", "num_registers") else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 kind = "a non-negative" if low == 0 else "a positive"
-                raise ValueError(f"{field} must be {kind} integer, got {v!r}")
+                raise UserError(f"{field} must be {kind} integer, got {v!r}")
         if self.dim % self.heads:
-            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}; "
+            raise UserError(f"dim={self.dim} is not divisible by heads={self.heads}; "
                              f"choose heads that divide dim (e.g. heads={_divisor(self.dim, self.heads)})")
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} is not divisible by "
+            raise UserError(f"image_size={self.image_size} is not divisible by "
                              f"patch_size={self.patch_size}; choose a patch that divides the "
                              f"image size or resize/pad the images")
         if self.mlp_ratio <= 0 or int(self.dim * self.mlp_ratio) < 1:
-            raise ValueError(f"mlp_ratio={self.mlp_ratio} gives an empty MLP; use e.g. 2.0 or 4.0")
+            raise UserError(f"mlp_ratio={self.mlp_ratio} gives an empty MLP; use e.g. 2.0 or 4.0")
         for field in ("dropout", "attn_dropout", "drop_path"):
             v = getattr(self, field)
             if not 0.0 <= v < 1.0:
-                raise ValueError(f"{field}={v} must be in [0, 1)")
+                raise UserError(f"{field}={v} must be in [0, 1)")
         if self.representation_size is not None and self.representation_size <= 0:
-            raise ValueError(f"representation_size must be positive or None, "
+            raise UserError(f"representation_size must be positive or None, "
                              f"got {self.representation_size}")
         self._check_families()
 
@@ -89,19 +91,19 @@ class ViTConfig:
         """The combinations of the checkpoint-family fields that the model defines."""
         if self.layer_scale is not None and not (isinstance(self.layer_scale, (int, float))
                                                  and self.layer_scale > 0):
-            raise ValueError(f"layer_scale must be a positive initial value (e.g. 1e-5) or "
+            raise UserError(f"layer_scale must be a positive initial value (e.g. 1e-5) or "
                              f"None, got {self.layer_scale!r}")
         if not self.class_token and (self.pool == "cls" or self.distilled):
-            raise ValueError("class_token=False leaves no CLS token to pool or distill from; "
+            raise UserError("class_token=False leaves no CLS token to pool or distill from; "
                              "use pool='mean' (and distilled=False)")
         if self.distilled and (self.pool != "cls" or self.representation_size):
-            raise ValueError("distilled=True reads the CLS and distillation tokens with a head "
+            raise UserError("distilled=True reads the CLS and distillation tokens with a head "
                              "each: it needs pool='cls' and no representation_size")
         if self.fc_norm and self.pool != "mean":
-            raise ValueError("fc_norm=True normalizes the average of the patch tokens: it needs "
+            raise UserError("fc_norm=True normalizes the average of the patch tokens: it needs "
                              "pool='mean' (with pool='cls' the final norm is the same either way)")
         if self.eps <= 0:
-            raise ValueError(f"eps must be positive, got {self.eps}")
+            raise UserError(f"eps must be positive, got {self.eps}")
 
     @property
     def grid(self) -> int:          # patches per side, S / p
@@ -193,7 +195,7 @@ def _from_known_fields(cls, d: dict, fix: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}{fix}")
+        raise UserError(f"unknown {cls.__name__} fields {unknown}{fix}")
     return cls(**d)
 
 
@@ -247,7 +249,7 @@ def model_config(name: str, **overrides) -> ViTConfig:
     """The validated ViTConfig of a named model (MODELS), with overrides of any of its fields
     (num_classes=, image_size=, dtype=, drop_path=, ...)."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; the named models are "
+        raise UserError(f"unknown model {name!r}; the named models are "
                          f"{', '.join(sorted(MODELS))}")
     return _from_known_fields(ViTConfig, {**MODELS[name], **overrides},
                               f" for model {name!r}; overrides must be ViTConfig fields")
@@ -280,24 +282,24 @@ class Preprocessing:
         self.mean = [float(v) for v in _as_list(self.mean, "mean")]
         self.std = [float(v) for v in _as_list(self.std, "std")]
         if len(self.mean) != len(self.std):
-            raise ValueError(f"mean has {len(self.mean)} values and std {len(self.std)}; give "
+            raise UserError(f"mean has {len(self.mean)} values and std {len(self.std)}; give "
                              f"one value each or one per channel")
         if any(not s > 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+            raise UserError(f"std must be positive, got {self.std}")
         if self.channels is not None and len(self.mean) not in (1, self.channels):
-            raise ValueError(f"{len(self.mean)} mean/std values for {self.channels} channels; "
+            raise UserError(f"{len(self.mean)} mean/std values for {self.channels} channels; "
                              f"give one value or one per channel")
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
         if self.resize_mode not in RESIZE_MODES or self.resample not in RESAMPLE:
-            raise ValueError(f"resize_mode={self.resize_mode!r}, resample={self.resample!r}: "
+            raise UserError(f"resize_mode={self.resize_mode!r}, resample={self.resample!r}: "
                              f"expected one of {RESIZE_MODES} and one of {RESAMPLE}")
         for field in ("resize_size", "image_size"):
             v = getattr(self, field)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{field} must be a positive integer or None, got {v!r}")
+                raise UserError(f"{field} must be a positive integer or None, got {v!r}")
         if self.center_crop and self.image_size is None:
-            raise ValueError("center_crop=True crops to image_size: give image_size")
+            raise UserError("center_crop=True crops to image_size: give image_size")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -315,7 +317,7 @@ def _as_list(v, name: str) -> list:
     try:
         out = list(v)
     except TypeError:
-        raise ValueError(f"{name} must be a number or a list of numbers, got {v!r}") from None
+        raise UserError(f"{name} must be a number or a list of numbers, got {v!r}") from None
     if not out:
-        raise ValueError(f"{name} is empty; give one value or one per channel")
+        raise UserError(f"{name} is empty; give one value or one per channel")
     return out

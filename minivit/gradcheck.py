@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import backend
+from .errors import UserError, UserTypeError
 
 
 def numerical_grad(f: Callable[[], float], x, index, h: float) -> float:
@@ -48,9 +49,9 @@ def grad_errors(f: Callable[[], float], inputs: Sequence, grads: Sequence, names
     errors = {}
     for name, x, g in zip(names, inputs, grads):
         if x.dtype != np.float64:
-            raise TypeError(f"gradient checks need float64 inputs, got {x.dtype} for {name}")
+            raise UserTypeError(f"gradient checks need float64 inputs, got {x.dtype} for {name}")
         if g is None or tuple(g.shape) != tuple(x.shape):
-            raise ValueError(f"gradient of {name} has shape {getattr(g, 'shape', None)}, "
+            raise UserError(f"gradient of {name} has shape {getattr(g, 'shape', None)}, "
                              f"expected {tuple(x.shape)}")
         g_host = backend.to_numpy(g)
         flat = range(x.size) if x.size <= max_coords else rng.choice(x.size, max_coords, replace=False)

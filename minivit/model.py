@@ -23,11 +23,12 @@ import numpy as np
 
 from . import backend, kernels
 from .config import HEAD_KEYS, Preprocessing, ViTConfig
+from .errors import UserError, UserTypeError
 from .layers import (BatchRows, dropout_backward, dropout_forward, head_backward, head_forward,
                      insert_tokens_backward, insert_tokens_forward, patch_embed_backward,
                      patch_embed_forward, pos_embed_backward, pos_embed_forward, sincos_2d)
-from .params import ParamDict
 from .parallel import threads
+from .params import ParamDict
 
 __all__ = ["ViT", "ViTConfig", "init_params", "trunc_normal"]
 
@@ -95,7 +96,7 @@ class ViT:
     def __init__(self, config: ViTConfig, seed: int = 0,
                  preprocessing: Optional[Preprocessing] = None):
         if not isinstance(config, ViTConfig):
-            raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}")
+            raise UserTypeError(f"config must be a ViTConfig, got {type(config).__name__}")
         self.config = config
         self.preprocessing = preprocessing                # how raw images become x, or None
         self.params = init_params(config, seed)
@@ -277,7 +278,7 @@ class ViT:
         keys = set(keys)
         unknown = sorted(keys - set(self.params))
         if unknown:
-            raise ValueError(f"cannot freeze {unknown}: not parameters of this model")
+            raise UserError(f"cannot freeze {unknown}: not parameters of this model")
         self.frozen = keys
         return self
 
@@ -309,7 +310,7 @@ class ViT:
         shapes = config.param_shapes()
         missing = sorted(set(shapes) - set(arrays))
         if missing:
-            raise ValueError(f"no values for {missing}")
+            raise UserError(f"no values for {missing}")
         self.params = ParamDict.zeros(shapes, config.dtype, xp)
         for k in shapes:
             self.params[k] = xp.asarray(arrays[k], dtype=config.dtype)
@@ -324,7 +325,7 @@ class ViT:
         unless keep_pre_logits (vit_jax's 'drop-head variant'). Works on a headless model
         (num_classes=0) too. In place; an optimizer must be built after it."""
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer for a new head, got "
+            raise UserError(f"num_classes must be a positive integer for a new head, got "
                              f"{num_classes!r}")
         cfg = dataclasses.replace(self.config, num_classes=num_classes)
         if not keep_pre_logits:
@@ -370,28 +371,29 @@ class ViT:
         cfg = self.config
         S, C = cfg.image_size, cfg.in_channels
         if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
-            raise TypeError(f"expected an array of images (B, {C}, {S}, {S}), got {type(x).__name__}")
+            raise UserTypeError(f"expected an array of images (B, {C}, {S}, {S}), got "
+                                f"{type(x).__name__}")
         if x.ndim != 4:
-            raise ValueError(f"expected images of shape (B, {C}, {S}, {S}) (ndim 4), got shape "
+            raise UserError(f"expected images of shape (B, {C}, {S}, {S}) (ndim 4), got shape "
                              f"{tuple(x.shape)}; add a batch axis with x[None] or a channel axis "
                              f"with x[:, None]")
         if x.shape[1] != C:
-            raise ValueError(f"expected {C} channel(s) in axis 1 (B, C, H, W), got shape "
+            raise UserError(f"expected {C} channel(s) in axis 1 (B, C, H, W), got shape "
                              f"{tuple(x.shape)}; images must be channels-first, or build the model "
                              f"with in_channels={x.shape[1]}")
         if x.shape[2:] != (S, S):
-            raise ValueError(f"expected {S}x{S} images, got {x.shape[2]}x{x.shape[3]}; resize the "
+            raise UserError(f"expected {S}x{S} images, got {x.shape[2]}x{x.shape[3]}; resize the "
                              f"images or build the model with image_size={x.shape[2]} "
                              f"(square images only)")
         if x.dtype.kind != "f" or x.dtype.itemsize < 4:
-            raise TypeError(f"expected float32 or float64 images, got {x.dtype}; convert with "
+            raise UserTypeError(f"expected float32 or float64 images, got {x.dtype}; convert with "
                             f"x.astype('float32') (and scale uint8 pixels to [0, 1] and normalize)")
         xp = backend.xp_of(x)
         if xp is not backend.xp_of(self.params.flat):
-            raise TypeError(f"input is a {xp.__name__} array but the model lives on "
+            raise UserTypeError(f"input is a {xp.__name__} array but the model lives on "
                             f"{backend.xp_of(self.params.flat).__name__}; move it with "
                             f"minivit.backend.asarray(x) (or build the model after backend.use())")
         if check_finite and not bool(xp.isfinite(x).all()):
-            raise ValueError("input contains NaN or inf; check the data pipeline (e.g. a "
+            raise UserError("input contains NaN or inf; check the data pipeline (e.g. a "
                              "division by a zero std) before calling forward")
         return x.astype(cfg.dtype, copy=False)

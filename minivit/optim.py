@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from . import backend
+from .errors import UserError
 from .params import ParamDict
 
 
@@ -27,15 +28,15 @@ class Optimizer:
 
     def __init__(self, params: dict, lr: float, weight_decay: float, frozen=(), decay=None):
         if lr <= 0 or not math.isfinite(lr):
-            raise ValueError(f"lr must be a positive number, got {lr}")
+            raise UserError(f"lr must be a positive number, got {lr}")
         if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+            raise UserError(f"weight_decay must be >= 0, got {weight_decay}")
         unknown = sorted(set(frozen) - set(params))
         if unknown:
-            raise ValueError(f"frozen names {unknown} are not parameters of this model")
+            raise UserError(f"frozen names {unknown} are not parameters of this model")
         unknown = sorted(set(decay or ()) - set(params))
         if unknown:
-            raise ValueError(f"decay names {unknown} are not parameters of this model")
+            raise UserError(f"decay names {unknown} are not parameters of this model")
         self.params, self.lr, self.weight_decay = params, float(lr), float(weight_decay)
         self.frozen = set(frozen)
         self.t = 0
@@ -58,7 +59,7 @@ class Optimizer:
         never written), else a new concatenation."""
         changed = [k for k in self.keys if arrays[k].shape != self.state_shapes[k]]
         if changed:
-            raise ValueError(f"{changed[:3]} changed shape since this {type(self).__name__} was "
+            raise UserError(f"{changed[:3]} changed shape since this {type(self).__name__} was "
                              f"built (now {tuple(arrays[changed[0]].shape)}, then "
                              f"{self.state_shapes[changed[0]]}); build the optimizer after "
                              f"changing the model (e.g. after reset_head or set_image_size)")
@@ -106,7 +107,7 @@ class Optimizer:
         want = set(self.state_dict())
         missing, extra = sorted(want - set(d)), sorted(set(d) - want)
         if missing or extra:
-            raise ValueError(f"optimizer state does not match this {type(self).__name__}: "
+            raise UserError(f"optimizer state does not match this {type(self).__name__}: "
                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                              f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}; was it "
                              f"saved by another optimizer or model?")
@@ -114,7 +115,7 @@ class Optimizer:
                for s, buf in self.state.items() for k, v in buf.items()
                if tuple(d[f"opt.{s}.{k}"].shape) != tuple(v.shape)]
         if bad:
-            raise ValueError(f"optimizer state has wrong shapes (saved vs now) {bad[:5]}; "
+            raise UserError(f"optimizer state has wrong shapes (saved vs now) {bad[:5]}; "
                              f"it was saved for another model")
         bad = [f"{k}: {np.dtype(d[f'opt.{s}.{k}'].dtype)} vs {np.dtype(v.dtype)}"
                for s, buf in self.state.items() for k, v in buf.items()
@@ -123,7 +124,7 @@ class Optimizer:
         if t.shape != () or t.dtype.kind not in "iu":
             bad.append(f"opt.t: {t.dtype} {t.shape} vs an integer scalar")
         if bad:
-            raise ValueError(f"optimizer state has wrong dtypes (saved vs now) {bad[:5]}; "
+            raise UserError(f"optimizer state has wrong dtypes (saved vs now) {bad[:5]}; "
                              f"build the model with the dtype it was saved with")
         for s, buf in self.state.items():
             for k, v in buf.items():
@@ -140,9 +141,9 @@ class SGD(Optimizer):
     def __init__(self, params: dict, lr: float, momentum: float = 0.9, nesterov: bool = False,
                  weight_decay: float = 0.0, frozen=(), decay=None):
         if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+            raise UserError(f"momentum must be in [0, 1), got {momentum}")
         if nesterov and momentum == 0:
-            raise ValueError("nesterov=True needs momentum > 0")
+            raise UserError("nesterov=True needs momentum > 0")
         super().__init__(params, lr, weight_decay, frozen, decay)
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 
@@ -170,7 +171,7 @@ class AdamW(Optimizer):
     def __init__(self, params: dict, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.05, frozen=(), decay=None):
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"betas must be in [0, 1), got {betas}")
+            raise UserError(f"betas must be in [0, 1), got {betas}")
         super().__init__(params, lr, weight_decay, frozen, decay)
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
 
@@ -248,7 +249,7 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     On the GPU nothing waits for the device: the norm stays there (a 0-d array) and the scale
     min(1, max_norm / norm) (1 for a NaN or inf norm) is applied there."""
     if max_norm < 0 or not math.isfinite(max_norm):
-        raise ValueError(f"max_norm must be a finite number >= 0, got {max_norm}")
+        raise UserError(f"max_norm must be a finite number >= 0, got {max_norm}")
     if not grads:
         return 0.0
     if isinstance(grads, ParamDict):                      # the model's grads: one flat vector

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from . import backend
+from .errors import UserError
 
 __all__ = ["interp_matrix", "resize_pos_embed"]
 
@@ -72,10 +73,10 @@ def interp_matrix(n_in: int, n_out: int, method: str = "bilinear",
     antialias=True (align_corners must be False) is torch's antialiased variant: see
     _antialias_matrix (timm resamples position tables this way, and DINOv2 with registers)."""
     if method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}")
+        raise UserError(f"method={method!r} is not one of {METHODS}")
     if antialias:
         if align_corners:
-            raise ValueError("antialias=True is defined with align_corners=False (as in PyTorch)")
+            raise UserError("antialias=True is defined with align_corners=False (as in PyTorch)")
         return _antialias_matrix(n_in, n_out, method)
     o = np.arange(n_out, dtype=np.float64)                            # (n_out,)
     if align_corners:
@@ -107,15 +108,15 @@ def resize_pos_embed(pos, new_grid: int, method: str = "bilinear",
     defaults, bilinear with aligned corners, reproduce vit_jax's scipy.ndimage.zoom(order=1))."""
     pos = backend.to_numpy(pos)
     if pos.ndim != 3 or pos.shape[0] != 1:
-        raise ValueError(f"expected a position table of shape (1, N, D), got {pos.shape}")
+        raise UserError(f"expected a position table of shape (1, N, D), got {pos.shape}")
     if not isinstance(new_grid, (int, np.integer)) or isinstance(new_grid, bool) or new_grid < 1:
-        raise ValueError(f"new_grid must be a positive integer, got {new_grid!r}")
+        raise UserError(f"new_grid must be a positive integer, got {new_grid!r}")
     _, N, D = pos.shape
     T = prefix
     g = math.isqrt(max(N - T, 0))
     if g * g != N - T or g == 0:
         what = {0: "grid^2", 1: "1 (CLS) + grid^2"}.get(T, f"{T} (class tokens) + grid^2")
-        raise ValueError(f"position table has N={N} rows, which is not {what}; only "
+        raise UserError(f"position table has N={N} rows, which is not {what}; only "
                          f"square grids can be resized")
     if new_grid == g:
         return pos.copy()

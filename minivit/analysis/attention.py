@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from ..errors import UserError
 from ..resample import interp_matrix
 from ..training.evaluate import softmax
 
@@ -24,14 +25,14 @@ def attention_rollout(attn: list, add_identity: bool = True):
     """R = A'_L @ ... @ A'_1 with A'_l = rownorm(mean_h A_l + I) (the residual path as identity).
     Each A'_l is row-stochastic, so every row of R sums to 1. attn: depth x (B, H, N, N)."""
     if not attn:
-        raise ValueError("attention_rollout needs at least one layer's attention (B, H, N, N)")
+        raise UserError("attention_rollout needs at least one layer's attention (B, H, N, N)")
     xp = backend.xp_of(attn[0])
     B, H, N, _ = attn[0].shape
     eye = xp.eye(N, dtype=attn[0].dtype)                              # (N, N)
     R = xp.broadcast_to(eye, (B, N, N)).copy()                        # (B, N, N)
     for a in attn:
         if a.shape != (B, H, N, N):
-            raise ValueError(f"every layer's attention must be {(B, H, N, N)}, got {a.shape}")
+            raise UserError(f"every layer's attention must be {(B, H, N, N)}, got {a.shape}")
         A = a.mean(1)                                                 # (B, N, N)
         if add_identity:
             A = A + eye
@@ -53,7 +54,7 @@ def cls_maps(A, grid: int, prefix: int = 1, query: str = "cls"):
         A = A.mean(1)                                                 # (B, N, N)
     B, N, _ = A.shape
     if N != grid * grid + prefix:
-        raise ValueError(f"attention over N={N} tokens does not fit a {grid}x{grid} grid plus "
+        raise UserError(f"attention over N={N} tokens does not fit a {grid}x{grid} grid plus "
                          f"{prefix} prefix token(s) (CLS, distillation, registers: N = "
                          f"{grid * grid + prefix}); pass the model's grid and "
                          f"num_prefix_tokens")
@@ -62,7 +63,7 @@ def cls_maps(A, grid: int, prefix: int = 1, query: str = "cls"):
     elif query == "mean":
         rows = A[:, prefix:, prefix:].mean(1)                         # (B, g*g)
     else:
-        raise ValueError(f"query must be 'cls' or 'mean', got {query!r}")
+        raise UserError(f"query must be 'cls' or 'mean', got {query!r}")
     return rows.reshape(B, grid, grid)                                # (B, g, g)
 
 

@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 
+from ..errors import UserError
 from .flags import count
 
 USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ArithmeticError)
@@ -160,7 +161,7 @@ def check_resumable(path: str) -> None:
     if fmt != "minivit":
         name = {"google": "a Google (vit_jax) .npz", "hf": "a transformers checkpoint",
                 "timm": "a timm checkpoint"}.get(fmt, f"a {fmt} file")
-        raise ValueError(f"--resume {path}: this is {name}, not a minivit run's checkpoint "
+        raise UserError(f"--resume {path}: this is {name}, not a minivit run's checkpoint "
                          f"(last.npz); to start from it, pass it to minivit-finetune --model "
                          f"{path}; to read it, minivit-io info {path}")
 
@@ -230,7 +231,7 @@ def load_model(path: str, gelu: str | None = None, dtype: str | None = None, **o
     from ..io.pretrained import find_source, load_pretrained
     fmt = find_source(path).format
     if fmt == "minivit" and gelu:
-        raise ValueError(f"--gelu sets the GELU of a file that does not record it (a Google "
+        raise UserError(f"--gelu sets the GELU of a file that does not record it (a Google "
                          f".npz) or overrides a transformers/timm model's; {path} is a minivit "
                          f"checkpoint, which records its own: leave --gelu out")
     if fmt != "minivit":

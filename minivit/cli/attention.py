@@ -45,6 +45,7 @@ from ..analysis.render import photo_title, predicted, print_numbers, pyplot, ren
 from ..config import ViTConfig
 from ..data.batches import normalize
 from ..data.mnist import PREPROCESSING
+from ..errors import UserError
 from ..model import ViT
 from . import Parser, add_device_args, add_model_arg, command_name, load_model, run, use_device
 from .flags import add_overwrite_arg, count, folder, new_output
@@ -111,14 +112,14 @@ def load(args) -> tuple:
         model = ViT(ViTConfig(image_size=28, patch_size=7, dim=16, depth=2, heads=2), seed=0,
                     preprocessing=PREPROCESSING)
     else:
-        raise ValueError("pass --model PATH (or its alias --checkpoint PATH): a model trained "
+        raise UserError("pass --model PATH (or its alias --checkpoint PATH): a model trained "
                          "on MNIST, e.g. runs/mnist/best.npz; or --quick for a tiny random "
                          "model; or --model PATH and image files to see a model's attention "
                          "over your photos")
     pre = model.preprocessing or PREPROCESSING            # checkpoints without one: MNIST's
     cfg = model.config
     if (cfg.image_size, cfg.in_channels) != (28, 1):
-        raise ValueError(f"the model takes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
+        raise UserError(f"the model takes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
                          f"images, MNIST is 28x28x1; use a model trained on MNIST, or give "
                          f"image files or folders to draw its attention over them")
     n = min(args.num_images, 3) if args.quick else args.num_images
@@ -157,7 +158,7 @@ def output_paths(out: str, paths: list, overwrite: bool) -> tuple:
     if not os.path.isdir(out) and out.lower().endswith(".png"):
         return "grid", [new_output(out, overwrite)]
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out} is a file but does not end in .png; give FILE.png for "
+        raise UserError(f"--out {out} is a file but does not end in .png; give FILE.png for "
                          f"one grid, or a folder for one PNG per image")
     taken, targets = set(), []
     for p in paths:
@@ -176,12 +177,12 @@ def photos(ap, args) -> dict:
     from .predict import ImageRun, check_images_arg, normalization
     check_images_arg(ap, args)
     if args.model is None:
-        raise ValueError("pass --model PATH with the images: the model whose attention to draw "
+        raise UserError("pass --model PATH with the images: the model whose attention to draw "
                          "(a transformers or timm folder, a .safetensors file, a minivit "
                          "checkpoint); --quick draws a tiny random MNIST model over synthetic "
                          "digits, without images")
     if args.data is not None:
-        raise ValueError(f"--data {args.data} names MNIST's folder, which is read only when no "
+        raise UserError(f"--data {args.data} names MNIST's folder, which is read only when no "
                          f"images are given; leave it out, or leave out the images")
     images = ImageRun(types.SimpleNamespace(images=args.images, quiet=args.quiet,
                                             resize=args.resize, batch_size=args.batch_size),

@@ -49,6 +49,7 @@ import types
 import numpy as np
 
 from ..data.mnist import MNIST_FILES, PREPROCESSING, load_mnist
+from ..errors import UserError
 from ..training.evaluate import confusion_matrix, predict, report
 from . import Parser, add_device_args, add_model_arg, command_name, load_model, run, use_device
 from .flags import count, folder, natural, open_fraction
@@ -100,7 +101,7 @@ def check_mnist_model(model, path: str, hint: str = "") -> None:
     """ValueError unless the model takes MNIST's 28x28x1 images and has 10 outputs."""
     cfg = model.config
     if (cfg.image_size, cfg.in_channels, cfg.num_classes) != (28, 1, 10):
-        raise ValueError(f"{path} takes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
+        raise UserError(f"{path} takes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
                          f"images with {cfg.num_classes} classes, MNIST is 28x28x1 with 10; "
                          f"use a model trained on MNIST{hint}")
 
@@ -122,7 +123,7 @@ def main(argv=None) -> dict:
     if is_mnist_folder(args.data):
         if args.knn is not None:
             missing = args.data is not None and not os.path.exists(args.data)
-            raise ValueError(f"--knn fits on an image folder's training images: pass --data "
+            raise UserError(f"--knn fits on an image folder's training images: pass --data "
                              f"DIR with DIR/train/<class>/ and DIR/test/<class>/, or "
                              f"DIR/<class>/ to split" + (f" (--data {args.data}: no such folder)"
                                                         if missing else ""))
@@ -161,7 +162,7 @@ def folder_plan(args) -> dict:
     from ..data.photos import class_folder, folder_splits
     train_dir, test_dir = folder_splits(args.data)
     if train_dir is not None and test_dir is None:
-        raise ValueError(f"{args.data} has a train/ split but no test/ one; a model is "
+        raise UserError(f"{args.data} has a train/ split but no test/ one; a model is "
                          f"evaluated on images it was not trained on: add "
                          f"{os.path.join(args.data, 'test', '<class>')}/, or pass --data "
                          f"{train_dir} to evaluate on the training images")
@@ -178,7 +179,7 @@ def knn_plan(args) -> dict:
     train_dir, test_dir = folder_splits(root)
     if (train_dir is None) != (test_dir is None):
         have, lack = ("train", "test") if train_dir else ("test", "train")
-        raise ValueError(f"{root} has a {have}/ split but no {lack}/ one; --knn fits on "
+        raise UserError(f"{root} has a {have}/ split but no {lack}/ one; --knn fits on "
                          f"{os.path.join(root, 'train', '<class>')}/ and tests on "
                          f"{os.path.join(root, 'test', '<class>')}/: add the {lack}/ folder, "
                          f"or give a folder of classes, {os.path.join(root, '<class>')}/, to "
@@ -188,7 +189,7 @@ def knn_plan(args) -> dict:
         test_names, test = class_folder(test_dir)
         unknown = [n for n in test_names if n not in names]
         if unknown:
-            raise ValueError(f"{test_dir} has classes that {train_dir} lacks: "
+            raise UserError(f"{test_dir} has classes that {train_dir} lacks: "
                              f"{', '.join(map(repr, unknown))}; k-NN can only predict classes "
                              f"it has training images of: add them to {train_dir} or remove "
                              f"them from {test_dir}")
@@ -198,7 +199,7 @@ def knn_plan(args) -> dict:
         names, files = class_folder(root)
         train, test = split_by_class(files, args.test_fraction, args.seed)
         if not test:
-            raise ValueError(f"{root}: no class has 2 images, so none can be held out for "
+            raise UserError(f"{root}: no class has 2 images, so none can be held out for "
                              f"testing; add images, or give {os.path.join(root, 'train')}/ and "
                              f"{os.path.join(root, 'test')}/")
         split = (f"{root}, split per class: {args.test_fraction:g} held out for testing "
@@ -222,7 +223,7 @@ def read_folder(model, args, files: list, verb: str, fn) -> tuple:
         used += [index[p] for p in paths]
         outs.append(fn(batch))
     if not used:
-        raise ValueError(f"none of the {len(files)} images could be used (reasons above); fix "
+        raise UserError(f"none of the {len(files)} images could be used (reasons above); fix "
                          f"or remove them" + ("" if args.resize else
                                               ", or pass --resize if they are of another size"))
     return np.array(used, dtype=np.int64), np.concatenate(outs), images
@@ -235,7 +236,7 @@ def evaluate_folder(model, args, plan: dict) -> dict:
     from .predict import normalization
     K = model.config.num_classes
     if not K:
-        raise ValueError(f"{args.model} has no classifier head (a feature extractor such as "
+        raise UserError(f"{args.model} has no classifier head (a feature extractor such as "
                          f"DINOv2); evaluate its features with --knn K (k-nearest neighbours "
                          f"fitted on the folder's training images)")
     pre = model.preprocessing
@@ -283,7 +284,7 @@ def evaluate_knn(model, args, plan: dict) -> dict:
     is_test = np.array(plan["is_test"])[used]
     names, n = plan["names"], len(plan["names"])
     if not is_test.any() or is_test.all():
-        raise ValueError(f"no {'test' if not is_test.any() else 'training'} image of "
+        raise UserError(f"no {'test' if not is_test.any() else 'training'} image of "
                          f"{plan['where']} could be read (reasons above); k-NN needs both")
     n_train = int((~is_test).sum())
     k = args.knn

@@ -25,6 +25,8 @@ import argparse
 import math
 import os
 
+from ..errors import UserError
+
 
 def _number(text: str, kind: type, what: str):
     try:
@@ -102,6 +104,6 @@ def new_output(path: str, overwrite: bool, flag: str = "--out") -> str:
     naming the path and --overwrite)."""
     if os.path.lexists(path) and not overwrite:
         kind = "folder" if os.path.isdir(path) else "file"
-        raise ValueError(f"{flag} {path} exists (a {kind}); minivit does not replace it: choose "
+        raise UserError(f"{flag} {path} exists (a {kind}); minivit does not replace it: choose "
                          f"another path, or pass --overwrite to replace it")
     return path

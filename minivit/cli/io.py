@@ -13,9 +13,10 @@ layout: a folder for hf and timm, an .npz file for google and minivit.
 """
 from __future__ import annotations
 
-import os
 import json
+import os
 
+from ..errors import UserError
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.google import read_google_npz, save_google_npz
 from ..io.pretrained import describe_pretrained, load_pretrained, save_pretrained
@@ -58,16 +59,16 @@ def check_destination(src: str, out: str, to: str, overwrite: bool) -> None:
     """ValueError for a destination that is the source or inside it, that exists (without
     overwrite), or that does not fit the layout (a folder for hf/timm, an .npz otherwise)."""
     if not os.path.exists(src):
-        raise ValueError(f"{src}: no such file or folder; check the path")
+        raise UserError(f"{src}: no such file or folder; check the path")
     a, b = os.path.realpath(src), os.path.realpath(out)
     if b == a or b.startswith(a.rstrip(os.sep) + os.sep):
-        raise ValueError(f"the destination {out} is the source {src} or inside it; write the "
+        raise UserError(f"the destination {out} is the source {src} or inside it; write the "
                          f"converted model to another path")
     if to in ("hf", "timm") and out.endswith((".npz", ".safetensors", ".json")):
-        raise ValueError(f"--to {to} writes a folder (config.json + model.safetensors), not "
+        raise UserError(f"--to {to} writes a folder (config.json + model.safetensors), not "
                          f"{out}; give a folder path")
     if to in ("google", "minivit") and not out.endswith(".npz"):
-        raise ValueError(f"--to {to} writes an .npz file; give a path ending in .npz, not {out}")
+        raise UserError(f"--to {to} writes an .npz file; give a path ending in .npz, not {out}")
     if os.path.isdir(out) and not os.listdir(out) and not overwrite:
         return                                            # an empty folder is not replaced
     new_output(out, overwrite, "the destination")

@@ -52,6 +52,7 @@ import sys
 import numpy as np
 
 from ..data.photos import find_images, fit_image, needs_pillow, read_batches
+from ..errors import UserError
 from . import Parser, add_device_args, add_model_arg, command_name, load_model, run, use_device
 from .flags import add_overwrite_arg, count, new_output
 
@@ -131,7 +132,7 @@ def output_file(flag: str, path: str, overwrite: bool) -> None:
     """An output file: refused when it exists, unless --overwrite (flags.new_output), and
     always when it is a folder."""
     if os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a folder; give a file name in it, e.g. {flag} "
+        raise UserError(f"{flag} {path} is a folder; give a file name in it, e.g. {flag} "
                          f"{os.path.join(path, 'out' + ('.csv' if flag == '--csv' else '.npz'))}")
     new_output(path, overwrite, flag)
 
@@ -143,12 +144,12 @@ def normalization(model, args, where: str) -> tuple:
     mean = args.mean if args.mean is not None else pre.mean if pre is not None else None
     std = args.std if args.std is not None else pre.std if pre is not None else None
     if mean is None or std is None:
-        raise ValueError(f"{where} records no normalization (mean and std of pixel / 255); "
+        raise UserError(f"{where} records no normalization (mean and std of pixel / 255); "
                          f"pass --mean and --std as used in training")
     C = model.config.in_channels
     for flag, v in (("--mean", mean), ("--std", std)):
         if len(v) not in (1, C):
-            raise ValueError(f"{flag} has {len(v)} values for the model's {C} channel(s); give "
+            raise UserError(f"{flag} has {len(v)} values for the model's {C} channel(s); give "
                              f"one value or {C} separated by commas")
     return mean, std
 
@@ -163,13 +164,13 @@ class ImageRun:
         self.args, self.verb = args, verb
         self.paths, self.skipped = find_images(args.images)
         if not self.paths and not self.skipped:
-            raise ValueError(f"no images found in {', '.join(args.images)} (image files: "
+            raise UserError(f"no images found in {', '.join(args.images)} (image files: "
                              f".png, .jpg, .webp, .bmp, .gif, .tif, ... or .npy; hidden files "
                              f"are left out)")
         missing = needs_pillow(self.paths)
         if missing:
             more = f" (and {len(missing) - 1} more image files)" if len(missing) > 1 else ""
-            raise ValueError(f"{missing[0]}{more}: reading image files needs Pillow, which is "
+            raise UserError(f"{missing[0]}{more}: reading image files needs Pillow, which is "
                              f"not installed; run `pip install -e .[images]` (or pip install "
                              f"pillow), or convert the images to .npy")
         self.converted = {1: 0, 3: 0}                # source channels -> images converted
@@ -250,7 +251,7 @@ def classifier(args) -> tuple:
     """(model, class names or None, mean, std) from --model, --gelu, --mean and --std."""
     model, _ = load_model(args.model, args.gelu)
     if not model.config.num_classes:
-        raise ValueError(f"{args.model} has no classifier head (a feature extractor: forward "
+        raise UserError(f"{args.model} has no classifier head (a feature extractor: forward "
                          f"returns its pooled features); get its features with minivit-embed, "
                          f"or fine-tune a head first")
     pre = model.preprocessing

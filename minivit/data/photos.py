@@ -43,6 +43,7 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import numpy as np
 
 from ..config import Preprocessing
+from ..errors import UserError
 from ..files import check_file
 from .imagefolder import ImageFolderError, convert_channels, read_image, resize_image
 
@@ -308,7 +309,7 @@ def split_by_class(files: list, test_fraction: float, seed: int) -> tuple[list, 
     files (at least 1 and at most n - 1 when n >= 2; none when n == 1) go to the test split,
     the rule image folders are split by for fine-tuning (imagefolder.load_image_folder)."""
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise UserError(f"test_fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
     train, test = [], []
     for label in sorted({lab for _, lab in files}):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from ..errors import UserError
 from .linear import linear_backward, linear_forward
 
 
@@ -88,7 +89,7 @@ def sincos_2d(grid: int, dim: int, dtype="float32") -> np.ndarray:
     """Fixed 2-D sin-cos position table (1, 1 + grid^2, dim) on the host; row 0 (CLS) is zero.
     Patch at grid row r, column c: [sin(r w), cos(r w), sin(c w), cos(c w)], w_k = 10000^(-k/(dim/4))."""
     if dim % 4:
-        raise ValueError(f"pos_embed='sincos' needs dim divisible by 4, got dim={dim}; "
+        raise UserError(f"pos_embed='sincos' needs dim divisible by 4, got dim={dim}; "
                          f"use a dim divisible by 4 or pos_embed='learned'")
     d4 = dim // 4
     omega = 1.0 / 10000.0 ** (np.arange(d4, dtype=np.float64) / d4)    # (d4,)

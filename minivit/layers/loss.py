@@ -9,18 +9,19 @@
 from __future__ import annotations
 
 from .. import backend
+from ..errors import UserError
 
 
 def check_labels(labels, num_classes: int, batch: int | None = None) -> None:
     """ValueError unless labels are integers in [0, num_classes) (of shape (batch,) if given).
     Reads the labels' range: one device sync for device arrays."""
     if batch is not None and labels.shape != (batch,):
-        raise ValueError(f"labels have shape {labels.shape}, expected ({batch},) to match the "
+        raise UserError(f"labels have shape {labels.shape}, expected ({batch},) to match the "
                          f"batch of {batch} logits")
     K = num_classes
     if labels.dtype.kind not in "iu" or (labels.size and (int(labels.min()) < 0
                                                           or int(labels.max()) >= K)):
-        raise ValueError(f"labels must be integers in [0, {K}) (got dtype {labels.dtype}, "
+        raise UserError(f"labels must be integers in [0, {K}) (got dtype {labels.dtype}, "
                          f"range [{labels.min()}, {labels.max()}]); check num_classes and the dataset")
 
 

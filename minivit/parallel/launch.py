@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 
+from ..errors import Unavailable, UserError
 from .mpi import INSTALL, launched_size
 
 
@@ -46,7 +47,7 @@ def resolve_procs(procs: str, batch_size: int, device: str = "cpu") -> int:
     """The number of processes a --procs value ('N' or 'auto') asks for (module docstring)."""
     if launched_size() > 1:                              # already one of mpiexec's processes
         if procs not in ("auto", "1"):
-            raise ValueError("--procs starts the processes itself; under mpiexec leave it out")
+            raise UserError("--procs starts the processes itself; under mpiexec leave it out")
         return 1
     if procs == "auto":
         cores = os.cpu_count() or 1
@@ -56,9 +57,9 @@ def resolve_procs(procs: str, batch_size: int, device: str = "cpu") -> int:
     try:
         n = int(procs)
     except ValueError:
-        raise ValueError(f"--procs must be a positive integer or auto, got {procs!r}") from None
+        raise UserError(f"--procs must be a positive integer or auto, got {procs!r}") from None
     if n < 1:
-        raise ValueError(f"--procs must be a positive integer or auto, got {n}")
+        raise UserError(f"--procs must be a positive integer or auto, got {n}")
     return n
 
 
@@ -70,7 +71,7 @@ def relaunched(procs: str, batch_size: int, device: str, argv, module: str):
     if n == 1:
         return None
     if batch_size % n:
-        raise ValueError(f"--batch-size {batch_size} is not divisible by --procs {n}; "
+        raise UserError(f"--batch-size {batch_size} is not divisible by --procs {n}; "
                          f"each process takes an equal share of every batch")
     argv = sys.argv[1:] if argv is None else list(argv)
     print(f"minivit: starting {n} processes under mpiexec ({max(1, (os.cpu_count() or 1) // n)} "
@@ -94,10 +95,10 @@ def relaunch(procs: int, argv: list, module: str) -> int:
     """Run `python -m module argv` under `mpiexec -n procs`, with each process limited to its
     share of the cores before NumPy loads; returns the job's exit status."""
     if launched_size() > 1:
-        raise ValueError("--procs starts the processes itself; under mpiexec leave it out")
+        raise UserError("--procs starts the processes itself; under mpiexec leave it out")
     exe = mpiexec_path()
     if exe is None or not mpi_available():
-        raise RuntimeError(f"--procs {procs} needs MPI: {INSTALL}")
+        raise Unavailable(f"--procs {procs} needs MPI: {INSTALL}")
     share = str(max(1, (os.cpu_count() or 1) // procs))
     env = {**os.environ, "OPENBLAS_NUM_THREADS": share, "OMP_NUM_THREADS": share,
            "MKL_NUM_THREADS": share}

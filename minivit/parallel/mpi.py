@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from ..errors import Unavailable
+
 # Set by the launchers: MPICH's hydra (PMI_*), Open MPI (OMPI_*), PMIx-based ones (PMIX_*).
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 INSTALL = "pip install -e .[mpi]  (mpi4py and the mpich wheel, which brings mpiexec)"
@@ -101,7 +103,7 @@ def world():
     try:
         from mpi4py import MPI
     except ImportError as e:
-        raise RuntimeError(f"this program was started by mpiexec with {launched_size()} "
+        raise Unavailable(f"this program was started by mpiexec with {launched_size()} "
                            f"processes, but mpi4py is not installed; {INSTALL}") from e
     _world = MPIWorld(MPI)
     from . import threads

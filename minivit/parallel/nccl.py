@@ -7,8 +7,8 @@ a CuPy array. With one process (or a one-rank communicator, as the tests use) it
 from __future__ import annotations
 
 from .. import backend
+from ..errors import Unavailable
 from .mpi import Single
-
 
 NCCL_INSTALL = ("pip install nvidia-nccl-cu12 (CUDA 12) or nvidia-nccl-cu13 (CUDA 13), matching "
                 "your CuPy, or train on one GPU (--procs 1)")
@@ -20,10 +20,10 @@ def load_nccl():
     try:
         from cupy.cuda import nccl
     except ImportError as e:
-        raise RuntimeError(f"multi-GPU training needs NCCL, which CuPy cannot import ({e}); "
+        raise Unavailable(f"multi-GPU training needs NCCL, which CuPy cannot import ({e}); "
                            f"{NCCL_INSTALL}") from e
     if not getattr(nccl, "available", True):
-        raise RuntimeError(f"multi-GPU training needs NCCL, but CuPy could not load libnccl; "
+        raise Unavailable(f"multi-GPU training needs NCCL, but CuPy could not load libnccl; "
                            f"{NCCL_INSTALL}")
     return nccl
 
@@ -41,7 +41,7 @@ class NcclWorld:
         self.is_root = mpi_world.is_root
         n_gpus = cupy.cuda.runtime.getDeviceCount()
         if self.local_size > n_gpus:
-            raise RuntimeError(f"{self.local_size} processes on this host but {n_gpus} GPU(s); "
+            raise Unavailable(f"{self.local_size} processes on this host but {n_gpus} GPU(s); "
                                f"start at most one process per GPU")
         cupy.cuda.Device(self.local_rank).use()
         uid = mpi_world.bcast(nccl.get_unique_id() if self.is_root else None)

@@ -21,6 +21,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Optional
 
+from ..errors import UserError
+
 MIN_PIECE = 16 * 17 * 64   # smallest batch piece worth a worker thread, in token rows x width
                             # (images x tokens x dim): 16 MNIST images; a third of a ViT-B/16
                             # image (197 tokens x 768)
@@ -42,7 +44,7 @@ class Runtime:
         for name in ("cores", "workers"):
             n = getattr(self, name)
             if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {n!r}")
+                raise UserError(f"{name} must be a positive integer or None, got {n!r}")
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Runtime":
@@ -53,7 +55,7 @@ class Runtime:
         try:
             workers = int(env) if env else None
         except ValueError:
-            raise ValueError(f"MINIVIT_WORKERS must be a positive integer, got {env!r}") from None
+            raise UserError(f"MINIVIT_WORKERS must be a positive integer, got {env!r}") from None
         fields = dict(workers=workers, tune_allocator=environ.get("MINIVIT_NO_MALLOPT") != "1")
         return cls(**{**fields, **overrides})
 

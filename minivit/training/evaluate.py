@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import backend
 from ..data.batches import normalize
+from ..errors import UserError
 
 
 def logits_of(model, images: np.ndarray, batch_size: int = 500, mean=None,
@@ -44,7 +45,7 @@ def _normalization(model, mean, std) -> tuple:
     if std is None:
         std = pre.std if pre is not None else None
     if mean is None or std is None:
-        raise ValueError("the model carries no preprocessing (mean and std of pixel / 255); "
+        raise UserError("the model carries no preprocessing (mean and std of pixel / 255); "
                          "pass mean= and std= (--mean/--std), or use a checkpoint that records "
                          "them")
     return mean, std
@@ -205,7 +206,7 @@ def match_classes(folder_names: list, model_names, num_classes: int, where: str 
             i = int(m.group(1)) if m else -1
             (out.append(i) if 0 <= i < K else bad.append(f))
         if bad:
-            raise ValueError(
+            raise UserError(
                 f"{where} has no class names (no id2label / class_names), so the classes of "
                 f"{folder} can only be matched to its {K} outputs by index; {_list(bad)} "
                 f"{'is' if len(bad) == 1 else 'are'} not an index 0..{K - 1}: name the class "
@@ -239,7 +240,7 @@ def match_classes(folder_names: list, model_names, num_classes: int, where: str 
                 shown = ", ".join(repr(names[loose[c][0]]) for c in close)
                 hints.append(f"{f!r}: did you mean {shown}?")
         some = ", ".join(repr(n) for n in names[:8]) + (f", ... ({K} in all)" if K > 8 else "")
-        raise ValueError(
+        raise UserError(
             f"{len(unknown)} of the {len(folder_names)} classes of {folder} "
             f"{'is' if len(unknown) == 1 else 'are'} not among the {K} classes of {where}: "
             f"{_list(unknown)}" + (f" ({'; '.join(hints)})" if hints else "") +
@@ -248,7 +249,7 @@ def match_classes(folder_names: list, model_names, num_classes: int, where: str 
     if ambiguous:
         shown = "; ".join(f"{f!r} matches outputs {', '.join(f'{i} ({names[i]!r})' for i in h)}"
                           for f, h in ambiguous[:5])
-        raise ValueError(f"class folder names of {folder} that match several outputs of "
+        raise UserError(f"class folder names of {folder} that match several outputs of "
                          f"{where}: {shown}; rename each folder to one output's full class "
                          f"name")
     _check_distinct(folder_names, out, names, folder)
@@ -261,7 +262,7 @@ def _check_distinct(folder_names: list, outputs: list, names, folder: str) -> No
     for f, i in zip(folder_names, outputs):
         if i in seen:
             label = f" ({names[i]!r})" if names else ""
-            raise ValueError(f"class folders {seen[i]!r} and {f!r} of {folder} both stand for "
+            raise UserError(f"class folders {seen[i]!r} and {f!r} of {folder} both stand for "
                              f"output {i}{label}; merge them into one folder")
         seen[i] = f
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["knn_predict", "l2_normalize", "TEMPERATURE", "DEFAULT_K"]
 
 TEMPERATURE = 0.07          # DINO's T
@@ -41,16 +43,16 @@ def knn_predict(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, k:
     override). The prediction is scores.argmax(1); top-k accuracy: training.evaluate.topk_hits."""
     train_y = np.asarray(train_y).astype(np.int64)
     if train_f.ndim != 2 or test_f.ndim != 2 or train_f.shape[1] != test_f.shape[1]:
-        raise ValueError(f"features must be (N, D) and (M, D) of the same D, got "
+        raise UserError(f"features must be (N, D) and (M, D) of the same D, got "
                          f"{train_f.shape} and {test_f.shape}")
     if len(train_y) != len(train_f) or len(train_f) == 0:
-        raise ValueError(f"{len(train_f)} training features and {len(train_y)} labels: give one "
+        raise UserError(f"{len(train_f)} training features and {len(train_y)} labels: give one "
                          f"label per training feature, at least one")
     if k < 1 or not T > 0:
-        raise ValueError(f"k must be >= 1 and T > 0, got k={k}, T={T}")
+        raise UserError(f"k must be >= 1 and T > 0, got k={k}, T={T}")
     C = int(train_y.max()) + 1 if num_classes is None else int(num_classes)
     if train_y.min() < 0 or train_y.max() >= C:
-        raise ValueError(f"labels must be in 0..{C - 1}, got {train_y.min()}..{train_y.max()}")
+        raise UserError(f"labels must be in 0..{C - 1}, got {train_y.min()}..{train_y.max()}")
     N, M = len(train_f), len(test_f)
     k = min(k, N)
     a, b = l2_normalize(train_f), l2_normalize(test_f)

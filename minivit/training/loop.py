@@ -33,16 +33,17 @@ import numpy as np
 
 from .. import backend
 from ..data.batches import Dataset, iterate_batches
+from ..errors import Diverged, UserError
 from ..files import atomic_write, clean_stale_temps
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..layers import BatchRows, check_labels, cross_entropy_backward, cross_entropy_losses
 from ..model import ViT
 from ..optim import SGD, AdamW, clip_grad_norm, warmup_cosine
-from ..parallel import Single, world as default_world
+from ..parallel import Single
+from ..parallel import world as default_world
 from .evaluate import evaluate, report
 from .interrupt import GracefulInterrupt
 from .plots import plot_curves
-
 
 OUTPUTS = ("last.npz", "best.npz", "metrics.jsonl", "config.json", "curves.png")   # in out_dir
 
@@ -79,7 +80,7 @@ def make_optimizer(model: ViT, opts: TrainOptions):
     if opts.optimizer == "sgd":
         return SGD(model.params, lr=opts.lr, momentum=opts.momentum, nesterov=True,
                    weight_decay=opts.weight_decay, frozen=frozen, decay=decay)
-    raise ValueError(f"unknown optimizer {opts.optimizer!r}; use 'adamw' or 'sgd'")
+    raise UserError(f"unknown optimizer {opts.optimizer!r}; use 'adamw' or 'sgd'")
 
 
 def batches(data: Dataset, opts: TrainOptions, epoch: int, start: int, dtype: str, world=None):
@@ -144,13 +145,13 @@ def check_data(model: ViT, data: Dataset, opts: TrainOptions, world) -> int:
         try:
             check_labels(np.asarray(y), model.config.num_classes)
         except ValueError as e:
-            raise ValueError(f"the {split} set's {e}") from None
+            raise UserError(f"the {split} set's {e}") from None
     if opts.batch_size % world.size:
-        raise ValueError(f"batch_size={opts.batch_size} is not divisible by the {world.size} "
+        raise UserError(f"batch_size={opts.batch_size} is not divisible by the {world.size} "
                          f"processes; choose a batch size that is a multiple of {world.size}")
     steps = len(data.x_train) // opts.batch_size
     if steps == 0:
-        raise ValueError(f"batch_size={opts.batch_size} is larger than the training set "
+        raise UserError(f"batch_size={opts.batch_size} is larger than the training set "
                          f"({len(data.x_train)} images); lower --batch-size")
     return steps
 
@@ -392,7 +393,7 @@ def train_step(model: ViT, opt, x, y, lr: float, opts: TrainOptions, world=None,
         stop = float(host[2]) > 0
     loss, hits = float(host[0]) / B, int(round(float(host[1])))
     if not np.isfinite(loss):
-        raise FloatingPointError(f"the loss became {loss}; lower --lr (now {opts.lr}) or keep "
+        raise Diverged(f"the loss became {loss}; lower --lr (now {opts.lr}) or keep "
                                  f"--clip on, and resume from the last good last.npz")
     if opts.clip:                         # the model's flat grads, or the trainable ones alone
         clip_grad_norm(model.grads if not model.frozen else

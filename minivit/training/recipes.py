@@ -3,6 +3,7 @@ and presets (epochs, learning rate), measured in the README."""
 from __future__ import annotations
 
 from ..config import ViTConfig, model_config
+from ..errors import UserError
 
 # `minivit-train --model NAME`: the size, as a named model (28 x 28 x 1 images, 10 classes)
 MODELS = {"tiny": "mnist-tiny", "default": "mnist", "wide": "mnist-p4"}
@@ -16,5 +17,5 @@ PRESETS = {   # measured in the README's MNIST table (2-core CPU, two processes)
 def mnist_config(model: str = "default", **overrides) -> ViTConfig:
     """The ViTConfig of an MNIST model size (MODELS), with overrides (dropout=, dtype=, ...)."""
     if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
+        raise UserError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
     return model_config(MODELS[model], **overrides)
