@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from minivit import ViT, ViTConfig
-from minivit.cli import attention, evaluate, finetune, io as io_cli, run, train
+from minivit.cli import attention, embed, evaluate, finetune, io as io_cli, predict, run, train
 from minivit.data import download
 from minivit.data import mnist as mnist_data
 from minivit.io.checkpoint import save_checkpoint
@@ -40,7 +40,12 @@ FINETUNE = [("--epochs", "0", ">= 1"), ("--batch-size", "0", ">= 1"), ("--lr", "
             ("--test-fraction", "1", "(0, 1)"), ("--image-size", "0", ">= 1"),
             ("--std", "0", "> 0"), ("--seed", "-1", ">= 0"), ("--data", "MISSING", "no such folder"),
             ("--data", "FILE", "a file"), ("--out", "FILE", "a file")]
-EVALUATE = [("--batch-size", "0", ">= 1"), ("--data", "FILE", "a file")]
+EVALUATE = [("--batch-size", "0", ">= 1"), ("--data", "FILE", "a file"), ("--knn", "0", ">= 1"),
+            ("--test-fraction", "1", "(0, 1)"), ("--seed", "-2", ">= 0"),
+            ("--std", "0", "> 0")]
+PREDICT = [("--batch-size", "-3", ">= 1"), ("--top-k", "0", ">= 1"), ("--std", "0,1,1", "> 0"),
+           ("--mean", "nan", "one number")]
+EMBED = [("--batch-size", "0", ">= 1"), ("--std", "-1", "> 0")]
 ATTENTION = [("--num-images", "0", ">= 1"), ("--data", "FILE", "a file")]
 IO = [("--heads", "0", ">= 1"), ("--image-size", "-224", ">= 1")]
 
@@ -48,6 +53,8 @@ CASES = ([(train, [], *c) for c in TRAIN]
          + [(finetune, ["--model", "m.npz", "--data", "FOLDER"], *c) for c in FINETUNE]
          + [(evaluate, ["--model", "m.npz"], *c) for c in EVALUATE]
          + [(attention, ["--quick"], *c) for c in ATTENTION]
+         + [(predict, ["--model", "m.npz", "a.png"], *c) for c in PREDICT]
+         + [(embed, ["--model", "m.npz", "--out", "f.npz", "a.png"], *c) for c in EMBED]
          + [(io_cli, ["convert", "m.npz", "out", "--to", "hf"], *c) for c in IO]
          + [(io_cli, ["info", "m.npz"], "--heads", "-2", ">= 1")])
 
