@@ -20,6 +20,7 @@ setup(
         "mpi": ["mpi4py>=3.1", "mpich"],
         "hub": ["safetensors>=0.4"],
         "onnx": ["onnxruntime>=1.17", "onnx>=1.16", "onnxscript>=0.6.2", "torch==2.13.0"],
+        "fuzz": ["atheris>=2.3"],                # coverage-guided fuzzing of the file parsers
     },
     entry_points={"console_scripts": [
         "minivit-train=minivit.cli.train:entry",

@@ -5,32 +5,42 @@ atomic_write: a crash leaves the old file (or none), never half of a new one, an
 (disk full, permission denied, read-only folder) becomes a WriteError naming the path.
 clean_stale_temps removes the temporary files of a writer that was killed mid-write.
 
-Reading: every reader (minivit checkpoints, Google .npz, images, MNIST; safetensors next) raises
+Reading: every reader (minivit checkpoints, Google .npz, safetensors, images, MNIST) raises
 a subclass of FileFormatError whose message names the file, the problem and the fix:
 
     check_file(path, error)          missing (error.NotFound, also a FileNotFoundError), a
                                      folder, empty
-    read_npz / read_npy              .npz/.npy without np.load: each array's header is checked
-                                     (check_header) before anything is allocated; never unpickles
-    check_header(...)                numeric dtype, and a shape whose size the file really holds
+    read_npz / read_npy              .npz/.npy without np.load: each array's header is parsed
+                                     here (not by numpy, whose parser lets tokenizer and type
+                                     errors through) and checked (check_header) before anything
+                                     is allocated; zip members stored or deflated, none sharing
+                                     bytes with another; never unpickles
+    check_header(...)                numeric dtype, and a shape numpy can make whose size the
+                                     file really holds
     check_finite(arrays, ...)        NaN or inf in a parameter, unless allow_nonfinite=True
+
+Every reader is fuzzed: tests/fuzz (docs/reliability.md).
 """
 from __future__ import annotations
 
+import ast
 import errno
 import math
 import os
 import re
 import stat
 import tempfile
+import warnings
 import zipfile
 import zlib
 
 import numpy as np
 
 NUMERIC = "biuf"                       # dtype kinds a parameter file may hold: bool, int, float
+MAX_DIMS = 32                          # the most dimensions an array may have (numpy 1.x's limit)
 NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
 MAX_DEFLATE_RATIO = 1032               # deflate never expands more than this (zlib's bound)
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)   # what numpy.savez(_compressed) writes
 _TEMP = re.compile(r"\.(?:(\d+)\.)?[a-z0-9_]{8}\.tmp$")   # atomic_write's temporary files:
 #   '<name>.<pid>.<8 random chars>.tmp' (older minivit wrote no pid)
 
@@ -180,9 +190,24 @@ def check_header(path: str, name, dtype: np.dtype, shape: tuple, available: int,
     nbytes = math.prod(shape) * dtype.itemsize            # Python ints: no overflow
     if nbytes != available:
         what = "more data than the file holds" if nbytes > available else "less data than stored"
-        raise error(f"{where} declares shape {shape} of {dtype} ({_size(nbytes)}), {what} "
-                    f"({_size(available)}): the file is truncated or damaged; {fix}")
+        raise error(f"{where} declares shape {_short(shape)} of {dtype} ({_size(nbytes)}), "
+                    f"{what} ({_size(available)}): the file is truncated or damaged; {fix}")
+    if len(shape) > MAX_DIMS or not indexable(shape, dtype.itemsize):   # sizes around a 0
+        raise error(f"{where} declares shape {_short(shape)}, which no NumPy array can have "
+                    f"(more than {MAX_DIMS} dimensions, or sizes past what an index can hold, "
+                    f"even around a 0): the file is damaged; {fix}")
     return nbytes
+
+
+def indexable(shape: tuple, itemsize: int) -> bool:
+    """Whether numpy can make an array of this shape at all: the product of its non-zero sizes
+    (a 0 does not excuse the others), in bytes, fits a signed index."""
+    return math.prod(d for d in shape if d) * max(itemsize, 1) <= np.iinfo(np.intp).max
+
+
+def _short(shape: tuple) -> str:
+    text = str(tuple(shape))
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _where(path: str, name) -> str:
@@ -202,6 +227,11 @@ def _size(n: int) -> str:
 
 
 # ---- reading: .npy and .npz ---------------------------------------------------------------------
+NPY_MAX_HEADER = 10000                 # the longest header numpy itself parses (max_header_size)
+NPY_KEYS = {"descr", "fortran_order", "shape"}
+_PY2_LONG = re.compile(r"(?<=[0-9])L\b")                 # '(3L, 4L)': headers Python 2 wrote
+
+
 def _read_array(fp, size: int, path: str, name: str, error: type, fix: str) -> np.ndarray:
     """One .npy stream of `size` bytes: magic, header (checked), then exactly the data."""
     where = _where(path, name)
@@ -212,12 +242,7 @@ def _read_array(fp, size: int, path: str, name: str, error: type, fix: str) -> n
     if version not in ((1, 0), (2, 0)):
         raise error(f"{where} uses .npy format version {version[0]}.{version[1]}; minivit "
                     f"reads versions 1.0 and 2.0: save it again with numpy.save/savez")
-    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-              else np.lib.format.read_array_header_2_0)
-    try:
-        shape, fortran, dtype = reader(fp)
-    except ValueError as e:
-        raise error(f"{where} has a damaged header ({e}); {fix}") from e
+    shape, fortran, dtype = _read_npy_header(fp, version, size, where, error, fix)
     nbytes = check_header(path, name, dtype, shape, size - fp.tell(), error, fix)
     data = bytearray(fp.read(nbytes))                    # at most what the file holds
     if len(data) != nbytes or fp.read(1):
@@ -225,6 +250,65 @@ def _read_array(fp, size: int, path: str, name: str, error: type, fix: str) -> n
                     f"the file is truncated or damaged; {fix}")
     arr = np.frombuffer(data, dtype)                      # writable: over a bytearray
     return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
+def _read_npy_header(fp, version: tuple, size: int, where: str, error: type, fix: str) -> tuple:
+    """(shape, fortran_order, dtype) of the header after the magic, parsed here rather than by
+    numpy, whose parser lets tokenizer errors and TypeErrors of a damaged header through: the
+    length is bounded by the file, the text read as a Python literal under one guard, and each
+    field's type checked."""
+    width = 2 if version == (1, 0) else 4
+    raw = fp.read(width)
+    n = int.from_bytes(raw, "little")
+    left = size - fp.tell()
+    if len(raw) != width or n > left:
+        raise error(f"{where} is cut short inside its .npy header (it claims {n} bytes, "
+                    f"{max(left, 0)} follow): the file is truncated or damaged; {fix}")
+    if n > NPY_MAX_HEADER:
+        raise error(f"{where} has a .npy header of {n} bytes, more than the {NPY_MAX_HEADER} "
+                    f"numpy writes for any array: the file is damaged or hand-made; {fix}")
+    text = fp.read(n).decode("latin1")
+    try:
+        header = _literal(text)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
+        raise error(f"{where} has a damaged header ({type(e).__name__}: it is not the Python "
+                    f"dict .npy headers hold: {text[:60]!r}); {fix}") from e
+    if not isinstance(header, dict) or set(header) != NPY_KEYS:
+        keys = sorted(map(repr, header)) if isinstance(header, dict) else type(header).__name__
+        raise error(f"{where} has a damaged header (it holds {keys}, not the keys 'descr', "
+                    f"'fortran_order' and 'shape'); {fix}")
+    descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                               for d in shape):
+        raise error(f"{where} has a damaged header (its shape {shape!r} is not a tuple of "
+                    f"integers); {fix}")
+    if not isinstance(fortran, bool):
+        raise error(f"{where} has a damaged header (fortran_order {fortran!r} is not True or "
+                    f"False); {fix}")
+    if not isinstance(descr, str):                        # a list (structured) or a tuple
+        raise error(f"{where} has the unsupported dtype {descr!r} (a structured or sub-array "
+                    f"type), not a {_kind_names(NUMERIC)} array; {fix}")
+    try:
+        dtype = np.dtype(descr)
+    except Exception as e:                                # whatever numpy's parser raises
+        raise error(f"{where} has a damaged header (its dtype {descr[:40]!r} is not one numpy "
+                    f"knows: {e}); {fix}") from e
+    return shape, fortran, dtype
+
+
+def _literal(text: str):
+    """The Python literal in text; a header written by Python 2 (3L) is read too. The
+    compiler's warnings about a damaged text (invalid escapes, '1if') are not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return ast.literal_eval(text)
+        except SyntaxError:
+            fixed = _PY2_LONG.sub("", text)
+            if fixed == text:
+                raise
+            return ast.literal_eval(fixed)
 
 
 def read_npy(path, error: type = FileFormatError, what: str = "a .npy array",
@@ -254,8 +338,10 @@ def read_npz(path, error: type = FileFormatError, what: str = "an .npz archive",
             fh.seek(0)
             try:
                 zf = zipfile.ZipFile(fh)
-            except (zipfile.BadZipFile, EOFError, ValueError) as e:
-                hint = ("a zip archive whose end is missing" if head.startswith(ZIP_MAGIC)
+            except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError,
+                    OSError) as e:                        # OSError: a seek to a bad offset
+                hint = (f"a zip archive whose directory is missing or damaged: {e}"
+                        if head.startswith(ZIP_MAGIC)
                         else f"it starts with {head!r}, not a zip archive's PK")
                 raise error(f"cannot read {path}: it is truncated or not {what} ({hint}); "
                             f"{fix}") from e
@@ -266,11 +352,17 @@ def read_npz(path, error: type = FileFormatError, what: str = "an .npz archive",
 
 
 def _read_members(zf: zipfile.ZipFile, total: int, path: str, error: type, fix: str) -> dict:
+    infos = zf.infolist()
+    _check_spans(infos, getattr(zf, "start_dir", total), total, path, error, fix)
     arrays = {}
-    for info in zf.infolist():
+    for info in infos:
         name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
         if name in arrays:
             raise error(f"{path} holds {name!r} twice; it was not written by numpy; {fix}")
+        if info.compress_type not in ZIP_METHODS:
+            raise error(f"{path}: array {name!r} is compressed with zip method "
+                        f"{info.compress_type}; numpy writes stored or deflated members only: "
+                        f"the file is damaged or was not written by numpy; {fix}")
         limit = info.compress_size * (MAX_DEFLATE_RATIO if info.compress_type else 1)
         if info.header_offset + info.compress_size > total or info.file_size > limit + 64:
             raise error(f"{path}: array {name!r} claims {_size(info.file_size)}, more than the "
@@ -278,11 +370,28 @@ def _read_members(zf: zipfile.ZipFile, total: int, path: str, error: type, fix: 
         try:
             with zf.open(info) as fp:
                 arrays[name] = _read_array(fp, info.file_size, path, name, error, fix)
+        except FileFormatError:
+            raise
         except (zipfile.BadZipFile, EOFError, zlib.error, OSError, RuntimeError,
-                NotImplementedError) as e:                # CRC, inflate, encrypted, ...
+                NotImplementedError, ValueError) as e:    # CRC, inflate, encrypted, names, ...
             raise error(f"{path}: array {name!r} is corrupt ({type(e).__name__}: {e}); "
                         f"{fix}") from e
     return arrays
+
+
+def _check_spans(infos: list, start_dir: int, total: int, path: str, error: type,
+                 fix: str) -> None:
+    """Every member's local header and data lie before the next member and the directory: no
+    two members share bytes, so the arrays together never outgrow what the file holds (an
+    archive of overlapping members would inflate the same bytes again and again)."""
+    ordered = sorted(infos, key=lambda i: i.header_offset)
+    ends = [i.header_offset for i in ordered[1:]] + [min(start_dir, total)]
+    for info, end in zip(ordered, ends):
+        if info.header_offset < 0 or info.header_offset + 30 + info.compress_size > end:
+            raise error(f"{path}: member {info.filename!r} overlaps the next member or the zip "
+                        f"directory (its {_size(info.compress_size)} at offset "
+                        f"{info.header_offset} do not fit before {end}): the file is damaged "
+                        f"or hand-made; {fix}")
 
 
 def check_finite(arrays: dict, path: str, error: type, fix: str) -> None:

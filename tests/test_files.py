@@ -530,3 +530,130 @@ def test_run_names_the_path_of_other_os_errors(capsys, monkeypatch):
         run(main)
     assert e.value.code == 2
     assert capsys.readouterr().err.startswith("error: /some/file: Permission denied\n")
+
+
+# ---- what the fuzz run found (tests/fuzz) -------------------------------------------------------
+def raw_npy(header: str, data: bytes = b"", version=(1, 0), length=None) -> bytes:
+    """A .npy stream with a header text written by hand (numpy's writer checks it)."""
+    raw = header.encode("latin1")
+    n = len(raw) if length is None else length
+    size = struct.pack("<H", n) if version == (1, 0) else struct.pack("<I", n)
+    return b"\x93NUMPY" + bytes(version) + size + raw + data
+
+
+DAMAGED_HEADERS = {   # header text -> what the message says; numpy's parser let these escape
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (2,": "damaged header",   # TokenError
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), '''}": "damaged header",
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 1: 2}": "not the keys",  # TypeError
+    "{{1, 2}: 3}": "damaged header",                                      # unhashable set
+    "{'descr': ('<f4', (2,)), 'fortran_order': False, 'shape': (2,)}": "sub-array type",
+    "{'descr': ('<f4',), 'fortran_order': False, 'shape': (2,)}": "sub-array type",  # IndexError
+    "{'descr': 'not a dtype', 'fortran_order': False, 'shape': (2,)}": "not one numpy knows",
+    "{'descr': '<f4', 'fortran_order': 'yes', 'shape': (2,)}": "fortran_order",
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (True, 2)}": "not a tuple of integers",
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (" + "(" * 300 + "2," + ")" * 300 + ")}":
+        "damaged header",
+    "[1, 2]": "not the keys",
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (" + "0, " * 100 + ")}":
+        "which no NumPy array can have",                  # numpy's reshape: ValueError
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 2 ** 40, 2 ** 40, 0)}":
+        "damaged header",                                 # not a literal: an expression
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 1099511627776, 1099511627776, 0)}":
+        "which no NumPy array can have",                  # 0 bytes, yet numpy cannot reshape
+}
+
+
+@pytest.mark.parametrize("header", list(DAMAGED_HEADERS))
+def test_damaged_npy_headers_are_file_errors(tmp_path, header):
+    """Headers that made numpy's parser raise tokenize.TokenError, TypeError or IndexError:
+    each reader names the file (a .npy image, and a member of a checkpoint and a Google .npz)."""
+    data = raw_npy(header, b"" if ", 0" in header else np.zeros(2, np.float32).tobytes())
+    path = tmp_path / "bad.npy"
+    path.write_bytes(data)
+    with pytest.raises(ImageFolderError, match=re.escape(DAMAGED_HEADERS[header])) as e:
+        read_image(path)
+    assert str(path) in str(e.value)
+    good = good_checkpoint()
+    path = write_npz(tmp_path / "c.npz", good, {"params/head.b": data})
+    with pytest.raises(CheckpointError, match=r"array 'params/head.b' .*" +
+                       re.escape(DAMAGED_HEADERS[header])):
+        load_checkpoint(path)
+    path = write_npz(tmp_path / "g.npz", good_google(), {"head/bias": data})
+    with pytest.raises(GoogleNpzError, match=re.escape(str(path))):
+        load_google_npz(path)
+
+
+def test_npy_header_length_and_python2_headers(tmp_path):
+    """A header length past the end of the file is refused before anything is read; a
+    header Python 2 wrote ('shape': (2L,)) still loads."""
+    arr = np.array([[1, 2], [3, 4]], np.uint8)
+    for length, version in ((60000, (1, 0)), (2 ** 32 - 1, (2, 0))):
+        p = tmp_path / f"long{version[0]}.npy"
+        p.write_bytes(raw_npy("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 2)}",
+                              arr.tobytes(), version, length))
+        with pytest.raises(ImageFolderError, match=r"cut short inside its .npy header"):
+            read_image(p)
+    p = tmp_path / "py2.npy"
+    p.write_bytes(raw_npy("{'descr': '|u1', 'fortran_order': False, 'shape': (2L, 2L), }\n",
+                          arr.tobytes()))
+    np.testing.assert_array_equal(read_image(p)[0], arr)
+
+
+def _zip_field(data: bytes, sig: bytes, offset: int, fmt: str, value: int) -> bytes:
+    b = bytearray(data)
+    i = b.find(sig)
+    struct.pack_into(fmt, b, i + offset, value)
+    return bytes(b)
+
+
+def test_zip_version_and_methods_numpy_never_writes(tmp_path):
+    """A zip directory asking for a zip version zipfile lacks (NotImplementedError escaped),
+    bzip2/LZMA members (numpy writes stored or deflated): one error naming the file, from
+    load_checkpoint and from load_pretrained (which looks inside to choose the reader)."""
+    from minivit.io import load_pretrained
+    good = good_checkpoint()
+    plain = open(write_npz(tmp_path / "c.npz", good), "rb").read()
+    bad = _zip_field(plain, b"PK\x01\x02", 6, "<H", 0x0A63)    # 'needs version 99.x'
+    for i, data in enumerate([bad]):
+        p = tmp_path / f"v{i}.npz"
+        p.write_bytes(data)
+        for load in (load_checkpoint, load_pretrained):
+            with pytest.raises(FileFormatError, match=re.escape(str(p))):
+                load(p)
+    p = tmp_path / "lzma.npz"
+    with zipfile.ZipFile(p, "w") as zf:
+        for k, v in good.items():
+            zf.writestr(k + ".npy", npy_bytes(np.asarray(v)), compress_type=zipfile.ZIP_LZMA)
+    with pytest.raises(CheckpointError, match=r"compressed with zip method 14; numpy writes"):
+        load_checkpoint(p)
+
+
+def test_overlapping_zip_members_are_refused_before_inflating(tmp_path):
+    """Members whose directory entries point at the same deflated bytes (a zip bomb: each
+    inflates the same data again) are refused before any is read."""
+    big = np.zeros(1 << 20, np.float32)
+    payload = npy_bytes(big)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.npy", payload)
+    data = buf.getvalue()
+    end = data.rfind(b"PK\x05\x06")
+    cd_at = struct.unpack("<I", data[end + 16:end + 20])[0]
+    entry = data[cd_at:end]
+    n = 200                                               # 200 names for the same 4 MB member
+    entries = b"".join(entry[:46] + (b"m%03d.npy" % i) + entry[46 + 5:] for i in range(n))
+    entries = b"".join(e[:28] + struct.pack("<H", 8) + e[30:] for e in
+                       [entries[i * (len(entry) + 3):(i + 1) * (len(entry) + 3)]
+                        for i in range(n)])
+    eocd = bytearray(data[end:])
+    struct.pack_into("<HHI", eocd, 8, n, n, len(entries))
+    p = tmp_path / "bomb.npz"
+    p.write_bytes(data[:cd_at] + entries + bytes(eocd))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FileFormatError, match=r"overlaps the next member"):
+            files.read_npz(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < MAX_PEAK

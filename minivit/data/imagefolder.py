@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from ..config import Preprocessing
-from ..files import FileFormatError, check_file, read_npy
+from ..files import MAX_DEFLATE_RATIO, FileFormatError, check_file, read_npy
 from ..resample import interp_matrix
 from .batches import Dataset
 
@@ -125,6 +125,8 @@ def _read_pil(path: str, image_size: Optional[int]) -> np.ndarray:
             im = Image.open(path)                     # reads the header only
         with im:
             _check_pixels(path, im.size, Image.MAX_IMAGE_PIXELS)
+            if im.format == "PNG":
+                _check_png_size(path, im.size)
             im.load()
             palette = im.mode in ("P", "PA")
             im = im.convert("L" if im.mode in GRAY_MODES else "RGB")
@@ -152,6 +154,18 @@ def _check_pixels(path: str, size: tuple, limit) -> None:
         raise ImageFolderError(f"{path} declares {w}x{h} pixels, more than the {limit} that are "
                                f"read safely (a damaged or hostile file?); shrink the image, or "
                                f"raise PIL.Image.MAX_IMAGE_PIXELS if you trust it")
+
+
+def _check_png_size(path: str, size: tuple) -> None:
+    """Refuse, before decoding, a PNG that declares more pixels than its bytes can hold: its
+    rows (at least one bit a pixel) are deflated, which shrinks data at most MAX_DEFLATE_RATIO
+    times, so Pillow never reserves an image the file cannot fill."""
+    w, h = size
+    n = os.path.getsize(path)
+    if w * h > 8 * MAX_DEFLATE_RATIO * n:
+        raise ImageFolderError(f"{path} declares {w}x{h} pixels, more than its {n} bytes can hold "
+                               f"(compressed PNG rows inflate at most {MAX_DEFLATE_RATIO} times): "
+                               f"the file is damaged; re-export it or remove it")
 
 
 def resize_image(img: np.ndarray, image_size: int) -> np.ndarray:

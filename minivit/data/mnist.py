@@ -8,16 +8,19 @@ mirror that answers when missing (download.py), and always checked against the S
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import io
 import math
 import os
+import zlib
 from typing import Callable, NamedTuple, Sequence, Union
 
 import numpy as np
 
 from ..config import Preprocessing
-from ..files import check_file
+from ..files import MAX_DIMS, check_file, indexable
 from .batches import Dataset
-from .download import DataError, download_verified, fetch_url, gunzip_if_needed, sha256
+from .download import GZIP_MAGIC, DataError, download_verified, fetch_url, sha256
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -65,8 +68,9 @@ def parse_idx(data: bytes, where: str = "<bytes>") -> np.ndarray:
     if code not in _IDX_DTYPES:
         raise DataError(f"{where}: unknown IDX dtype code 0x{code:02x} (known: "
                         f"{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}); {_FIX}")
-    if ndim == 0:
-        raise DataError(f"{where}: IDX header gives 0 dimensions; {_FIX}")
+    if ndim == 0 or ndim > MAX_DIMS:
+        raise DataError(f"{where}: IDX header gives {ndim} dimensions (1 to {MAX_DIMS} can be "
+                        f"read); {_FIX}")
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataError(f"{where}: truncated IDX header ({len(data)} bytes, need {header}); {_FIX}")
@@ -78,10 +82,54 @@ def parse_idx(data: bytes, where: str = "<bytes>") -> np.ndarray:
         what = "truncated" if got < want else "has extra bytes"
         raise DataError(f"{where}: IDX payload {what}: {got} bytes after the header, expected "
                         f"{want} for shape {dims} of {dtype.name}; {_FIX}")
+    if not indexable(dims, dtype.itemsize):               # sizes around a 0
+        raise DataError(f"{where}: IDX header gives the shape {dims}, which no array can have "
+                        f"(its sizes multiply past what an index can hold); {_FIX}")
     arr = np.frombuffer(data, dtype, want // dtype.itemsize, header).reshape(dims)
     if dtype.kind == "f" and not np.isfinite(arr).all():
         raise DataError(f"{where}: the IDX data holds NaN or inf; {_FIX}")
     return arr.astype(dtype.newbyteorder("="))   # native byte order, writable copy
+
+
+def idx_contents(data: bytes, where: str) -> bytes:
+    """The IDX bytes of a file's contents, decompressed when they start with the gzip magic
+    (whatever the name). A .gz is inflated no further than the IDX header it starts with
+    declares (and one byte more, to see extra data): a damaged or hostile file cannot make
+    minivit inflate more than its header asks for, and never more than deflate's bound."""
+    if data[:2] != GZIP_MAGIC:
+        return data
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as g:
+            head = _read_upto(g, 4)
+            if len(head) == 4:
+                head += _read_upto(g, 4 * head[3])
+            want = _declared(head)
+            return head + (_read_upto(g, want - len(head) + 1) if want is not None else b"")
+    except (OSError, EOFError, zlib.error) as e:          # gzip.BadGzipFile is an OSError
+        raise DataError(f"{where}: broken gzip data ({e}); {_FIX}") from e
+
+
+def _read_upto(f, n: int, chunk: int = 1 << 20) -> bytes:
+    """Up to n bytes of f, read a chunk at a time: only what f really holds is allocated."""
+    parts, got = [], 0
+    while got < n:
+        part = f.read(min(chunk, n - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _declared(head: bytes):
+    """The size in bytes (header + payload) an IDX header declares, or None if it is no IDX
+    header (parse_idx then says what is wrong)."""
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES or not head[3] \
+            or len(head) < 4 + 4 * head[3]:
+        return None
+    dims = np.frombuffer(head, ">u4", head[3], 4)
+    itemsize = np.dtype(_IDX_DTYPES[head[2]]).itemsize
+    return 4 + 4 * head[3] + math.prod(int(d) for d in dims) * itemsize
 
 
 def read_idx(path: PathLike) -> np.ndarray:
@@ -93,7 +141,7 @@ def read_idx(path: PathLike) -> np.ndarray:
             data = f.read()
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}; check that it is readable") from e
-    return parse_idx(gunzip_if_needed(data, path, _FIX), path)
+    return parse_idx(idx_contents(data, path), path)
 
 
 # ---- the files -----------------------------------------------------------------------------
@@ -130,7 +178,7 @@ def _load_file(name: str, data_dir: str, mirrors: Sequence[str], fetch: Callable
         raw = _download(name, data_dir, mirrors, fetch, timeout, verbose)
         return parse_idx(raw, os.path.join(data_dir, name))
     with open(path, "rb") as f:
-        raw = gunzip_if_needed(f.read(), path, _FIX)
+        raw = idx_contents(f.read(), path)
     got, want = sha256(raw), MNIST_FILES[name]
     if got != want:
         raise DataError(f"{path}: SHA-256 of the decompressed contents is {got}, expected "

@@ -45,7 +45,7 @@ from .. import backend
 from ..config import Preprocessing, ViTConfig
 from ..files import FileFormatError, atomic_write, check_finite, read_npz
 from ..model import ViT
-from .layout import (Layout, block_count, build_model, check_layout, check_overrides,
+from .layout import (Layout, block_count, build_model, check_layout, check_overrides, dims,
                      from_layout, key_table, layout_of, layout_shapes, make_config,
                      mlp_ratio_for, module_order, to_layout)
 
@@ -163,7 +163,7 @@ def google_config(arrays: dict, **overrides) -> ViTConfig:
                          f"query/kernel (D, H, Dh), Dense_0/kernel (D, F), head/kernel (R|D, K)")
     p, C, D = kern[0], kern[2], kern[3]
     _check_grid(arrays, pos[1])
-    R = arrays["pre_logits/kernel"].shape[-1] if "pre_logits/kernel" in arrays else None
+    R = dims(arrays, "pre_logits/kernel", 2)[1] if "pre_logits/kernel" in arrays else None
     fields = dict(image_size=math.isqrt(pos[1] - 1) * p, patch_size=p, in_channels=C,
                   num_classes=head[-1], dim=D, heads=q[1], mlp_ratio=mlp_ratio_for(D, fc1[1]),
                   depth=block_count(arrays, "Transformer/encoderblock_"), pos_embed="learned",

@@ -34,7 +34,8 @@ import math
 import numpy as np
 
 from ..config import Preprocessing, ViTConfig
-from .layout import Layout, block_count, key_table, make_config, mlp_ratio_for, to_layout
+from .layout import (MAX_PATCHES, Layout, block_count, check_json, dims, key_table, make_config,
+                     mlp_ratio_for, to_layout)
 
 __all__ = ["hf_family", "hf_table", "hf_config", "hf_preprocessing", "hf_layout", "to_hf",
            "hf_pos_resample", "HF_FAMILIES"]
@@ -85,6 +86,14 @@ MASK_TOKEN = "embeddings.mask_token"      # DINOv2's pre-training mask token: no
 GELU = {"gelu": "erf", "gelu_python": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 PIL_FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+CONFIG_SCHEMA = {   # the JSON types of the config.json entries read here (layout.check_json)
+    "model_type": "str", "architectures": "strs", "hidden_act": "str",
+    "num_attention_heads": "int", "layer_norm_eps": "number", "layerscale_value": "number",
+    "use_swiglu_ffn": "bool?", "qkv_bias": "bool?", "id2label": "object?"}
+PREPROCESSOR_SCHEMA = {   # ... and of preprocessor_config.json
+    "do_rescale": "bool?", "rescale_factor": "number", "image_mean": "numbers",
+    "image_std": "numbers", "do_normalize": "bool?", "resample": "int", "size": "size",
+    "do_center_crop": "bool?", "crop_size": "size", "do_resize": "bool?"}
 
 
 # ---- layout -------------------------------------------------------------------------------------
@@ -135,16 +144,19 @@ def hf_config(conf: dict, arrays: dict, family: str, head: str, **overrides) -> 
     missing = [k for k in need if k not in arrays]
     if missing:
         raise ValueError(f"not a transformers ViT checkpoint: missing {missing}")
-    D, C, p, p2 = arrays[need[0]].shape
+    D, C, p, p2 = dims(arrays, need[0], 4)
     T = int("embeddings.cls_token" in arrays) + int("embeddings.distillation_token" in arrays)
-    grid = math.isqrt(arrays[need[1]].shape[1] - T)
-    if p != p2 or grid * grid != arrays[need[1]].shape[1] - T:
+    rows = dims(arrays, need[1], 3)[1]
+    grid = math.isqrt(max(rows - T, 0))
+    if p != p2 or grid * grid != rows - T:
         raise ValueError(f"position table {arrays[need[1]].shape} is not {T} class rows + a "
                          f"square grid, or the patches are not square ({p}x{p2})")
     dino = family.startswith("dinov2")
     fc1 = arrays.get("encoder.layer.0." + ("mlp.fc1.weight" if dino
                                            else "intermediate.dense.weight"))
-    F = fc1.shape[0] if fc1 is not None else 4 * D
+    F = dims(arrays, "encoder.layer.0." + ("mlp.fc1.weight" if dino else
+                                           "intermediate.dense.weight"), 2)[0] \
+        if fc1 is not None else 4 * D
     act = conf.get("hidden_act", "gelu")
     if act not in GELU and "gelu" not in overrides:
         raise ValueError(f"hidden_act={act!r}: minivit has the exact GELU ('gelu') and its tanh "
@@ -156,16 +168,16 @@ def hf_config(conf: dict, arrays: dict, family: str, head: str, **overrides) -> 
     if heads is None:
         raise ValueError("the head count is not in the tensors and there is no config.json "
                          "beside the file: pass heads= (e.g. 12 for a base model)")
-    R = arrays["pooler.dense.weight"].shape[0] if head == "pooler" else None
+    R = dims(arrays, "pooler.dense.weight", 2)[0] if head == "pooler" else None
     K = {"classifier": "classifier.weight", "teacher": "cls_classifier.weight"}.get(head)
     fields = dict(
         image_size=grid * p, patch_size=p, in_channels=C, dim=D, heads=heads,
         mlp_ratio=mlp_ratio_for(D, F), depth=block_count(arrays, "encoder.layer."),
-        num_classes=arrays[K].shape[0] if K else 0,
+        num_classes=dims(arrays, K, 2)[0] if K else 0,
         representation_size=R, gelu=GELU.get(act, "erf"),
         eps=float(conf.get("layer_norm_eps", 1e-6 if dino else 1e-12)),
         layer_scale=float(conf.get("layerscale_value", 1.0)) if dino else None,
-        num_registers=arrays["embeddings.register_tokens"].shape[1]
+        num_registers=dims(arrays, "embeddings.register_tokens", 3)[1]
         if "embeddings.register_tokens" in arrays else 0,
         distilled="embeddings.distillation_token" in arrays, pool="cls")
     return make_config(fields, overrides)
@@ -236,11 +248,19 @@ def class_names_of(conf: dict, K: int):
 def hf_layout(arrays: dict, conf: dict, pre_conf: dict | None = None, **overrides) -> Layout:
     """The Layout of a transformers checkpoint: its tensors (a classifier's base-model prefix
     stripped), config.json and preprocessor_config.json; DINOv2 runs at its processor's crop."""
+    check_json(conf, CONFIG_SCHEMA, "config.json")
+    if pre_conf is not None:
+        check_json(pre_conf, PREPROCESSOR_SCHEMA, "preprocessor_config.json")
     family, head = hf_family(conf, arrays)
     arrays = strip_base_prefix(arrays, family)
     cfg = hf_config(conf, arrays, family, head, **overrides)
     pre = hf_preprocessing(pre_conf, cfg, family, class_names_of(conf, cfg.num_classes))
     run_size = pre.image_size if family.startswith("dinov2") else None
+    if run_size is not None and (run_size % cfg.patch_size
+                                 or (run_size // cfg.patch_size) ** 2 > MAX_PATCHES):
+        raise ValueError(f"preprocessor_config.json crops to {run_size} pixels, which the model "
+                         f"(patch {cfg.patch_size}) cannot run at: a multiple of the patch size "
+                         f"with at most {MAX_PATCHES} patches is needed; fix its crop_size")
     return Layout(cfg, hf_table(cfg, family, head, prefixed=False), arrays, pre,
                   f"transformers' {family} layout", (conf.get("architectures") or [family])[0],
                   hf_pos_resample(family), image_size=run_size, ignored=(MASK_TOKEN,))

@@ -27,6 +27,7 @@ build_model fills a ViT and resamples the position table the way the source does
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -190,6 +191,84 @@ def check_layout(arrays: dict, table: dict, cfg: ViTConfig, what: str,
     raise ValueError("\n".join(lines))
 
 
+# ---- the JSON beside the weights ----------------------------------------------------------------
+MAX_SIDE = 16384            # the largest image side a config file may name (pixels)
+MAX_PATCHES = 1 << 16       # the most patches a size read from a file may give (a 256^2 grid)
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+JSON_KINDS = {   # kind -> (test, what it is called in a message)
+    "int": (_integer, "an integer"),
+    "number": (_finite_number, "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "object": (lambda v: isinstance(v, dict), "an object"),
+    "numbers": (lambda v: _finite_number(v) or (isinstance(v, list) and len(v) > 0
+                                                 and all(map(_finite_number, v))),
+                "a finite number or a non-empty list of them"),
+    "strs": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+             "a list of strings"),
+    "side": (lambda v: _integer(v) and 1 <= v <= MAX_SIDE,
+             f"an image side of 1..{MAX_SIDE} pixels"),
+    "size": (lambda v: (_integer(v) and 1 <= v <= MAX_SIDE) or (
+        isinstance(v, dict) and all(_integer(x) and 1 <= x <= MAX_SIDE for x in v.values())),
+        f"an image side of 1..{MAX_SIDE} pixels or an object of them"),
+    "sides": (lambda v: isinstance(v, list) and all(_integer(x) and 1 <= x <= MAX_SIDE
+                                                    for x in v),
+              f"a list of sizes of 1..{MAX_SIDE}"),
+}
+
+
+def check_json(doc: dict, schema: dict, what: str, _prefix: str = "") -> None:
+    """ValueError naming the first key of doc (a config file's JSON object) whose value has the
+    wrong JSON type: schema is {key: kind of JSON_KINDS, with '?' when null is allowed, or a
+    nested schema for an object}. Keys the schema does not name are not read, and not checked."""
+    for key, kind in schema.items():
+        if key not in doc:
+            continue
+        v, name = doc[key], _prefix + key
+        if isinstance(kind, dict):
+            if v is None:
+                continue
+            if not isinstance(v, dict):
+                raise ValueError(_json_message(what, name, v, "an object"))
+            check_json(v, kind, what, name + ".")
+            continue
+        if v is None and kind.endswith("?"):
+            continue
+        test, called = JSON_KINDS[kind.rstrip("?")]
+        if not test(v):
+            raise ValueError(_json_message(what, name, v, called))
+
+
+def _json_message(what: str, name: str, v, called: str) -> str:
+    shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+    return (f"{what}: {name!r} is {shown} ({_json_type(v)}), not {called}: the file was edited "
+            f"or damaged; download it again or fix that entry")
+
+
+def _json_type(v) -> str:
+    return {type(None): "null", bool: "a boolean", int: "an integer", float: "a number",
+            str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def dims(arrays: dict, key: str, ndim: int) -> tuple:
+    """The shape of arrays[key], which must have ndim dimensions (ValueError naming it)."""
+    shape = tuple(arrays[key].shape)
+    if len(shape) != ndim:
+        raise ValueError(f"tensor {key!r} has shape {shape}, not {ndim} dimensions: the file is "
+                         f"damaged or holds another architecture")
+    return shape
+
+
 # ---- configs ------------------------------------------------------------------------------------
 def check_overrides(overrides: dict) -> None:
     """The one check of what a caller may set when loading any checkpoint: only fields the file
@@ -223,6 +302,8 @@ def make_config(fields: dict, overrides: dict) -> ViTConfig:
 
 def mlp_ratio_for(D: int, F: int) -> float:
     """A ratio r with int(D * r) == F (ViTConfig computes the MLP width that way)."""
+    if D <= 0:
+        raise ValueError(f"the tensors give the model width {D}: the file is damaged")
     r = F / D
     return r if int(D * r) == F else (F + 0.5) / D
 

@@ -124,12 +124,21 @@ def _folder_weights(folder: str) -> list:
 
 def _shards(index: str) -> list:
     conf = _json(index, {})
-    files = sorted(set((conf.get("weight_map") or {}).values()))
+    weight_map = conf.get("weight_map") or {}
+    if not isinstance(weight_map, dict):
+        raise PretrainedError(f"{index}: its weight_map is not an object of tensor names and "
+                              f"files; {FIX}")
+    bad = [f for f in weight_map.values() if not isinstance(f, str) or not f
+           or os.path.basename(f) != f or f in (".", "..")]
+    if bad:
+        raise PretrainedError(f"{index}: its weight_map names {bad[0]!r}, not the name of a "
+                              f"file beside it (shards lie in the index's folder); {FIX}")
+    files = sorted(set(weight_map.values()))
     if not files:
         raise PretrainedError(f"{index}: no weight_map; {FIX}")
     folder = os.path.dirname(os.path.abspath(index))
     for f in files:
-        refuse_pickle(f)
+        refuse_pickle(os.path.join(folder, f))
     return [os.path.join(folder, f) for f in files]
 
 
@@ -140,8 +149,9 @@ def _json(path: str, missing: Optional[dict] = None):
     try:
         with open(path, encoding="utf-8") as f:
             out = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PretrainedError(f"{path}: cannot read it as JSON ({e}); {FIX}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise PretrainedError(f"{path}: cannot read it as JSON ({type(e).__name__}: {e}); "
+                              f"{FIX}") from e
     if not isinstance(out, dict):
         raise PretrainedError(f"{path}: not a JSON object; {FIX}")
     return out
@@ -151,7 +161,7 @@ def _npz_format(path: str) -> str:
     try:
         with zipfile.ZipFile(path) as z:
             return "minivit" if "meta.npy" in z.namelist() else "google"
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
         return "google"                                   # its reader names what is wrong
 
 

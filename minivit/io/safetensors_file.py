@@ -94,15 +94,18 @@ def read_safetensors_header(path) -> tuple[dict, dict, int]:
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise SafetensorsError(f"{path}: its header is not JSON ({e}): the file is damaged or "
                                f"not a safetensors file; {FIX}") from e
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: its header is a JSON {type(header).__name__}, not an "
                                f"object of tensors; {FIX}")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise SafetensorsError(f"{path}: its __metadata__ is not an object; {FIX}")
+    meta = header.pop("__metadata__", None)
+    meta = {} if meta is None else meta
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise SafetensorsError(f"{path}: its __metadata__ is not an object of strings (the "
+                               f"format's {{\"key\": \"value\"}}): the file is damaged or "
+                               f"hand-made; {FIX}")
     data_len = size - 8 - n
     tensors = {name: _check_entry(path, name, e, data_len, 8 + n) for name, e in header.items()}
     _check_overlap(path, tensors)
@@ -114,7 +117,7 @@ def _check_entry(path: str, name: str, e, data_len: int, base: int) -> tuple:
     if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):
         raise SafetensorsError(f"{where} has no dtype/shape/data_offsets entry; {FIX}")
     code, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
-    if code not in DTYPES:
+    if not isinstance(code, str) or code not in DTYPES:
         raise SafetensorsError(f"{where} has the unknown dtype {code!r} (known: "
                                f"{', '.join(DTYPES)}); save it again as F32, F16 or BF16")
     if (not isinstance(offs, list) or len(offs) != 2

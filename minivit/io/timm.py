@@ -25,7 +25,8 @@ import warnings
 
 from ..config import SIZES, Preprocessing, ViTConfig
 from .hf import IMAGENET_MEAN, IMAGENET_STD, class_names_of
-from .layout import Layout, block_count, key_table, make_config, mlp_ratio_for, to_layout
+from .layout import (MAX_SIDE, Layout, block_count, check_json, dims, key_table, make_config,
+                     mlp_ratio_for, to_layout)
 
 __all__ = ["timm_table", "timm_config", "timm_preprocessing", "timm_layout", "to_timm",
            "TIMM_RESAMPLE", "timm_heads"]
@@ -44,6 +45,16 @@ TOP = {"patch_embed.w": ("conv", "patch_embed.proj.weight"),
        "head.b": ("same", "head.bias"), "head_dist.w": ("linear", "head_dist.weight"),
        "head_dist.b": ("same", "head_dist.bias")}
 TIMM_RESAMPLE = dict(method="bicubic", align_corners=False, antialias=True)
+PRETRAINED_SCHEMA = {   # the JSON types of the pretrained_cfg entries read here (check_json)
+    "input_size": "sides", "crop_pct": "number", "crop_mode": "str", "mean": "numbers",
+    "std": "numbers", "interpolation": "str?", "label_names": "list?"}
+CONFIG_SCHEMA = {   # ... and of config.json (a config without pretrained_cfg holds them itself)
+    "architecture": "str", "num_classes": "int", "global_pool": "str", "label_names": "list?",
+    "layer_norm_eps": "number",
+    "model_args": {"num_heads": "int", "no_embed_class": "bool?", "global_pool": "str",
+                   "act_layer": "str?", "init_values": "number?", "qkv_bias": "bool?",
+                   "class_token": "bool?"},
+    "pretrained_cfg": PRETRAINED_SCHEMA, **PRETRAINED_SCHEMA}
 UNSUPPORTED = {"qk_norm": "qk-norm attention", "pre_norm": "a pre-norm (CLIP) stem",
                "attn_pool": "attention pooling ('map')", "mlp_layer": "a custom MLP (SwiGLU)",
                "norm_layer": "a custom norm layer", "embed_layer": "a custom patch embedding"}
@@ -86,10 +97,10 @@ def timm_config(conf: dict, arrays: dict, **overrides) -> ViTConfig:
                          "are not supported")
     if "patch_embed.proj.weight" not in arrays or "pos_embed" not in arrays:
         raise ValueError("not a timm VisionTransformer: no patch_embed.proj.weight / pos_embed")
-    D, C, p, p2 = arrays["patch_embed.proj.weight"].shape
+    D, C, p, p2 = dims(arrays, "patch_embed.proj.weight", 4)
     T = int("cls_token" in arrays) + int("dist_token" in arrays)
-    R = arrays["reg_token"].shape[1] if "reg_token" in arrays else 0
-    rows = arrays["pos_embed"].shape[1]
+    R = dims(arrays, "reg_token", 3)[1] if "reg_token" in arrays else 0
+    rows = dims(arrays, "pos_embed", 3)[1]
     no_embed_class = args.get("no_embed_class")
     if no_embed_class is None:                  # the table's size says which one it is
         no_embed_class = T > 0 and math.isqrt(rows) ** 2 == rows
@@ -111,9 +122,9 @@ def timm_config(conf: dict, arrays: dict, **overrides) -> ViTConfig:
     fields = dict(
         image_size=grid * p, patch_size=p, in_channels=C, dim=D, heads=heads,
         depth=block_count(arrays, "blocks."),
-        mlp_ratio=mlp_ratio_for(D, arrays["blocks.0.mlp.fc1.weight"].shape[0])
+        mlp_ratio=mlp_ratio_for(D, dims(arrays, "blocks.0.mlp.fc1.weight", 2)[0])
         if "blocks.0.mlp.fc1.weight" in arrays else 4.0,
-        num_classes=arrays["head.weight"].shape[0] if "head.weight" in arrays else 0,
+        num_classes=dims(arrays, "head.weight", 2)[0] if "head.weight" in arrays else 0,
         pool="cls" if pool == "token" else "mean", fc_norm="fc_norm.weight" in arrays,
         layer_scale=float(args.get("init_values") or 1e-5)
         if "blocks.0.ls1.gamma" in arrays else None,
@@ -126,16 +137,20 @@ def timm_config(conf: dict, arrays: dict, **overrides) -> ViTConfig:
 def timm_preprocessing(conf: dict, cfg: ViTConfig) -> Preprocessing:
     """pretrained_cfg as a Preprocessing: resize the shorter side to floor(S / crop_pct) (a
     square of that size with crop_mode 'squash'), center-crop S, normalize."""
-    pc = conf.get("pretrained_cfg", conf)
+    pc = conf.get("pretrained_cfg")
+    pc = conf if pc is None else pc
     C = cfg.in_channels
     size = pc.get("input_size", [C, cfg.image_size, cfg.image_size])
-    if size[1] != size[2]:
-        raise ValueError(f"input_size {size}: minivit takes square inputs")
+    if len(size) != 3 or size[1] != size[2]:
+        raise ValueError(f"input_size {size}: minivit takes square inputs [C, S, S]")
     S = int(size[1])
     mode = pc.get("crop_mode", "center")
     if mode not in ("center", "squash"):
         raise ValueError(f"crop_mode={mode!r}: minivit crops 'center' or 'squash'")
     crop_pct = float(pc.get("crop_pct", 0.875))
+    if not 0 < crop_pct or math.floor(S / crop_pct) > MAX_SIDE:
+        raise ValueError(f"crop_pct={crop_pct}: the fraction of the resized image that is "
+                         f"cropped must be positive (and resize to at most {MAX_SIDE} pixels)")
     resample = pc.get("interpolation", "bicubic")
     if resample not in ("nearest", "bilinear", "bicubic"):
         resample = "bicubic"
@@ -144,6 +159,7 @@ def timm_preprocessing(conf: dict, cfg: ViTConfig) -> Preprocessing:
     if names is None:
         names = class_names_of(conf, cfg.num_classes)
     mean, std = pc.get("mean", IMAGENET_MEAN), pc.get("std", IMAGENET_STD)
+    mean, std = (v if isinstance(v, list) else [v] for v in (mean, std))
     if C != 3 and len(mean) == 3:                     # timm's ImageNet defaults, other channels
         mean, std = [mean[0]] * C, [std[0]] * C
     return Preprocessing(mean=mean, std=std, image_size=S, channels=C,
@@ -155,6 +171,7 @@ def timm_preprocessing(conf: dict, cfg: ViTConfig) -> Preprocessing:
 def timm_layout(arrays: dict, conf: dict, pre_conf: dict | None = None, **overrides) -> Layout:
     """The Layout of timm tensors and config.json (timm has no preprocessor_config.json: its
     pretrained_cfg says how to prepare images)."""
+    check_json(conf, CONFIG_SCHEMA, "config.json")
     cfg = timm_config(conf, arrays, **overrides)
     return Layout(cfg, timm_table(cfg), arrays, timm_preprocessing(conf, cfg),
                   "timm's VisionTransformer layout",

@@ -188,3 +188,33 @@ def test_channel_stats_and_convert():
     assert np.array_equal(convert_channels(g, 3), np.full((3, 2, 2), 9))
     with pytest.raises(ImageFolderError, match="2 channels"):
         convert_channels(g, 2)
+
+
+@needs_pil
+def test_png_declaring_more_pixels_than_its_bytes_hold(tmp_path):
+    """Found by the fuzz run: an IHDR rewritten to 9000 x 9000 made Pillow reserve the whole
+    image before finding the data missing; its deflated rows cannot hold that many pixels."""
+    import io
+    import struct
+    import zlib
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    j = data.find(b"IHDR")
+    data[j + 4:j + 12] = struct.pack(">II", 9000, 9000)
+    data[j + 17:j + 21] = struct.pack(">I", zlib.crc32(bytes(data[j:j + 17])))
+    path = tmp_path / "big.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageFolderError, match=r"declares 9000x9000 pixels, more than its \d+ "
+                                               r"bytes can hold"):
+        read_image(path)
+
+
+def test_npy_image_with_a_damaged_header(tmp_path):
+    """numpy's header parser let tokenize.TokenError through ('EOF in multi-line statement')."""
+    head = b"{'descr': '|u1', 'fortran_order': False, 'shape': (8, 8"
+    path = tmp_path / "x.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head + bytes(64))
+    with pytest.raises(ImageFolderError, match=r"x\.npy has a damaged header"):
+        read_image(path)

@@ -266,3 +266,36 @@ def test_real_mnist():
     mean = (hist * v).sum()
     assert abs(mean - MNIST_MEAN) < 1e-4
     assert abs(np.sqrt((hist * (v - mean) ** 2).sum()) - MNIST_STD) < 1e-4
+
+
+def test_gzip_is_inflated_no_further_than_the_idx_header_declares(tmp_path):
+    """A .gz that inflates to far more than its IDX header declares (found by the fuzz run:
+    gzip.decompress inflated all of it first, up to deflate's 1032x the file) is refused having
+    inflated only the declared size and one byte more."""
+    import tracemalloc
+    good = idx_bytes(np.zeros((2, 3), np.uint8))
+    path = tmp_path / "bomb-idx2-ubyte.gz"
+    path.write_bytes(gzip.compress(good + bytes(64 << 20), compresslevel=9))
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"IDX payload has extra bytes"):
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+    path.write_bytes(gzip.compress(good) + gzip.compress(b""))        # two members: one file
+    np.testing.assert_array_equal(read_idx(path), np.zeros((2, 3), np.uint8))
+
+
+def test_shapes_no_array_can_have():
+    """100 zero dimensions (no payload; found by the fuzz run) and dimensions whose product, a
+    0 aside, overflows an index (found by atheris: crash-094e27b6) escaped as numpy's
+    ValueError."""
+    with pytest.raises(DataError, match=r"IDX header gives 100 dimensions \(1 to 32"):
+        parse_idx(bytes([0, 0, 0x08, 100]) + bytes(400), "x-idx1-ubyte")
+    crash = bytes.fromhex("00000d0a00000002000000033ea86eb5be84ffffffffffffff030100033ea8"
+                          "01000000000000086eb5be844e")
+    with pytest.raises(DataError, match=r"which no array can have"):
+        parse_idx(crash, "crash-idx")

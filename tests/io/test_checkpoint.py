@@ -162,3 +162,82 @@ def test_truncated_and_garbage_files(tmp_path, keep):
     pathlib.Path(path).write_bytes(b"garbage" * 10)
     with pytest.raises(CheckpointError, match="truncated or not a minivit checkpoint"):
         load_checkpoint(path)
+
+
+# ---- what the fuzz run found (tests/fuzz) -------------------------------------------------------
+def set_config(arrays, **changes):
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["config"].update(changes)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: set_meta(a, optimizer={"lr": 0.1}), r"'optimizer' = \{'lr': 0.1\}, not null or"),
+    (lambda a: set_meta(a, step="3"), r"'step' = '3', not a non-negative integer"),
+    (lambda a: set_meta(a, epoch=-1), r"'epoch' = -1, not a non-negative integer"),
+    (lambda a: set_meta(a, extra=[1]), r"'extra' = \[1\], not an object"),
+    (lambda a: set_meta(a, config=[1, 2]), r"'config' = \[1, 2\], not an object"),
+    (lambda a: set_meta(a, preprocessing=5), r"'preprocessing' = 5, not null or an object"),
+    (lambda a: set_meta(a, format_version=True), r"format version True"),
+    (lambda a: set_config(a, class_token="yes"), r"config whose \['class_token'\] are not"),
+    (lambda a: set_config(a, mlp_ratio=float("inf")), r"model config is invalid"),  # Overflow
+    (lambda a: set_config(a, representation_size=2.5), r"does not fit the model|another conf"),
+    (lambda a: a.update(meta=np.frombuffer(b"[" * 100000, np.uint8)), "'meta' header is corrupt"),
+])
+def test_meta_values_of_the_wrong_type(tmp_path, mutate, match):
+    """KeyError ('class'), OverflowError, RecursionError and TypeError escaped from these."""
+    path, m = bad_file(tmp_path, mutate)
+    for load in (lambda: load_checkpoint(path), lambda: load_checkpoint(
+            path, m, AdamW(m.params, lr=1e-3))):
+        with pytest.raises(CheckpointError, match=match) as e:
+            load()
+        assert path in str(e.value)
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(depth=10 ** 6), r"depth=1000000, more blocks than"),
+    (dict(image_size=4 * 10 ** 5), r"does not fit the model"),
+    (dict(pos_embed="sincos", image_size=4 * 4096), r"sincos position table of 16777216 patches"),
+    (dict(pos_embed="sincos", dim=6, heads=2), r"dim divisible by 4"),
+])
+def test_a_damaged_config_allocates_nothing(tmp_path, changes, match):
+    """The model was built from the file's config before its parameters were checked: a config
+    with a million blocks or a sincos table for a huge image reserved gigabytes (a dim the
+    sincos table cannot take escaped as a plain ValueError)."""
+    import tracemalloc
+
+    def mutate(a):
+        set_config(a, **changes)
+        if changes.get("pos_embed") == "sincos":
+            a.pop("params/pos_embed")
+            a.pop("opt.m.pos_embed")
+            a.pop("opt.v.pos_embed")
+    path, _ = bad_file(tmp_path, mutate)
+    if changes.get("dim") == 6:                          # a file whose params fit dim 6
+        m = ViT(ViTConfig(**{**CFG, "dim": 6, "heads": 2}))
+        save_checkpoint(path, m)
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        arrays.pop("params/pos_embed")
+        set_config(arrays, pos_embed="sincos")
+        np.savez(path, **arrays)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=match):
+            load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 << 20
+
+
+def test_a_huge_dim_that_heads_do_not_divide_is_refused_at_once(tmp_path):
+    """Found by the long fuzz run: dim=2**53+1 made ViTConfig's message look for the divisor
+    of dim nearest to heads one candidate at a time (a hang); the file holds far fewer values."""
+    import time
+    path, _ = bad_file(tmp_path, lambda a: set_config(a, dim=2 ** 53 + 1))
+    t = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"dim=9007199254740993, more than the \d+ "
+                                              r"parameter values it holds"):
+        load_checkpoint(path)
+    assert time.perf_counter() - t < 2

@@ -199,3 +199,76 @@ def test_hf_export_of_a_table_without_class_rows(tmp_path, extra):
 def test_hf_refuses_what_it_cannot_hold(kwargs, match):
     with pytest.raises(ValueError, match=match):
         hf_target(ViTConfig(**{**dict(dim=8, heads=2, depth=1), **kwargs}))
+
+
+# ---- what the fuzz run found (tests/fuzz): JSON values of the wrong type ------------------------
+def hf_folder_for_fuzz(tmp_path, **cfg):
+    from minivit import Preprocessing
+    model = ViT(ViTConfig(**{**dict(image_size=8, patch_size=4, in_channels=3, num_classes=3,
+                                    dim=8, depth=1, heads=2, gelu="erf", eps=1e-12), **cfg}),
+                preprocessing=Preprocessing(mean=[0.5] * 3, std=[0.5] * 3, image_size=8,
+                                            channels=3, resize_size=10, resize_mode="shortest",
+                                            center_crop=True))
+    save_pretrained(model, tmp_path, format="hf")
+    return tmp_path
+
+
+@needs_st
+@pytest.mark.parametrize("file, key, value, match", [
+    ("config.json", "hidden_act", ["gelu"], r"'hidden_act' is \['gelu'\] \(a list\), not a str"),
+    ("config.json", "layer_norm_eps", {"a": 1}, "'layer_norm_eps' is .* not a finite number"),
+    ("config.json", "layer_norm_eps", float("nan"), "not a finite number"),
+    ("config.json", "num_attention_heads", [2], "'num_attention_heads' .* not an integer"),
+    ("config.json", "architectures", 1.5, "'architectures' is 1.5 .* not a list of strings"),
+    ("config.json", "model_type", None, "'model_type' is None \\(null\\), not a string"),
+    ("preprocessor_config.json", "image_mean", [[0.5]], "'image_mean' .* list of them"),
+    ("preprocessor_config.json", "image_std", {"a": 1}, "'image_std'"),
+    ("preprocessor_config.json", "size", None, "'size' is None"),
+    ("preprocessor_config.json", "size", [8, 8], "'size' is \\[8, 8\\]"),
+    ("preprocessor_config.json", "crop_size", {"height": [8]}, "'crop_size'"),
+    ("preprocessor_config.json", "crop_size", 10 ** 9, "'crop_size' .* image side of 1..16384"),
+    ("preprocessor_config.json", "rescale_factor", {"a": 1}, "'rescale_factor'"),
+    ("preprocessor_config.json", "resample", "bilinear", "'resample' .* not an integer"),
+])
+def test_config_values_of_the_wrong_json_type(tmp_path, file, key, value, match):
+    """Each raised TypeError, AttributeError or IndexError deep in the layout code (float() of
+    a list, unhashable list, None.get, 'float' object is not subscriptable): now one
+    PretrainedError naming the folder, the file's key and the fix."""
+    from minivit.io import PretrainedError, describe_pretrained
+    folder = hf_folder_for_fuzz(tmp_path)
+    conf = json.loads((folder / file).read_text())
+    conf[key] = value
+    (folder / file).write_text(json.dumps(conf))
+    for load in (load_pretrained, describe_pretrained):
+        with pytest.raises(PretrainedError, match=match) as e:
+            load(folder)
+        assert str(folder) in str(e.value) and file in str(e.value)
+
+
+@needs_st
+@pytest.mark.parametrize("crop, match", [(10, "crops to 10 pixels"),
+                                         (4096, "at most 65536 patches")])
+def test_dinov2_crop_the_model_cannot_run_at(tmp_path, crop, match):
+    """A DINOv2 crop size not a multiple of the patch escaped as model.py's ValueError; a huge
+    one would resample the position table to millions of rows."""
+    from minivit.io import PretrainedError
+    folder = hf_folder_for_fuzz(tmp_path, layer_scale=1.0, num_classes=0)
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    pre.update(do_center_crop=True, crop_size={"height": crop, "width": crop})
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre))
+    with pytest.raises(PretrainedError, match=match):
+        load_pretrained(folder)
+
+
+@needs_st
+def test_tensors_of_the_wrong_rank(tmp_path):
+    """A 1-D position table raised IndexError (shape[1]) in hf_config."""
+    from minivit.io import PretrainedError
+    from minivit.io.safetensors_file import read_safetensors, write_safetensors
+    folder = hf_folder_for_fuzz(tmp_path)
+    arrays, _ = read_safetensors(folder / "model.safetensors")
+    arrays["vit.embeddings.position_embeddings"] = np.zeros(5, np.float32)
+    write_safetensors(arrays, folder / "model.safetensors")
+    with pytest.raises(PretrainedError, match=r"'embeddings.position_embeddings' has shape "
+                                              r"\(5,\), not 3 dimensions"):
+        load_pretrained(folder)

@@ -189,3 +189,31 @@ def test_predict_pretrained_pixels_match_transformers_processor(tmp_path, capsys
         assert abs(r["top"][0]["prob"] - row.max()) < 1e-5
     out = capsys.readouterr().out
     assert all(p in out for p in paths) and any(n in out for n in NAMES)
+
+
+# ---- what the fuzz run found (tests/fuzz) -------------------------------------------------------
+@needs_st
+@pytest.mark.parametrize("weight_map, match", [
+    ({"a": {"file": "x"}}, "not the name of a file beside it"),     # TypeError: unhashable
+    (3.5, "weight_map is not an object"),                          # AttributeError: .values
+    ({"a": "../model.safetensors"}, "not the name of a file beside it"),
+    ({"a": "/etc/passwd"}, "not the name of a file beside it"),
+])
+def test_index_weight_map_of_the_wrong_type_or_outside_the_folder(tmp_path, weight_map, match):
+    folder, _ = hf_folder(tmp_path)
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(PretrainedError, match=match) as e:
+        load_pretrained(folder)
+    assert str(folder) in str(e.value)
+
+
+@needs_st
+@pytest.mark.parametrize("name", ["config.json", "preprocessor_config.json"])
+def test_deeply_nested_json_is_a_file_error(tmp_path, name):
+    """json raised RecursionError on a config nested thousands deep."""
+    folder, _ = hf_folder(tmp_path)
+    (folder / name).write_text("[" * 100000)
+    with pytest.raises(PretrainedError, match=r"cannot read it as JSON \(RecursionError") as e:
+        load_pretrained(folder)
+    assert str(folder / name) in str(e.value)

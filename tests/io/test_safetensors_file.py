@@ -125,3 +125,36 @@ def test_missing_package_says_what_to_install(monkeypatch, tmp_path):
         read_safetensors(path)
     with pytest.raises(RuntimeError, match="safetensors"):   # one error line in the commands
         write_safetensors({"w": np.ones(2, np.float32)}, tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize("edit, match", [   # found by the fuzz run (tests/fuzz)
+    (lambda t: t["a"].update(dtype=["F32"]), r"tensor 'a' has the unknown dtype \['F32'\]"),
+    (lambda t: t["a"].update(dtype={"F32": 1}), r"tensor 'a' has the unknown dtype"),
+    (lambda t: t.update(__metadata__={"format": ["pt"]}), r"__metadata__ is not an object of str"),
+    (lambda t: t.update(__metadata__=7), r"__metadata__ is not an object"),
+])
+def test_header_values_of_the_wrong_json_type(tmp_path, edit, match):
+    """A dtype that is a list or an object raised TypeError (unhashable) in the check itself."""
+    t = {"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}
+    edit(t)
+    path = st_file(tmp_path / "bad.safetensors", t, bytes(24))
+    with pytest.raises(SafetensorsError, match=match) as e:
+        read_safetensors_header(path)
+    assert str(path) in str(e.value)
+
+
+def test_deeply_nested_header_is_a_file_error(tmp_path):
+    """json.loads raised RecursionError on a header nested thousands deep."""
+    path = st_file(tmp_path / "deep.safetensors", {}, b"", raw_header=b"[" * 5000 + b"]" * 5000)
+    with pytest.raises(SafetensorsError, match="not JSON .*RecursionError|not JSON"):
+        read_safetensors_header(path)
+
+
+@pytest.mark.parametrize("shape", [[0] * 100, [2, 3, 2 ** 40, 2 ** 40, 0]])
+def test_shapes_no_numpy_array_can_have(tmp_path, shape):
+    """A tensor of no bytes whose shape numpy cannot make (100 dimensions; sizes whose product,
+    a 0 aside, overflows an index) passed the size check and broke numpy."""
+    t = {"a": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}
+    path = st_file(tmp_path / "dims.safetensors", t, b"")
+    with pytest.raises(SafetensorsError, match=r"'a' declares shape .* which no NumPy array"):
+        read_safetensors_header(path)

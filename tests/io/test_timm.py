@@ -227,3 +227,35 @@ def test_timm_export_refuses_pre_logits(tmp_path):
     with pytest.raises(ValueError, match="pre-logits"):
         save_pretrained(ViT(ViTConfig(dim=8, heads=2, depth=1, representation_size=4)),
                         tmp_path, format="timm")
+
+
+# ---- what the fuzz run found (tests/fuzz): JSON values of the wrong type ------------------------
+@needs_st
+@pytest.mark.parametrize("path, value, match", [
+    (("model_args",), 3, "'model_args' is 3 .* not an object"),          # 'int' not iterable
+    (("model_args", "num_heads"), [2], r"'model_args.num_heads' .* not an integer"),
+    (("pretrained_cfg", "input_size"), 1.5, r"'pretrained_cfg.input_size' is 1.5"),
+    (("pretrained_cfg", "input_size"), [3], r"input_size \[3\]: minivit takes square"),
+    (("pretrained_cfg", "crop_pct"), [0.9], r"'pretrained_cfg.crop_pct' .* finite number"),
+    (("pretrained_cfg", "crop_pct"), 0, r"crop_pct=0.0: the fraction"),   # ZeroDivisionError
+    (("pretrained_cfg", "crop_pct"), 1e-300, r"crop_pct=1e-300"),
+    (("pretrained_cfg", "mean"), {"r": 0.5}, r"'pretrained_cfg.mean'"),
+    (("layer_norm_eps",), {"a": 1}, r"'layer_norm_eps'"),
+    (("pretrained_cfg",), None, None),                                  # null: the defaults
+])
+def test_config_values_of_the_wrong_json_type(tmp_path, path, value, match):
+    cfg = ViTConfig(image_size=8, patch_size=4, in_channels=3, num_classes=3, dim=8, depth=1,
+                    heads=2, gelu="erf")
+    save_pretrained(ViT(cfg), tmp_path, format="timm")
+    conf = json.loads((tmp_path / "config.json").read_text())
+    node = conf
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    if match is None:
+        assert load_pretrained(tmp_path).config.heads == 2
+        return
+    with pytest.raises(PretrainedError, match=match) as e:
+        load_pretrained(tmp_path)
+    assert str(tmp_path) in str(e.value)
