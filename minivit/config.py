@@ -9,6 +9,7 @@ model's input, carried by the model and its checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -69,6 +70,9 @@ class ViTConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 kind = "a non-negative" if low == 0 else "a positive"
                 raise UserError(f"{field} must be {kind} integer, got {v!r}")
+        for field in ("distilled", "class_token", "pos_embed_cls", "fc_norm"):
+            if not isinstance(getattr(self, field), bool):
+                raise UserError(f"{field} must be True or False, got {getattr(self, field)!r}")
         if self.dim % self.heads:
             raise UserError(f"dim={self.dim} is not divisible by heads={self.heads}; "
                              f"choose heads that divide dim (e.g. heads={_divisor(self.dim, self.heads)})")
@@ -76,8 +80,11 @@ class ViTConfig:
             raise UserError(f"image_size={self.image_size} is not divisible by "
                              f"patch_size={self.patch_size}; choose a patch that divides the "
                              f"image size or resize/pad the images")
-        if self.mlp_ratio <= 0 or int(self.dim * self.mlp_ratio) < 1:
-            raise UserError(f"mlp_ratio={self.mlp_ratio} gives an empty MLP; use e.g. 2.0 or 4.0")
+        if (not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool)
+                or not math.isfinite(self.mlp_ratio) or self.mlp_ratio <= 0
+                or int(self.dim * self.mlp_ratio) < 1):
+            raise UserError(f"mlp_ratio={self.mlp_ratio!r} must be a finite number giving a "
+                            f"non-empty MLP; use e.g. 2.0 or 4.0")
         for field in ("dropout", "attn_dropout", "drop_path"):
             v = getattr(self, field)
             if not 0.0 <= v < 1.0:
@@ -200,8 +207,15 @@ def _from_known_fields(cls, d: dict, fix: str):
 
 
 def _divisor(dim: int, heads: int) -> int:
-    """The divisor of dim nearest to heads (for the error message)."""
-    return min((h for h in range(1, dim + 1) if dim % h == 0), key=lambda h: abs(h - heads))
+    """The divisor of dim nearest to heads (for the error message; the smaller one on a tie),
+    searched outward from min(heads, dim): a bounded number of steps, however large the two
+    are (1 when none is near)."""
+    start = min(heads, dim)
+    for k in range(min(start, 4096)):
+        for h in (start - k, start + k):
+            if 1 <= h <= dim and dim % h == 0:
+                return h
+    return 1
 
 
 # ---- named models -------------------------------------------------------------------------------
@@ -298,6 +312,11 @@ class Preprocessing:
             v = getattr(self, field)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise UserError(f"{field} must be a positive integer or None, got {v!r}")
+        if self.channels is not None and (not isinstance(self.channels, int)
+                                          or isinstance(self.channels, bool)
+                                          or self.channels < 1):
+            raise UserError(f"channels must be a positive integer or None, got "
+                            f"{self.channels!r}")
         if self.center_crop and self.image_size is None:
             raise UserError("center_crop=True crops to image_size: give image_size")
 

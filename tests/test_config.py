@@ -133,3 +133,26 @@ def test_registry_holds_the_recipes_and_the_benchmark_shapes():
     # the benchmarks' dinov2-s14 is DINOv2-S/14's shape as a plain ViT with 1000 classes
     assert model_config("dinov2-s14", num_classes=1000, layer_scale=None, gelu="tanh") == \
         ViTConfig(**imagenet, patch_size=14, dim=384, heads=6)
+
+
+@pytest.mark.parametrize("fields, words", [
+    (dict(dim=8, heads=10 ** 100), "not divisible by heads"),     # once a hang: the search
+    (dict(dim=2 ** 53 + 1, heads=12), "not divisible by heads"),  # for a divisor was unbounded
+    (dict(mlp_ratio=float("inf")), "finite"),
+    (dict(mlp_ratio="4"), "finite"),
+    (dict(class_token="yes"), "True or False"),
+    (dict(fc_norm=1), "True or False")])
+def test_fields_a_damaged_file_could_give_are_refused_quickly(fields, words):
+    """Values a fuzzed config.json or checkpoint header produced: each is one clear error, at
+    once, never an OverflowError, a TypeError from int() or a loop over every divisor."""
+    from minivit.errors import UserError
+    with pytest.raises(UserError, match=words):
+        ViTConfig(**fields)
+
+
+def test_preprocessing_channels_must_be_a_positive_integer():
+    from minivit import Preprocessing
+    from minivit.errors import UserError
+    for bad in (2.0, 0, True, "3"):
+        with pytest.raises(UserError, match="channels"):
+            Preprocessing(mean=[0.5], std=[0.5], channels=bad)

@@ -116,10 +116,10 @@ class EpochSums:
     def from_dict(cls, d) -> "EpochSums":
         """From a checkpoint's header: a missing or malformed entry (an older checkpoint) starts
         the sums afresh."""
-        try:
-            return cls(**{k: d[k] for k in ("loss", "hits", "seen", "time_s")})
-        except (KeyError, TypeError, ValueError):
+        keys = ("loss", "hits", "seen", "time_s")
+        if not isinstance(d, dict) or not all(_number(d.get(k)) for k in keys):
             return cls()
+        return cls(**{k: d[k] for k in keys})
 
 
 @dataclass
@@ -163,13 +163,14 @@ def resume_state(path: str, model: ViT, opt, out_dir: str, steps_per_epoch: int)
     extra = meta.get("extra") or {}
     step = int(meta["step"])
     history = extra.get("history")
-    if history is None:
-        history = read_metrics(out_dir, step // steps_per_epoch)
+    if not isinstance(history, list) or not all(_is_record(r) for r in history):
+        history = read_metrics(out_dir, step // steps_per_epoch)   # not written by fit
     sums = EpochSums.from_dict(extra.get("epoch_sums")) if step % steps_per_epoch else EpochSums()
     if meta.get("rng_state") is not None:
         set_rng_state(model.rng, meta["rng_state"])
-    return RunState(step, float(extra.get("best_acc", -1.0)), list(history), sums,
-                    float(extra.get("wall_s") or 0.0))
+    best, wall = extra.get("best_acc"), extra.get("wall_s")
+    return RunState(step, float(best) if _number(best) else -1.0, list(history), sums,
+                    float(wall) if _number(wall) else 0.0)
 
 
 def prepare_folder(out_dir: str) -> None:
@@ -335,23 +336,37 @@ def write_metrics(out_dir: str, history: list) -> None:
     atomic_write(os.path.join(out_dir, "metrics.jsonl"), lambda f: f.write(text.encode()))
 
 
+METRIC_NUMBERS = ("train_loss", "train_acc", "test_acc")   # what plot_curves reads
+
+
 def read_metrics(out_dir: str, upto: int) -> list:
     """The records of out_dir/metrics.jsonl for epochs 1..upto, one per epoch (the last line of
-    a repeated epoch wins); damaged lines are skipped."""
+    a repeated epoch wins). Damaged lines are skipped: not UTF-8, not JSON (or nested past
+    what the parser can take), not an object with an integer epoch and the numbers the curves
+    plot."""
     records = {}
     try:
-        with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-            for line in f:
+        with open(os.path.join(out_dir, "metrics.jsonl"), "rb") as f:
+            for raw in f:
                 try:
-                    r = json.loads(line)
-                except ValueError:
+                    r = json.loads(raw.decode("utf-8"))
+                except (ValueError, RecursionError):      # UnicodeDecodeError is a ValueError
                     continue
-                epoch = r.get("epoch") if isinstance(r, dict) else None
-                if isinstance(epoch, int) and 0 < epoch <= upto:
-                    records[epoch] = r
+                if _is_record(r) and 0 < r["epoch"] <= upto:
+                    records[r["epoch"]] = r
     except OSError:                                       # none yet, or unreadable: start afresh
         return []
     return [records[e] for e in sorted(records)]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_record(r) -> bool:
+    """A metrics record: a JSON object with an integer epoch and numeric METRIC_NUMBERS."""
+    return (isinstance(r, dict) and isinstance(r.get("epoch"), int)
+            and not isinstance(r["epoch"], bool) and all(_number(r.get(k)) for k in METRIC_NUMBERS))
 
 
 class StepResult(NamedTuple):

@@ -12,10 +12,7 @@ from .runner import memory_limit, run_many
 
 CASES = {"checkpoint": 160, "checkpoint-v1": 160}         # the slowest loaders
 DEFAULT_CASES = 240
-KNOWN = {   # format -> the bug outside the readers' files that the run still finds
-    "metrics": "training/loop.py read_metrics lets UnicodeDecodeError and RecursionError "
-               "through and keeps records without the numbers plot_curves reads",
-}
+KNOWN = {}  # format -> a bug the run still finds (a strict xfail, so a fix is noticed)
 
 
 def _params():

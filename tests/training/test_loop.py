@@ -203,3 +203,16 @@ def test_rng_state_only_restored_into_numpy_generators(capsys):
     loop.set_rng_state(other, state)
     assert other.bit_generator.state() == 123             # still a method
     assert "could not restore the dropout generator" in capsys.readouterr().err
+
+
+def test_read_metrics_skips_every_kind_of_damaged_line(tmp_path):
+    """Lines a crash or a fuzzer leaves: not UTF-8, not JSON, nested past the parser's depth, not
+    an object, without an integer epoch or the numbers the curves plot; the good ones stay."""
+    good = {"epoch": 1, "train_loss": 1.5, "train_acc": 0.5, "test_acc": 0.6}
+    lines = [json.dumps(good).encode(), b"\xff\xfe not utf-8", b"{oops", b"[" * 100000,
+             b"[1, 2]", json.dumps({**good, "epoch": True}).encode(),
+             json.dumps({**good, "epoch": 2, "test_acc": "high"}).encode(),
+             json.dumps({"epoch": 3}).encode(), json.dumps({**good, "epoch": 4}).encode()]
+    (tmp_path / "metrics.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    assert loop.read_metrics(str(tmp_path), 10) == [good, {**good, "epoch": 4}]
+    assert loop.read_metrics(str(tmp_path), 3) == [good]
