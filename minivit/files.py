@@ -36,6 +36,8 @@ import zlib
 
 import numpy as np
 
+from .errors import MinivitError
+
 NUMERIC = "biuf"                       # dtype kinds a parameter file may hold: bool, int, float
 MAX_DIMS = 32                          # the most dimensions an array may have (numpy 1.x's limit)
 NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
@@ -46,7 +48,7 @@ _TEMP = re.compile(r"\.(?:(\d+)\.)?[a-z0-9_]{8}\.tmp$")   # atomic_write's tempo
 
 
 # ---- errors -------------------------------------------------------------------------------------
-class FileFormatError(ValueError):
+class FileFormatError(MinivitError, ValueError):
     """A file that cannot be read as what it should be; the message names the file, the problem
     and the fix. Each reader raises its own subclass (CheckpointError, GoogleNpzError, DataError,
     ImageFolderError); `<Error>.NotFound` is the same error for a missing file, which is also a
@@ -70,7 +72,7 @@ def _not_found(cls: type) -> type:
 FileFormatError.NotFound = _not_found(FileFormatError)
 
 
-class WriteError(OSError):
+class WriteError(MinivitError, OSError):
     """A file could not be written (disk full, permission denied, read-only folder, ...). The file
     that was there before is unchanged. WriteError(errno, strerror, path), like OSError."""
 

@@ -23,10 +23,15 @@ import argparse
 import os
 import sys
 
-from ..errors import UserError
+from ..errors import MinivitError, UserError
 from .flags import count
 
-USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ArithmeticError)
+# What a user can fix: minivit's own errors (errors.MinivitError: bad values, files, writes,
+# missing extras, a diverged loss) and the operating system's (a path, a permission, a full
+# disk). Anything else is a bug in minivit and keeps its traceback.
+USER_ERRORS = (MinivitError, OSError)
+REPORT = ("this is a bug in minivit, not something you did: please report it with the "
+          "traceback above and the command you ran")
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,10 +49,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(main, argv=None):
-    """Call main(argv). A ValueError/TypeError/OSError/RuntimeError/ArithmeticError (bad data,
-    a bad file (files.FileFormatError), a failed write (files.WriteError: disk full, no
-    permission), a bad flag, no GPU, a diverging loss) prints one 'error: <message>' line naming
-    the file where there is one, and exits with status 2; MINIVIT_DEBUG=1 shows the traceback.
+    """Call main(argv). A user error (USER_ERRORS: errors.MinivitError for bad data, a bad file,
+    a failed write, a bad value, no GPU, a diverging loss; an OSError about a path) prints one
+    'error: <message>' line naming the file where there is one, and exits with status 2;
+    MINIVIT_DEBUG=1 shows the traceback. Running out of memory is one line too. Any other
+    exception is a bug: its traceback is shown, with a line asking to report it (status 1).
     Under mpiexec a failing process ends the whole job (parallel/mpi.py fail): the error is
     printed once, and no process is left waiting in a collective; an error the processes agreed
     on (parallel.mpi.together: flags, data, output folder) is printed once without the abort.
@@ -71,11 +77,20 @@ def run(main, argv=None):
             _fail_job(message)
         print(f"{message}\n(set MINIVIT_DEBUG=1 to see the traceback)", file=sys.stderr)
         raise SystemExit(2)
+    except MemoryError:
+        message = ("error: out of memory; lower --batch-size, use a smaller model or image "
+                   "size, or run where more memory is free")
+        if _under_mpi():
+            _fail_job(message)
+        print(message, file=sys.stderr)
+        raise SystemExit(2)
     except Exception as e:
-        if not _under_mpi() or _shared(e):                # the other processes have ended
-            raise
         import traceback
-        _fail_job(traceback.format_exc().rstrip())
+        if _under_mpi() and not _shared(e):               # the others may wait in a collective
+            _fail_job(f"{traceback.format_exc().rstrip()}\n{REPORT}")
+        traceback.print_exc()
+        print(REPORT, file=sys.stderr)
+        raise SystemExit(1)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -43,11 +43,12 @@ import numpy as np
 
 from .. import backend
 from ..config import Preprocessing, ViTConfig
+from ..errors import UserError
 from ..files import FileFormatError, atomic_write, check_finite, read_npz
 from ..model import ViT
 from .layout import (Layout, block_count, build_model, check_layout, check_overrides, dims,
-                     from_layout, key_table, layout_of, layout_shapes, make_config,
-                     mlp_ratio_for, module_order, to_layout)
+                     from_layout, key_table, layout_of, layout_shapes, make_config, mlp_ratio_for,
+                     module_order, to_layout)
 
 __all__ = ["GoogleNpzError", "load_google_npz", "save_google_npz", "read_google_npz",
            "google_config", "google_shapes", "check_google_arrays", "from_google", "to_google",
@@ -136,7 +137,7 @@ def _strip_prefix(arrays: dict) -> dict:
         for k, v in arrays.items():
             if k.startswith(prefix):
                 if k[len(prefix):] in out:
-                    raise ValueError(f"key {k!r} and {k[len(prefix):]!r} both present; keep one")
+                    raise UserError(f"key {k!r} and {k[len(prefix):]!r} both present; keep one")
                 out[k[len(prefix):]] = v
         return out
     return arrays
@@ -151,14 +152,14 @@ def google_config(arrays: dict, **overrides) -> ViTConfig:
             "Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"]
     missing = [k for k in need if k not in arrays]
     if missing:
-        raise ValueError(f"not a vit_jax ViT checkpoint: missing {missing}, needed to infer the "
+        raise UserError(f"not a vit_jax ViT checkpoint: missing {missing}, needed to infer the "
                          f"architecture (keys present: {sorted(arrays)[:8]}...)")
     shp = {k: arrays[k].shape for k in need}
     kern, pos, head, q, fc1 = (shp[k] for k in need)
     bad = [(k, s) for k, s, nd in zip(need, (kern, pos, head, q, fc1), (4, 3, 2, 3, 2))
            if len(s) != nd]
     if bad or kern[0] != kern[1] or pos[0] != 1:
-        raise ValueError(f"cannot infer the architecture from these shapes: {bad or shp}; "
+        raise UserError(f"cannot infer the architecture from these shapes: {bad or shp}; "
                          f"expected embedding/kernel (p, p, C, D), pos_embedding (1, N, D), "
                          f"query/kernel (D, H, Dh), Dense_0/kernel (D, F), head/kernel (R|D, K)")
     p, C, D = kern[0], kern[2], kern[3]
@@ -177,11 +178,11 @@ def _check_grid(arrays: dict, N: int) -> None:
     if g > 0 and g * g == N - 1 and "cls" in arrays:
         return
     if "cls" not in arrays and math.isqrt(N) ** 2 == N:
-        raise ValueError(f"this checkpoint has no 'cls' token and a {math.isqrt(N)}^2-row position "
+        raise UserError(f"this checkpoint has no 'cls' token and a {math.isqrt(N)}^2-row position "
                          f"table: a classifier='gap' (global average pooling) model, which "
                          f"minivit does not support; use a classifier='token' checkpoint")
     if g == 0 or g * g != N - 1:
-        raise ValueError(f"pos_embedding has N={N} rows, not 1 (CLS) + grid^2 for a square grid; "
+        raise UserError(f"pos_embedding has N={N} rows, not 1 (CLS) + grid^2 for a square grid; "
                          f"only square token grids with a CLS row are supported")
 
 
@@ -219,7 +220,7 @@ def google_target(cfg: ViTConfig, exact: bool = False) -> None:
     """ValueError saying why the vit_jax layout cannot hold this model's weights, if it cannot;
     exact: also when it would load back only with pool='mean' (save_pretrained's rule)."""
     if cfg.pos_embed != "learned":
-        raise ValueError("save_google_npz needs pos_embed='learned': the Google layout stores a "
+        raise UserError("save_google_npz needs pos_embed='learned': the Google layout stores a "
                          "learned position table, and minivit's fixed 'sincos' table has none")
     odd = [name for name, bad in (("no CLS token", not cfg.class_token),
                                   ("a distillation token", cfg.distilled),
@@ -229,7 +230,7 @@ def google_target(cfg: ViTConfig, exact: bool = False) -> None:
                                   ("mean pooling", exact and cfg.pool != "cls"),
                                   ("no head", not cfg.num_classes)) if bad]
     if odd:
-        raise ValueError(f"the Google vit_jax layout holds the original ViT; this model has "
+        raise UserError(f"the Google vit_jax layout holds the original ViT; this model has "
                          f"{', '.join(odd)}: save it with format='timm' or 'hf'")
 
 

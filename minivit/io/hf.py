@@ -34,6 +34,7 @@ import math
 import numpy as np
 
 from ..config import Preprocessing, ViTConfig
+from ..errors import UserError
 from .layout import (MAX_PATCHES, Layout, block_count, check_json, dims, key_table, make_config,
                      mlp_ratio_for, to_layout)
 
@@ -107,13 +108,13 @@ def hf_family(conf: dict, arrays: dict) -> tuple[str, str]:
                   "dinov2" if "layer_scale1.lambda1" in keys else
                   "deit" if "embeddings.distillation_token" in keys else "vit")
     if family not in HF_FAMILIES:
-        raise ValueError(f"model_type {family!r} is not a transformers ViT minivit reads (it reads "
+        raise UserError(f"model_type {family!r} is not a transformers ViT minivit reads (it reads "
                          f"{', '.join(HF_FAMILIES)})")
     if "cls_classifier.weight" in arrays:
         return family, "teacher"
     if "classifier.weight" in arrays:
         if family.startswith("dinov2"):
-            raise ValueError("a Dinov2ForImageClassification checkpoint: its classifier reads "
+            raise UserError("a Dinov2ForImageClassification checkpoint: its classifier reads "
                              "[CLS token, mean of the patch tokens], a head minivit does not have; "
                              "load the backbone alone (Dinov2Model) and fine-tune a new head")
         return family, "classifier"
@@ -143,13 +144,13 @@ def hf_config(conf: dict, arrays: dict, family: str, head: str, **overrides) -> 
     need = ["embeddings.patch_embeddings.projection.weight", "embeddings.position_embeddings"]
     missing = [k for k in need if k not in arrays]
     if missing:
-        raise ValueError(f"not a transformers ViT checkpoint: missing {missing}")
+        raise UserError(f"not a transformers ViT checkpoint: missing {missing}")
     D, C, p, p2 = dims(arrays, need[0], 4)
     T = int("embeddings.cls_token" in arrays) + int("embeddings.distillation_token" in arrays)
     rows = dims(arrays, need[1], 3)[1]
     grid = math.isqrt(max(rows - T, 0))
     if p != p2 or grid * grid != rows - T:
-        raise ValueError(f"position table {arrays[need[1]].shape} is not {T} class rows + a "
+        raise UserError(f"position table {arrays[need[1]].shape} is not {T} class rows + a "
                          f"square grid, or the patches are not square ({p}x{p2})")
     dino = family.startswith("dinov2")
     fc1 = arrays.get("encoder.layer.0." + ("mlp.fc1.weight" if dino
@@ -159,14 +160,14 @@ def hf_config(conf: dict, arrays: dict, family: str, head: str, **overrides) -> 
         if fc1 is not None else 4 * D
     act = conf.get("hidden_act", "gelu")
     if act not in GELU and "gelu" not in overrides:
-        raise ValueError(f"hidden_act={act!r}: minivit has the exact GELU ('gelu') and its tanh "
+        raise UserError(f"hidden_act={act!r}: minivit has the exact GELU ('gelu') and its tanh "
                          f"approximation ('gelu_new', 'gelu_pytorch_tanh'); pass gelu= to choose")
     if conf.get("use_swiglu_ffn") or conf.get("qkv_bias") is False:
-        raise ValueError("SwiGLU MLPs (dinov2-giant) and attention without qkv biases are not "
+        raise UserError("SwiGLU MLPs (dinov2-giant) and attention without qkv biases are not "
                          "supported")
     heads = overrides.pop("heads", conf.get("num_attention_heads"))
     if heads is None:
-        raise ValueError("the head count is not in the tensors and there is no config.json "
+        raise UserError("the head count is not in the tensors and there is no config.json "
                          "beside the file: pass heads= (e.g. 12 for a base model)")
     R = dims(arrays, "pooler.dense.weight", 2)[0] if head == "pooler" else None
     K = {"classifier": "classifier.weight", "teacher": "cls_classifier.weight"}.get(head)
@@ -203,13 +204,13 @@ def hf_preprocessing(pre_conf: dict | None, cfg: ViTConfig, family: str,
                              channels=C, class_names=class_names, resize_size=cfg.image_size)
     pc = pre_conf
     if pc.get("do_rescale", True) and abs(pc.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
-        raise ValueError(f"rescale_factor={pc['rescale_factor']}: minivit scales pixels by 1/255")
+        raise UserError(f"rescale_factor={pc['rescale_factor']}: minivit scales pixels by 1/255")
     mean, std = pc.get("image_mean", default_mean), pc.get("image_std", default_std)
     if not pc.get("do_normalize", True):
         mean, std = [0.0], [1.0]
     resample = pc.get("resample", 2)
     if resample not in PIL_FILTERS:
-        raise ValueError(f"resample={resample} (a PIL filter number): minivit resizes with "
+        raise UserError(f"resample={resample} (a PIL filter number): minivit resizes with "
                          f"nearest (0), bilinear (2) or bicubic (3)")
     size, mode = _hf_size(pc.get("size", cfg.image_size))
     crop = bool(pc.get("do_center_crop", False))
@@ -228,7 +229,7 @@ def _hf_size(size) -> tuple[int, str]:
         return int(size["shortest_edge"]), "shortest"
     h, w = size.get("height"), size.get("width")
     if h is None or h != w:
-        raise ValueError(f"image processor size {size}: minivit takes square sizes or a "
+        raise UserError(f"image processor size {size}: minivit takes square sizes or a "
                          f"shortest_edge")
     return int(h), "square"
 
@@ -258,7 +259,7 @@ def hf_layout(arrays: dict, conf: dict, pre_conf: dict | None = None, **override
     run_size = pre.image_size if family.startswith("dinov2") else None
     if run_size is not None and (run_size % cfg.patch_size
                                  or (run_size // cfg.patch_size) ** 2 > MAX_PATCHES):
-        raise ValueError(f"preprocessor_config.json crops to {run_size} pixels, which the model "
+        raise UserError(f"preprocessor_config.json crops to {run_size} pixels, which the model "
                          f"(patch {cfg.patch_size}) cannot run at: a multiple of the patch size "
                          f"with at most {MAX_PATCHES} patches is needed; fix its crop_size")
     return Layout(cfg, hf_table(cfg, family, head, prefixed=False), arrays, pre,
@@ -271,29 +272,29 @@ def hf_target(cfg: ViTConfig) -> tuple[str, str]:
     """(family, head) that holds this model exactly, or ValueError saying why none does."""
     other = "; save it with format='timm' instead"
     if not cfg.class_token or cfg.pool != "cls":
-        raise ValueError("transformers' ViT, DeiT and DINOv2 pool the CLS token: a model "
+        raise UserError("transformers' ViT, DeiT and DINOv2 pool the CLS token: a model "
                          "without one, or with mean pooling, has no transformers layout" + other)
     if cfg.num_registers or cfg.layer_scale is not None:
         family = "dinov2_with_registers" if cfg.num_registers else "dinov2"
         if cfg.num_classes or cfg.representation_size or cfg.distilled:
-            raise ValueError("transformers' DINOv2 models with a head read [CLS, mean of "
+            raise UserError("transformers' DINOv2 models with a head read [CLS, mean of "
                              "patches]; only the headless backbone (num_classes=0, no "
                              "representation_size) has a transformers layout" + other)
         if cfg.mlp_dim != cfg.dim * int(cfg.mlp_ratio) or cfg.mlp_ratio != int(cfg.mlp_ratio):
-            raise ValueError(f"transformers' DINOv2 config takes an integer mlp_ratio, not "
+            raise UserError(f"transformers' DINOv2 config takes an integer mlp_ratio, not "
                              f"{cfg.mlp_ratio}" + other)
         return family, "none"
     if cfg.distilled:
         if not cfg.num_classes:
-            raise ValueError("a headless distilled model has no transformers layout" + other)
+            raise UserError("a headless distilled model has no transformers layout" + other)
         return "deit", "teacher"
     if cfg.num_classes:
         if cfg.representation_size:
-            raise ValueError("transformers' ViTForImageClassification has no pre-logits layer: "
+            raise UserError("transformers' ViTForImageClassification has no pre-logits layer: "
                              "save with format='google', or reset_head() without it")
         return "vit", "classifier"
     if not cfg.representation_size:
-        raise ValueError("a headless ViT without the tanh pooler: transformers' ViTModel always "
+        raise UserError("a headless ViT without the tanh pooler: transformers' ViTModel always "
                          "has one (it would report pooler.dense missing)" + other)
     return "vit", "pooler"
 

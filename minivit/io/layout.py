@@ -33,6 +33,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ..config import Preprocessing, ViTConfig
+from ..errors import UserError
 from ..model import ViT
 
 OVERRIDABLE = ("dtype", "image_size", "eps", "gelu", "pool", "dropout", "attn_dropout",
@@ -111,7 +112,7 @@ def key_table(cfg: ViTConfig, top: dict, block: dict, block_prefix: str, what: s
         else:
             entry, pre = top.get(k), ""
         if entry is None:
-            raise ValueError(f"{k}: {what} has no place for this parameter; save the model in "
+            raise UserError(f"{k}: {what} has no place for this parameter; save the model in "
                              f"another format")
         kind, key = entry
         table[k] = (kind, tuple(pre + x for x in key) if isinstance(key, tuple) else pre + key)
@@ -188,7 +189,7 @@ def check_layout(arrays: dict, table: dict, cfg: ViTConfig, what: str,
     lines.append("  the file holds another architecture (qk-norm, SwiGLU, hybrid and attention-"
                  "pool models are not supported), or it was edited: re-export it from a plain "
                  "ViT, or fix the listed keys")
-    raise ValueError("\n".join(lines))
+    raise UserError("\n".join(lines))
 
 
 # ---- the JSON beside the weights ----------------------------------------------------------------
@@ -239,14 +240,14 @@ def check_json(doc: dict, schema: dict, what: str, _prefix: str = "") -> None:
             if v is None:
                 continue
             if not isinstance(v, dict):
-                raise ValueError(_json_message(what, name, v, "an object"))
+                raise UserError(_json_message(what, name, v, "an object"))
             check_json(v, kind, what, name + ".")
             continue
         if v is None and kind.endswith("?"):
             continue
         test, called = JSON_KINDS[kind.rstrip("?")]
         if not test(v):
-            raise ValueError(_json_message(what, name, v, called))
+            raise UserError(_json_message(what, name, v, called))
 
 
 def _json_message(what: str, name: str, v, called: str) -> str:
@@ -264,7 +265,7 @@ def dims(arrays: dict, key: str, ndim: int) -> tuple:
     """The shape of arrays[key], which must have ndim dimensions (ValueError naming it)."""
     shape = tuple(arrays[key].shape)
     if len(shape) != ndim:
-        raise ValueError(f"tensor {key!r} has shape {shape}, not {ndim} dimensions: the file is "
+        raise UserError(f"tensor {key!r} has shape {shape}, not {ndim} dimensions: the file is "
                          f"damaged or holds another architecture")
     return shape
 
@@ -276,15 +277,15 @@ def check_overrides(overrides: dict) -> None:
     known = {f.name for f in dataclasses.fields(ViTConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown ViTConfig fields {unknown} (these are not ViTConfig fields: "
+        raise UserError(f"unknown ViTConfig fields {unknown} (these are not ViTConfig fields: "
                          f"check the spelling; overridable: {', '.join(OVERRIDABLE)})")
     if overrides.get("pos_embed") == "sincos":
-        raise ValueError("pos_embed='sincos' is unsupported when loading a checkpoint: every "
+        raise UserError("pos_embed='sincos' is unsupported when loading a checkpoint: every "
                          "layout carries a learned position table; load it with the learned "
                          "table (the default)")
     fixed = sorted(set(overrides) - set(OVERRIDABLE))
     if fixed:
-        raise ValueError(f"{fixed} are fixed by the checkpoint's shapes and cannot be overridden; "
+        raise UserError(f"{fixed} are fixed by the checkpoint's shapes and cannot be overridden; "
                          f"use image_size= to change the resolution (the position table is "
                          f"resampled) and model.reset_head() to change the classes "
                          f"(overridable: {', '.join(OVERRIDABLE)})")
@@ -296,14 +297,14 @@ def make_config(fields: dict, overrides: dict) -> ViTConfig:
     try:
         return ViTConfig(**{**fields, **overrides})
     except ValueError as e:
-        raise ValueError(f"the checkpoint's shapes and overrides give no valid ViTConfig: "
+        raise UserError(f"the checkpoint's shapes and overrides give no valid ViTConfig: "
                          f"{e}") from e
 
 
 def mlp_ratio_for(D: int, F: int) -> float:
     """A ratio r with int(D * r) == F (ViTConfig computes the MLP width that way)."""
     if D <= 0:
-        raise ValueError(f"the tensors give the model width {D}: the file is damaged")
+        raise UserError(f"the tensors give the model width {D}: the file is damaged")
     r = F / D
     return r if int(D * r) == F else (F + 0.5) / D
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import Preprocessing
 from ..data.imagefolder import convert_channels, read_image
+from ..errors import UserError
 
 __all__ = ["prepare_image", "prepare_images", "resize_shape"]
 
@@ -56,7 +57,7 @@ def prepare_image(img: np.ndarray, pre: Preprocessing, channels: int) -> np.ndar
     if pre.center_crop and S is not None:
         h, w = img.shape[1:]
         if h < S or w < S:
-            raise ValueError(f"an image of {h}x{w} after resizing is smaller than the "
+            raise UserError(f"an image of {h}x{w} after resizing is smaller than the "
                              f"{S}x{S} center crop; resize_size must be at least image_size")
         top, left = (h - S) // 2, (w - S) // 2
         img = img[:, top:top + S, left:left + S]
@@ -71,7 +72,7 @@ def prepare_images(paths: list, pre: Preprocessing, channels: int) -> np.ndarray
         img = prepare_image(read_image(path), pre, channels)
         S = pre.image_size
         if S is not None and img.shape[1:] != (S, S):
-            raise ValueError(f"{path} is {img.shape[1]}x{img.shape[2]} after the checkpoint's "
+            raise UserError(f"{path} is {img.shape[1]}x{img.shape[2]} after the checkpoint's "
                              f"preprocessing, but the model takes {S}x{S} images")
         out.append(img)
     return np.stack(out)                                                   # (M, C, S, S)

@@ -28,6 +28,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import backend
+from ..errors import UserError
 from ..files import FileFormatError, atomic_write, check_finite
 from ..model import ViT
 from .google import GoogleNpzError, google_layout, google_target, read_google_npz, save_google_npz
@@ -256,7 +257,7 @@ def save_pretrained(model: ViT, path, format: str = "hf") -> None:
     'google' (path is the .npz). Class names and preprocessing go with the model. A model
     the layout cannot hold exactly is a ValueError that says which format can."""
     if format not in ("hf", "timm", "google"):
-        raise ValueError(f"format={format!r} is not one of 'hf', 'timm', 'google' (minivit's own "
+        raise UserError(f"format={format!r} is not one of 'hf', 'timm', 'google' (minivit's own "
                          f"checkpoints: minivit.io.save_checkpoint)")
     cfg, pre = model.config, model.preprocessing
     if format == "google":
@@ -275,7 +276,7 @@ def save_pretrained(model: ViT, path, format: str = "hf") -> None:
         (tensors, conf), pre_conf = to_timm(host, cfg, pre, table), None
     path = os.fspath(path)
     if os.path.isfile(path):
-        raise ValueError(f"{path} is a file; format={format!r} writes a folder (config.json, "
+        raise UserError(f"{path} is a file; format={format!r} writes a folder (config.json, "
                          f"{WEIGHTS})")
     os.makedirs(path, exist_ok=True)
     write_safetensors(tensors, os.path.join(path, WEIGHTS))

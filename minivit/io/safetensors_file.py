@@ -24,6 +24,7 @@ import struct
 
 import numpy as np
 
+from ..errors import UserError
 from ..files import FileFormatError, atomic_write, check_file, check_header
 
 __all__ = ["SafetensorsError", "MissingExtra", "read_safetensors", "read_safetensors_header",
@@ -187,6 +188,6 @@ def write_safetensors(arrays: dict, path, metadata: dict | None = None) -> None:
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     bad = [f"{k}: {v.dtype}" for k, v in arrays.items() if v.dtype not in NAMES]
     if bad:
-        raise ValueError(f"only float16/32/64 tensors are written; got {bad}")
+        raise UserError(f"only float16/32/64 tensors are written; got {bad}")
     data = st.numpy.save(arrays, metadata={"format": "pt", **(metadata or {})})
     atomic_write(os.fspath(path), lambda f: f.write(data))

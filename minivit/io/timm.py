@@ -24,6 +24,7 @@ import re
 import warnings
 
 from ..config import SIZES, Preprocessing, ViTConfig
+from ..errors import UserError
 from .hf import IMAGENET_MEAN, IMAGENET_STD, class_names_of
 from .layout import (MAX_SIDE, Layout, block_count, check_json, dims, key_table, make_config,
                      mlp_ratio_for, to_layout)
@@ -79,7 +80,7 @@ def timm_heads(conf: dict, D: int, overrides: dict) -> int:
     for size in re.findall(r"(?:^|_)([a-z]+)(?=_)", arch):
         if size in SIZES and SIZES[size]["dim"] == D:           # config.SIZES, the named widths
             return SIZES[size]["heads"]
-    raise ValueError(f"timm weights do not record the head count and the architecture "
+    raise UserError(f"timm weights do not record the head count and the architecture "
                      f"{arch or '(none)'!r} does not name a known size with width {D}: pass "
                      f"heads= (tiny 3, small 6, base 12, large and huge 16)")
 
@@ -90,13 +91,13 @@ def timm_config(conf: dict, arrays: dict, **overrides) -> ViTConfig:
     args = dict(conf.get("model_args") or {})
     for k, what in UNSUPPORTED.items():
         if args.get(k):
-            raise ValueError(f"model_args {k}={args[k]!r}: {what} is not supported by minivit")
+            raise UserError(f"model_args {k}={args[k]!r}: {what} is not supported by minivit")
     if args.get("qkv_bias") is False or args.get("class_token") is False and \
             args.get("global_pool", "token") == "token":
-        raise ValueError("attention without qkv biases and CLS pooling without a CLS token "
+        raise UserError("attention without qkv biases and CLS pooling without a CLS token "
                          "are not supported")
     if "patch_embed.proj.weight" not in arrays or "pos_embed" not in arrays:
-        raise ValueError("not a timm VisionTransformer: no patch_embed.proj.weight / pos_embed")
+        raise UserError("not a timm VisionTransformer: no patch_embed.proj.weight / pos_embed")
     D, C, p, p2 = dims(arrays, "patch_embed.proj.weight", 4)
     T = int("cls_token" in arrays) + int("dist_token" in arrays)
     R = dims(arrays, "reg_token", 3)[1] if "reg_token" in arrays else 0
@@ -105,19 +106,19 @@ def timm_config(conf: dict, arrays: dict, **overrides) -> ViTConfig:
     if no_embed_class is None:                  # the table's size says which one it is
         no_embed_class = T > 0 and math.isqrt(rows) ** 2 == rows
     if not no_embed_class and R:
-        raise ValueError("register tokens with positions (no_embed_class=False) are not "
+        raise UserError("register tokens with positions (no_embed_class=False) are not "
                          "supported; timm's *_reg* models use no_embed_class=True")
     prefix = 0 if no_embed_class else T + R
     grid = math.isqrt(max(rows - prefix, 0))
     if grid * grid != rows - prefix or grid == 0 or p != p2:
-        raise ValueError(f"pos_embed {arrays['pos_embed'].shape} is not {prefix} prefix rows + "
+        raise UserError(f"pos_embed {arrays['pos_embed'].shape} is not {prefix} prefix rows + "
                          f"a square grid")
     pool = args.get("global_pool", conf.get("global_pool", "token" if T else "avg"))
     if pool not in ("token", "avg"):
-        raise ValueError(f"global_pool={pool!r}: minivit pools 'token' or 'avg'")
+        raise UserError(f"global_pool={pool!r}: minivit pools 'token' or 'avg'")
     act = args.get("act_layer")
     if act not in (None, "gelu", "gelu_tanh") and "gelu" not in overrides:
-        raise ValueError(f"act_layer={act!r}: minivit has GELU (exact or tanh); pass gelu=")
+        raise UserError(f"act_layer={act!r}: minivit has GELU (exact or tanh); pass gelu=")
     heads = timm_heads(conf, D, overrides)
     fields = dict(
         image_size=grid * p, patch_size=p, in_channels=C, dim=D, heads=heads,
@@ -142,14 +143,14 @@ def timm_preprocessing(conf: dict, cfg: ViTConfig) -> Preprocessing:
     C = cfg.in_channels
     size = pc.get("input_size", [C, cfg.image_size, cfg.image_size])
     if len(size) != 3 or size[1] != size[2]:
-        raise ValueError(f"input_size {size}: minivit takes square inputs [C, S, S]")
+        raise UserError(f"input_size {size}: minivit takes square inputs [C, S, S]")
     S = int(size[1])
     mode = pc.get("crop_mode", "center")
     if mode not in ("center", "squash"):
-        raise ValueError(f"crop_mode={mode!r}: minivit crops 'center' or 'squash'")
+        raise UserError(f"crop_mode={mode!r}: minivit crops 'center' or 'squash'")
     crop_pct = float(pc.get("crop_pct", 0.875))
     if not 0 < crop_pct or math.floor(S / crop_pct) > MAX_SIDE:
-        raise ValueError(f"crop_pct={crop_pct}: the fraction of the resized image that is "
+        raise UserError(f"crop_pct={crop_pct}: the fraction of the resized image that is "
                          f"cropped must be positive (and resize to at most {MAX_SIDE} pixels)")
     resample = pc.get("interpolation", "bicubic")
     if resample not in ("nearest", "bilinear", "bicubic"):
@@ -185,7 +186,7 @@ def to_timm(params: dict, cfg: ViTConfig, pre: Preprocessing | None, pos_table=N
     layout) become timm's no_embed_class form: the class rows are added into the class tokens,
     the same function. A fixed sincos table is written as a learned one."""
     if cfg.representation_size:
-        raise ValueError("timm's VisionTransformer has no tanh pre-logits layer: save with "
+        raise UserError("timm's VisionTransformer has no tanh pre-logits layer: save with "
                          "format='google' (or format='hf' for a headless ViTModel pooler)")
     params = dict(params)
     if "pos_embed" not in params:

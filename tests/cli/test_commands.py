@@ -98,3 +98,34 @@ def test_a_closed_pipe_ends_quietly_and_warnings_are_one_line():
                        capture_output=True, text=True, timeout=60)
     assert p.stdout == "x" * 60 + "\n"
     assert p.stderr == "warning: the source has no labels\n", p.stderr   # no BrokenPipeError
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys, monkeypatch):
+    """cli.run turns only minivit's own errors (and the OS's) into one `error:` line: a plain
+    ValueError, TypeError or KeyError from inside minivit is a bug, shown with its traceback
+    and a line asking to report it."""
+    from minivit.cli import REPORT, run
+    from minivit.errors import Diverged, Unavailable, UserError, UserTypeError
+    from minivit.files import FileFormatError
+    monkeypatch.delenv("MINIVIT_DEBUG", raising=False)
+
+    def raising(error):
+        def main(argv):
+            raise error
+        return main
+    for error in (UserError("bad value; do this"), UserTypeError("bad kind; do this"),
+                  Unavailable("no GPU; install that"), Diverged("the loss became nan; lower"),
+                  FileFormatError("f.npz: damaged; fix it"), PermissionError(13, "denied", "p")):
+        with pytest.raises(SystemExit) as e:
+            run(raising(error))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    for bug in (ValueError("a plain one"), TypeError("unhashable type: 'list'"), KeyError("k")):
+        with pytest.raises(SystemExit) as e:
+            run(raising(bug))
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and "Traceback (most recent call last)" in err, err
+        assert err.rstrip().endswith(REPORT) and "error: " not in err
+    with pytest.raises(SystemExit) as e:
+        run(raising(MemoryError()))
+    assert e.value.code == 2 and "out of memory" in capsys.readouterr().err

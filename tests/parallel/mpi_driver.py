@@ -24,7 +24,8 @@ if fault:
         if parallel.world().rank == int(rank) and calls["n"] == int(step):
             if kind == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
-            raise ValueError(f"injected fault on rank {rank} at step {step}")
+            from minivit.errors import UserError           # a user error, as bad data is
+            raise UserError(f"injected fault on rank {rank} at step {step}")
         return real_step(model, opt, x, y, lr, opts, *args, **kwargs)
     loop.train_step = faulty_step
 
