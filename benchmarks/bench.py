@@ -7,6 +7,7 @@ breakdown of minivit's step, and the machine's float32 matmul peak.
     python benchmarks/bench.py --config mnist --what layers
     python benchmarks/bench.py --smoke                    # every part on a tiny model, seconds
     python benchmarks/bench.py --config vit-b16 --device gpu --impl all --batch 64
+    python benchmarks/bench.py --config vit-b16 --image-size 448 --what infer --batch 1
     python benchmarks/bench.py --config mnist --impl onnx --what infer   # pip install -e '.[onnx]'
     python benchmarks/bench.py --config mnist --impl all --what train,infer --json  # keep them
 
@@ -72,23 +73,43 @@ import measure  # noqa: E402
 import onnx_ref  # noqa: E402
 import stamp  # noqa: E402
 from minivit import ViTConfig  # noqa: E402
+from minivit.config import model_config  # noqa: E402
 
+# The models benchmarked: --config names one of minivit.config.MODELS (model_config), with the
+# fields this benchmark keeps different. Its dinov2-s14 keeps the shape its records were first
+# measured with: a 1000-class head, the tanh GELU, no LayerScale (MODELS' is the headless
+# backbone with the exact GELU and LayerScale).
 CONFIGS = {
-    "mnist": dict(image_size=28, patch_size=7, in_channels=1, num_classes=10, dim=64, depth=6,
-                  heads=4, mlp_ratio=2.0),
-    "mnist-p4": dict(image_size=28, patch_size=4, in_channels=1, num_classes=10, dim=128,
-                     depth=6, heads=4, mlp_ratio=2.0),
-    "vit-s16": dict(image_size=224, patch_size=16, in_channels=3, num_classes=1000, dim=384,
-                    depth=12, heads=6, mlp_ratio=4.0),
-    "vit-b16": dict(image_size=224, patch_size=16, in_channels=3, num_classes=1000, dim=768,
-                    depth=12, heads=12, mlp_ratio=4.0),
-    "dinov2-s14": dict(image_size=224, patch_size=14, in_channels=3, num_classes=1000, dim=384,
-                       depth=12, heads=6, mlp_ratio=4.0),
-    "tiny": dict(image_size=16, patch_size=4, in_channels=1, num_classes=10, dim=32, depth=2,
-                 heads=2, mlp_ratio=2.0),
+    "mnist": {},
+    "mnist-p4": {},
+    "vit-s16": {},
+    "vit-b16": {},
+    "dinov2-s14": dict(num_classes=1000, layer_scale=None, gelu="tanh"),
+    "tiny": {},
 }
 WHATS = ("peak", "train", "infer", "layers")     # the order they run in
 IMPLS = tuple(measure.BENCHES)                   # minivit, torch, torch-sdpa, onnx
+
+
+def bench_config(name: str, image_size: int | None = None) -> ViTConfig:
+    """The ViTConfig of --config `name` (model_config with CONFIGS' overrides), for images of
+    image_size x image_size when given (any size the patch divides: the weights are random, so
+    the position table is simply built for that many patches)."""
+    over = dict(CONFIGS[name])
+    if image_size is not None:
+        over["image_size"] = image_size
+    try:
+        return model_config(name, **over)
+    except ValueError as e:
+        raise SystemExit(f"--config {name} --image-size {image_size}: {e}") from None
+
+
+def config_label(name: str, image_size: int | None) -> str:
+    """The records' "config": the name, with @S when --image-size changes the model's image
+    size (a row of its own in the results table)."""
+    if image_size is None or image_size == model_config(name, **CONFIGS[name]).image_size:
+        return name
+    return f"{name}@{image_size}"
 
 
 # ---- one process: the measurements ------------------------------------------------------------
@@ -144,8 +165,8 @@ def run_local(args, cfg: ViTConfig, whats: list, emit=lambda r: None) -> list:
     """Every measurement of one implementation in this process, each record passed to emit()
     as soon as it is measured; returns the records. Every measurement record carries the
     process's setup (the meta record's details: backend, parameters, batch pieces, pools)."""
-    base = {"impl": args.impl, "config": args.config, "batch": args.batch,
-            "device": args.device, "threads": args.threads}
+    base = {"impl": args.impl, "config": args.label, "image_size": cfg.image_size,
+            "batch": args.batch, "device": args.device, "threads": args.threads}
     records = []
 
     def out(r: dict) -> dict:
@@ -266,6 +287,8 @@ def child_command(args, impl: str, what: str) -> list:
            "--peak-reps", str(args.peak_reps), "--wait-quiet", str(args.wait_quiet)]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
+    if args.image_size is not None:
+        cmd += ["--image-size", str(args.image_size)]
     return cmd + ["--smoke"] * args.smoke + ["--tf32"] * args.tf32
 
 
@@ -349,7 +372,7 @@ def run_all(args, whats: list, emit) -> list:
                       lambda r: relay(r, rnd))
         except ChildFailed as e:
             print(f"{impl} {what}: {e}", file=sys.stderr)
-            relay({"impl": impl, "what": "failed", "of": what, "config": args.config,
+            relay({"impl": impl, "what": "failed", "of": what, "config": args.label,
                    "batch": args.batch, "device": args.device, "exit": e.returncode,
                    "error": e.tail[-1500:], "child_command": stamp.command_line(e.cmd[1:])}, rnd)
 
@@ -374,7 +397,7 @@ def aggregate(records: list, impls: list, args) -> list:
     best matmul peak measured). An aggregate keeps its rounds' setup, machine and versions."""
     peaks = [r["gflops"] for r in records if r["what"] == "peak"]
     peak = max(peaks) if peaks else args.peak_gflops
-    where = {"config": args.config, "batch": args.batch, "device": args.device,
+    where = {"config": args.label, "batch": args.batch, "device": args.device,
              "threads": args.threads}
     out = []
     for what in ("train", "infer"):
@@ -411,7 +434,7 @@ def aggregate(records: list, impls: list, args) -> list:
 # ---- the table ----------------------------------------------------------------------------------
 def print_tables(records: list, args, cfg: ViTConfig) -> None:
     metas = [r for r in records if r["what"] == "meta"]
-    print(f"config {args.config}: {cfg.image_size}x{cfg.image_size}x{cfg.in_channels}, patch "
+    print(f"config {args.label}: {cfg.image_size}x{cfg.image_size}x{cfg.in_channels}, patch "
           f"{cfg.patch_size}, dim {cfg.dim}, depth {cfg.depth}, heads {cfg.heads}, mlp "
           f"{cfg.mlp_ratio:g}, {cfg.num_classes} classes | batch {args.batch} | device "
           f"{args.device} | threads {args.threads}")
@@ -506,6 +529,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=sorted(CONFIGS), default=None,
                     help="model shape (default mnist; tiny with --smoke)")
+    ap.add_argument("--image-size", type=int, default=None, metavar="S",
+                    help="images of S x S (any size the patch divides; default the config's): "
+                         "more tokens, the same weights' shapes but the position table's")
     ap.add_argument("--batch", type=int, default=None, help="images per step (default 128)")
     ap.add_argument("--threads", type=int, default=2,
                     help="BLAS/OpenMP threads (torch.set_num_threads and ONNX Runtime's "
@@ -563,6 +589,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.image_size is not None and args.image_size < 1:
+        raise SystemExit(f"--image-size must be >= 1, got {args.image_size}")
+    args.label = config_label(args.config, args.image_size)
     for k in ("batch", "threads", "steps", "rounds", "layer_reps", "peak_n", "peak_reps"):
         if getattr(args, k) < 1:
             raise SystemExit(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
@@ -596,7 +625,7 @@ def main(argv=None) -> list:
     """Run the benchmarks the arguments ask for; print the table, keep the stamped records
     (--json / --results) and return them."""
     args = parse_args(argv)
-    cfg = ViTConfig(**CONFIGS[args.config])
+    cfg = bench_config(args.config, args.image_size)
     whats = parse_whats(args.what)
     if cfg.image_size >= 224 and args.device == "cpu" and args.results != "-":
         print(f"note: {args.config} on the CPU is slow ({measure.vit_flops(cfg, 1) / 1e9:.0f} "

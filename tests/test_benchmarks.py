@@ -86,14 +86,53 @@ def test_vit_flops_hand_count():
 def test_configs_match_published(name, gmacs, params):
     """Multiply-adds per 224 x 224 image (DeiT paper, Table 1: ViT-B 17.6 G, DeiT-S 4.6 G) and
     the parameter counts of timm's vit_base_patch16_224 / vit_small_patch16_224."""
-    cfg = ViTConfig(**bench.CONFIGS[name])
+    cfg = bench.bench_config(name)
     f = measure.vit_flops(cfg, 1)
     assert abs(f / 2 - gmacs * 1e9) / (gmacs * 1e9) < 0.01, f
     assert num_params(cfg) == params
 
 
+def test_configs_are_the_named_models():
+    """Every --config is minivit.config's named model of that name (with the fields CONFIGS
+    overrides): the shapes the benchmark's records were measured with, field by field."""
+    before = {   # bench.py's own table before it read the registry
+        "mnist": dict(image_size=28, patch_size=7, in_channels=1, num_classes=10, dim=64,
+                      depth=6, heads=4, mlp_ratio=2.0),
+        "vit-b16": dict(image_size=224, patch_size=16, in_channels=3, num_classes=1000,
+                        dim=768, depth=12, heads=12, mlp_ratio=4.0),
+        "dinov2-s14": dict(image_size=224, patch_size=14, in_channels=3, num_classes=1000,
+                           dim=384, depth=12, heads=6, mlp_ratio=4.0),
+        "tiny": dict(image_size=16, patch_size=4, in_channels=1, num_classes=10, dim=32,
+                     depth=2, heads=2, mlp_ratio=2.0),
+    }
+    for name, fields in before.items():
+        assert bench.bench_config(name).to_dict() == ViTConfig(**fields).to_dict(), name
+    assert set(bench.CONFIGS) >= set(before)
+
+
+def test_image_size_builds_the_model_at_that_size():
+    cfg = bench.bench_config("vit-b16", 448)
+    assert (cfg.image_size, cfg.num_tokens) == (448, 785)
+    assert cfg.param_shapes()["pos_embed"] == (1, 785, 768)
+    assert bench.config_label("vit-b16", 448) == "vit-b16@448"
+    assert bench.config_label("vit-b16", 224) == bench.config_label("vit-b16", None) == "vit-b16"
+    with pytest.raises(SystemExit, match="image-size 100"):
+        bench.bench_config("vit-b16", 100)                 # 16 does not divide 100
+    args = bench.parse_args(["--config", "tiny", "--image-size", "24", "--impl", "minivit,torch"])
+    cmd = bench.child_command(args, "minivit", "infer")
+    assert cmd[cmd.index("--image-size") + 1] == "24" and args.label == "tiny@24"
+
+
+def test_smoke_at_another_image_size():
+    recs = json_records(run_bench("--smoke", "--what", "infer", "--image-size", "24",
+                                  "--results", "-")[0])
+    infer = [r for r in recs if r["what"] == "infer"][0]
+    assert infer["config"] == "tiny@24" and infer["image_size"] == 24
+    assert positive(infer["ms"])
+
+
 def test_dinov2_s14_shape():
-    cfg = ViTConfig(**bench.CONFIGS["dinov2-s14"])
+    cfg = bench.bench_config("dinov2-s14")
     assert (cfg.grid, cfg.num_tokens, cfg.dim, cfg.heads, cfg.mlp_dim) == (16, 257, 384, 6, 1536)
     assert num_params(cfg) == 22_050_664 + (257 - 197) * 384 - (16 * 16 * 3 - 14 * 14 * 3) * 384
 
@@ -124,7 +163,7 @@ def test_step_layers_run_the_package_pairs(extra):
 
 
 def test_batch_pieces_follow_the_model_split():
-    mnist, b16 = (ViTConfig(**bench.CONFIGS[k]) for k in ("mnist", "vit-b16"))
+    mnist, b16 = (bench.bench_config(k) for k in ("mnist", "vit-b16"))
     assert sum(measure.batch_pieces(128, mnist)) == 128
     assert measure.batch_pieces(8, mnist) == [8]           # below two pieces of MIN_PIECE
     assert measure.batch_pieces(8, b16) == [4, 4]          # ViT-B/16: 4 x 197 rows each
@@ -139,7 +178,7 @@ def test_smoke_json_has_every_part():
     assert set(by) >= {"meta", "peak", "train", "infer", "layers", "layers_total"}, sorted(by)
     meta = by["meta"][0]
     assert meta["impl"] == "minivit"
-    assert meta["params"] == num_params(ViTConfig(**bench.CONFIGS["tiny"]))
+    assert meta["params"] == num_params(bench.bench_config("tiny"))
     assert positive(by["peak"][0]["gflops"])
     for what in ("train", "infer"):
         r = by[what][0]
@@ -304,7 +343,7 @@ def test_onnx_export_matches_torch(tmp_path):
     """The exported reference, run by ONNX Runtime with every graph optimization, gives the
     logits of TorchBench's model (same seed, same weights) on the benchmark's input batch."""
     import torch
-    cfg = ViTConfig(**bench.CONFIGS["tiny"])
+    cfg = bench.bench_config("tiny")
     info = onnx_ref.export_reference(cfg, 4, str(tmp_path))
     ref = measure.TorchBench(cfg, 4, num_threads=2)                 # built as the torch child
     ref.model.eval()
@@ -329,7 +368,7 @@ def test_impl_onnx_end_to_end():
     by = {r["what"]: r for r in recs}
     assert set(by) == {"meta", "skipped", "infer"}
     meta = by["meta"]
-    assert meta["impl"] == "onnx" and meta["params"] == num_params(ViTConfig(**bench.CONFIGS["tiny"]))
+    assert meta["impl"] == "onnx" and meta["params"] == num_params(bench.bench_config("tiny"))
     assert meta["onnx_rel_err"] < onnx_ref.REL_TOL and meta["ort_threads"] == 2
     assert meta["providers"] == ["CPUExecutionProvider"]
     assert by["skipped"]["of"] == "train" and "inference only" in by["skipped"]["reason"]

@@ -8,6 +8,7 @@ tests/kernels/:
     block.py      the encoder block (LayerNorm affine folding, caches that remake their inputs,
                   the last block's class rows alone under CLS pooling)
     attention.py  attention with keys-first scores (NumPy), with fused softmax (CuPy)
+    streamed.py   attention over blocks of queries and keys (online softmax): no (N, N) scores
     norm.py       LayerNorm split into normalize and an affine that folds into the next linear
     gelu.py       the GELU in cache-sized chunks through exp; a float32 normal CDF without erf
     linear.py     the linear pair with matrix-vector column sums
@@ -15,7 +16,7 @@ tests/kernels/:
     fused.py      CuPy elementwise kernels
     split.py      a small batch's tokens over worker threads (inference)
 
-`plan()` below is the one place that chooses between them, by backend and size. Switch every
+`plan()` below is the one place that chooses between them, by backend, size and mode. Switch every
 kernel off with `kernels.off()` (or MINIVIT_KERNELS=off in the environment) and the model runs
 the reference pairs alone, one piece at a time.
 """
@@ -63,6 +64,35 @@ def disabled():
         _enabled = before
 
 
+# Where streamed attention (streamed.py) takes the keys-first kernel's place (streamed_attention):
+# where it is faster, as benchmarks/streamed_crossover.py measures it (one attention core at
+# D=768, H=12, batch 1..4). Inference: from this many tokens N on, the streamed forward is at
+# least as fast at every batch measured (its score blocks stay in the cache, where the
+# keys-first softmax passes over the whole (N, B, H, N) scores in memory), and needs a small
+# fraction of the memory.
+STREAMED_MIN_TOKENS = 577
+# Training: the streamed backward remakes the probabilities (one more product per block pair),
+# so from STREAMED_MIN_TOKENS on what decides is the memory the keys-first kernel keeps for the
+# backward, every block's (B, H, N, N) probabilities at once: past this many bytes of them the
+# step spends more on fresh memory than the streamed kernel spends on remaking (the script's
+# train rows, timed over a model's depth of layers, list those bytes beside the times).
+STREAMED_TRAIN_MIN_BYTES = 896 << 20
+
+
+def streamed_attention(cfg, batch: int, xp, *, train: bool) -> bool:
+    """Whether plan() runs attention streamed: on NumPy only (CuPy keeps its fused queries-first
+    kernel), from STREAMED_MIN_TOKENS tokens. In training, besides, only without attention
+    dropout (the streamed kernel never forms the probabilities a dropout mask would multiply)
+    and where the keys-first kernel would keep at least STREAMED_TRAIN_MIN_BYTES of
+    probabilities for the backward (depth x batch x H x N^2 numbers)."""
+    if xp is not np or cfg.num_tokens < STREAMED_MIN_TOKENS:
+        return False
+    if not train:
+        return True
+    kept = cfg.depth * batch * cfg.heads * cfg.num_tokens ** 2 * np.dtype(cfg.dtype).itemsize
+    return cfg.attn_dropout == 0 and kept >= STREAMED_TRAIN_MIN_BYTES
+
+
 class Plan(NamedTuple):
     """How the model runs one forward (and the backward of it)."""
     block_forward: Callable     # (x, p, cfg, *, drop_path, rng) -> (y, cache)
@@ -78,7 +108,14 @@ def plan(cfg, batch: int, xp, *, train: bool, maps: bool) -> Plan:
     kernels are off; otherwise the fast block, and on NumPy the batch split over worker threads
     (threads.split_batch), or for a one-piece inference the tokens (threads.split_tokens).
     The last block computes only the class rows when CLS pooling reads nothing else and no
-    attention maps are asked for (maps); on CuPy every block computes every row."""
+    attention maps are asked for (maps); on CuPy every block computes every row.
+    Attention runs streamed (streamed.py) where streamed_attention() says so: on NumPy, from
+    STREAMED_MIN_TOKENS tokens, in training only from STREAMED_TRAIN_MIN_BYTES of probabilities
+    the keys-first kernel would keep, and never in training with attention dropout
+    (attn_dropout > 0: the keys-first kernel, which draws the reference's masks).
+    Attention maps (maps) do not change the choice: a streamed block remakes its probabilities
+    for the maps alone from each row's saved log-sum-exp (StreamedCache.maps). Where the token
+    split runs a one-piece inference, its parts keep the keys-first kernel."""
     whole = [slice(0, batch)]
     if not _enabled:
         return Plan(reference.block_forward, reference.block_forward, reference.block_backward,
@@ -86,10 +123,12 @@ def plan(cfg, batch: int, xp, *, train: bool, maps: bool) -> Plan:
     numpy = xp is np
     pieces = threads.split_batch(batch, cfg.num_tokens * cfg.dim) if numpy else whole
     block, all_cores = fast.block_forward, numpy and len(pieces) == 1
-    if all_cores and not train and not maps:
-        parts = threads.split_tokens(batch, cfg.num_tokens, cfg.dim)
-        if parts:                                         # the workers share the cores out
-            block, all_cores = functools.partial(token_split_block_forward, parts=parts), False
+    parts = threads.split_tokens(batch, cfg.num_tokens, cfg.dim) \
+        if all_cores and not train and not maps else []
+    if parts:                                             # the workers share the cores out
+        block, all_cores = functools.partial(token_split_block_forward, parts=parts), False
+    elif streamed_attention(cfg, batch, xp, train=train):
+        block = functools.partial(fast.block_forward, streamed=True)
     last = block
     if numpy and cfg.pool == "cls" and not maps:
         last = functools.partial(block, queries=cfg.num_class_tokens)

@@ -4,7 +4,9 @@
 - each LayerNorm's affine goes onto its rows or into the next linear layer's weights, whichever
   is less work (norm.py);
 - attention keeps its scores keys first on NumPy, queries first with fused softmax on CuPy
-  (attention.py); the GELU runs in cache-sized chunks through exp (gelu.py);
+  (attention.py), or with streamed=True never holds them: blocks of queries and keys with an
+  online softmax (streamed.py, where kernels.plan picks it); the GELU runs in cache-sized
+  chunks through exp (gelu.py);
 - the cache keeps neither the qkv and fc1 inputs nor their (folded) weights, nor fc2's input,
   the largest activation of a block: backward remakes each from what it keeps (normalize's
   output, the GELU's cache) with the forward's own operations, so the same bits;
@@ -19,12 +21,13 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend
-from ..layers.attention import MHSACache
+from ..layers.attention import AttentionCache as ReferenceAttentionCache, MHSACache
 from ..layers.dropout import (drop_path_backward, drop_path_forward, dropout_backward,
                               dropout_forward, dropout_mask)
 from ..layers.scale import layer_scale_backward, layer_scale_forward
-from .attention import (attention_backward, attention_backward_gpu, attention_forward,
-                        attention_forward_gpu)
+from . import streamed as streamed_attention
+from .attention import (AttentionCache, attention_backward, attention_backward_gpu,
+                        attention_forward, attention_forward_gpu)
 from .gelu import GELU, gelu_output, gelu_remake
 from .linear import linear_backward, linear_forward
 from .norm import (AffineCache, affine_into_linear_backward, affine_into_linear_forward,
@@ -102,13 +105,15 @@ def mlp_backward(dy, cache: MLPCache):
 
 
 def block_forward(x, p: dict, cfg, *, drop_path: float = 0.0, rng=None,
-                  queries: int | None = None):
+                  queries: int | None = None, streamed: bool = False):
     """layers.block.block_forward (same arguments, same function), fast. queries=Q returns only
-    the first Q rows (B, Q, D), exactly those of the whole output.
+    the first Q rows (B, Q, D), exactly those of the whole output. streamed=True: the streamed
+    attention kernel (no attention dropout: kernels.plan's rule).
     d: block_backward, the reference's steps with the remade inputs."""
     qkv, c_qkv = block_qkv_forward(x, p, cfg, queries=queries)                 # (B, N, 3D)
     rows = None if queries is None else slice(0, queries)
-    return block_rows_forward(x, qkv, c_qkv, p, cfg, rows=rows, drop_path=drop_path, rng=rng)
+    return block_rows_forward(x, qkv, c_qkv, p, cfg, rows=rows, drop_path=drop_path, rng=rng,
+                              streamed=streamed)
 
 
 def block_qkv_forward(x, p: dict, cfg, queries: int | None = None) -> tuple:
@@ -145,14 +150,17 @@ def _linear_some_q(h, w, b, queries: int) -> tuple:
 
 
 def block_rows_forward(x, qkv, c_qkv: tuple, p: dict, cfg, *, rows: slice | None = None,
-                       drop_path: float = 0.0, rng=None) -> tuple:
+                       drop_path: float = 0.0, rng=None, streamed: bool = False) -> tuple:
     """The block's second half for the token rows `rows` (None: all) of x (B, N, D), given every
     token's qkv (B, N, 3D): their attention (all keys), projection, residual and MLP branch.
     Returns those rows of the block's output (B, R, D) and the BlockCache (backward supports
-    rows=None or slice(0, Q): what block_forward passes)."""
+    rows=None or slice(0, Q): what block_forward passes). streamed=True: streamed attention."""
     scaled = cfg.layer_scale is not None
     c_n1, c_a1, c_lin = c_qkv
-    if backend.xp_of(qkv) is np:
+    if streamed:                                          # no (B, H, N, N) scores
+        o, c_core = streamed_attention.attention_forward(qkv, cfg.heads, cfg.attn_dropout, rng,
+                                                         rows)                 # (B, R, D)
+    elif backend.xp_of(qkv) is np:
         o, c_core = attention_forward(qkv, cfg.heads, cfg.attn_dropout, rng, rows)   # (B, R, D)
     elif rows is None:                                    # the GPU computes every row
         o, c_core = attention_forward_gpu(qkv, cfg.heads, cfg.attn_dropout, rng)     # (B, N, D)
@@ -176,6 +184,13 @@ def block_rows_forward(x, qkv, c_qkv: tuple, p: dict, cfg, *, rows: slice | None
     c_mlp = c_mlp._replace(fc1=_linear_cache(c_mlp.fc1))                      # remade in backward
     Q = None if rows is None else rows.stop
     return x, BlockCache(c_n1, c_a1, c_att, m_a, c_s1, m_pa, c_n2, c_a2, c_mlp, c_s2, m_pm, Q)
+
+
+CORE_BACKWARD = {                                         # attention's backward by its cache
+    AttentionCache: attention_backward,                   # keys first (NumPy)
+    ReferenceAttentionCache: attention_backward_gpu,      # queries first, fused (CuPy)
+    streamed_attention.StreamedCache: streamed_attention.attention_backward,
+}
 
 
 def _linear_cache(c_linear: tuple, inputs: tuple = (None, None)) -> tuple:
@@ -206,7 +221,7 @@ def block_backward(dx, cache: BlockCache) -> tuple:
     xhat = c.norm1[0]
     c_att = c.attn._replace(qkv=_linear_cache(c.attn.qkv, affine_linear_inputs(xhat, c.affine1)))
     do, g["attn.proj.w"], g["attn.proj.b"] = linear_backward(da, c_att.proj)
-    core_backward = attention_backward if backend.xp_of(do) is np else attention_backward_gpu
+    core_backward = CORE_BACKWARD[type(c_att.core)]     # the pair the forward ran
     dh, dqkv_w, dqkv_b = linear_backward(core_backward(do, c_att.core), c_att.qkv)
     dh, g["norm1.w"], g["norm1.b"], g["attn.qkv.w"], g["attn.qkv.b"] = \
         affine_into_linear_backward(dh, dqkv_w, dqkv_b, xhat, c.affine1)

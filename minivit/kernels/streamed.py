@@ -1,0 +1,206 @@
+"""Streamed attention: layers/attention.py's attention pair (tests/kernels prove it equal) computed
+over blocks of queries and keys, never holding the (B, H, N, N) scores.
+
+The forward walks the keys block by block with a running maximum and a running sum (online
+softmax, docs/derivations.md section 8.5) and keeps only the output O and each query row's
+log-sum-exp L. The backward remakes each block's probabilities from L, P = exp(S - L), and takes
+softmax's row sum from D = rowsum(dO * O). Memory grows as N (times Dh) instead of N^2: long
+token sequences (large images, small patches) fit where the whole score matrix would not, and
+each block's scores stay in the cache while they are used.
+
+Blocks run over the token axes only: batch and heads stay leading axes of every product (one
+batched matmul per block pair). Inside a block the scores are stored keys first, (bk, B, H, bq),
+as in attention.py: the running max and sum run down the first axis across rows B*H*bq long.
+No attention dropout: it would need the dropped probabilities, block by block, from one mask
+source; the plan (kernels.plan) runs this kernel only where attention dropout is off.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import backend
+from .reduce import col_sum, row_sum
+
+# Default block sizes (block_sizes): a score block (B, H, bq, bk) stays in the cache while its
+# max, exp, sum and products read it, yet its products are not so thin that BLAS slows down.
+TILE_BYTES = 4 << 20    # one score block at most this many bytes (the backward holds two)...
+BLOCK_K = 256           # ... of at most this many keys...
+MIN_BLOCK_Q = 128       # ... and this many query rows at least, even where a large batch's
+                        # block then passes TILE_BYTES
+
+
+class StreamedCache(NamedTuple):
+    """What attention_backward reads: no probabilities, one log-sum-exp per query row."""
+    q: object           # (B, H, Q, Dh) view into qkv
+    k: object           # (B, H, N, Dh) view into qkv
+    v: object           # (B, H, N, Dh) view into qkv
+    out: object         # (B, Q, H, Dh) the output O (the projection's input: no extra memory)
+    lse: object         # (B, H, Q) L = log sum_j exp(S_ij), the softmax's normalizer
+    scale: float        # 1 / sqrt(Dh)
+    rows: slice         # the query rows computed (slice(0, N): all)
+    blocks: tuple       # (bq, bk) query and key rows per block
+
+    def maps(self):
+        """The attention probabilities (B, H, Q, N), one row per query, remade from L:
+        A = exp(q k^T / sqrt(Dh) - L). O(N^2) memory: for the attention maps alone."""
+        xp = backend.xp_of(self.q)
+        a = (self.q * self.scale) @ self.k.swapaxes(-1, -2)   # (B, H, Q, N) scores
+        a -= self.lse[..., None]
+        return xp.exp(a, out=a)                                # (B, H, Q, N)
+
+
+def block_sizes(batch_heads: int, Q: int, N: int, itemsize: int,
+                tile_bytes: int = TILE_BYTES) -> tuple:
+    """(bq, bk): at most BLOCK_K keys, and as many query rows as keep one (B*H, bq, bk) score
+    block within tile_bytes (raised to MIN_BLOCK_Q where that is fewer); each axis is then cut
+    into blocks of equal size no larger (257 keys: two blocks of 129, not 256 and 1)."""
+    bk = _even(N, BLOCK_K)
+    bq = _even(Q, max(MIN_BLOCK_Q, tile_bytes // (batch_heads * bk * itemsize)))
+    return bq, bk
+
+
+def _even(n: int, most: int) -> int:
+    """The size of ceil(n / most) blocks of equal size (the last one shorter) covering n."""
+    parts = -(-n // max(1, most))
+    return max(1, -(-n // max(1, parts)))
+
+
+def _spans(n: int, size: int) -> list:
+    """[slice(0, size), slice(size, 2 size), ...] covering range(n); the last may be shorter."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _scratch(buf, *shape):
+    """A C-contiguous (shape) view at the front of the flat scratch buffer buf."""
+    return buf[:int(np.prod(shape))].reshape(shape)
+
+
+def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, queries=None,
+                      block_q: int | None = None, block_k: int | None = None):
+    """out = softmax(q k^T / sqrt(Dh)) v per head, heads concatenated, from a fused qkv (B, N, 3D)
+    laid out [q | k | v], streamed over key blocks (online softmax): for each block of keys,
+        m' = max(m, max_j S_ij),  l' = e^(m - m') l + sum_j e^(S_ij - m'),
+        acc' = e^(m - m') acc + sum_j e^(S_ij - m') v_j;   O = acc / l,  L = m + log l.
+    queries=Q or slice(a, b): those query rows only, each over every key (as attention.py).
+    block_q, block_k: query and key rows per block (default block_sizes()); any sizes, the
+    last block of each axis may be shorter. Attention dropout is not supported (ValueError).
+    d: attention_backward: P = exp(S - L) again per block, D = rowsum(dO * O),
+       dS = P (dP - D), dP = dO v^T;  dq = dS k / sqrt(Dh), dk = dS^T q / sqrt(Dh), dv = P^T dO."""
+    if attn_dropout and rng is not None:
+        raise ValueError(f"streamed attention has no attention dropout (attn_dropout="
+                         f"{attn_dropout} in training): use kernels.attention's pair")
+    xp = backend.xp_of(qkv)
+    B, N, D3 = qkv.shape
+    H, Dh = heads, D3 // (3 * heads)
+    rows = queries if isinstance(queries, slice) else slice(0, queries)
+    rows = slice(*rows.indices(N))
+    qkv5 = qkv.reshape(B, N, 3, H, Dh).transpose(2, 0, 3, 1, 4)      # (3, B, H, N, Dh) view
+    q, k, v = qkv5[0, :, :, rows], qkv5[1], qkv5[2]                  # (B, H, Q|N, Dh)
+    Q, scale = q.shape[2], Dh ** -0.5
+    bq, bk = _blocks(B * H, Q, N, qkv.dtype, block_q, block_k)
+    out = xp.empty((B, Q, H, Dh), dtype=qkv.dtype)       # heads side by side
+    o = out.transpose(0, 2, 1, 3)                         # (B, H, Q, Dh) view
+    lse = xp.empty((B, H, Q), dtype=qkv.dtype)
+    buf = xp.empty(bk * B * H * bq, dtype=qkv.dtype)      # one score block, reused
+    for qs in _spans(Q, bq):
+        qi = q[:, :, qs] * scale                          # (B, H, bq, Dh)
+        lse[:, :, qs] = _query_block(qi, k, v, o[:, :, qs], buf, bk)
+    return out.reshape(B, Q, H * Dh), StreamedCache(q, k, v, out, lse, scale, rows, (bq, bk))
+
+
+def _blocks(batch_heads: int, Q: int, N: int, dtype, block_q, block_k) -> tuple:
+    """(bq, bk): the sizes asked for (block_sizes() where None), at most Q and N."""
+    bq, bk = block_sizes(batch_heads, Q, N, np.dtype(dtype).itemsize)
+    bq, bk = block_q or bq, block_k or bk
+    if bq < 1 or bk < 1:
+        raise ValueError(f"block sizes must be >= 1, got block_q={bq}, block_k={bk}")
+    return min(bq, max(Q, 1)), min(bk, N)
+
+
+def _query_block(qi, k, v, oi, buf, bk: int):
+    """One block of query rows qi (B, H, bq, Dh), already scaled by 1/sqrt(Dh), over every key,
+    bk keys at a time: writes O into oi (B, H, bq, Dh) and returns L (B, H, bq)."""
+    xp = backend.xp_of(qi)
+    B, H, nq, _ = qi.shape
+    m = l = None                                          # running max and sum (B, H, bq)
+    for ks in _spans(k.shape[2], bk):
+        nk = ks.stop - ks.start
+        pt = _scratch(buf, nk, B, H, nq)                  # S^T block, keys first
+        xp.matmul(k[:, :, ks], qi.swapaxes(-1, -2), out=pt.transpose(1, 2, 0, 3))  # k q^T
+        m_blk = pt.max(0)                                 # (B, H, bq)
+        m_new = m_blk if m is None else xp.maximum(m, m_blk)
+        pt -= m_new
+        xp.exp(pt, out=pt)                                # e^(S - m'), (bk, B, H, bq)
+        p2 = pt.reshape(nk, -1)                           # (bk, B H bq)
+        p_sum = col_sum(p2).reshape(B, H, nq)             # sum over the block's keys
+        if m is None:                                     # first block: nothing to rescale
+            l = p_sum
+            xp.matmul(pt.transpose(1, 2, 3, 0), v[:, :, ks], out=oi)    # (B, H, bq, Dh)
+        else:
+            alpha = xp.exp(m - m_new)                     # e^(m - m') <= 1, (B, H, bq)
+            l = l * alpha + p_sum
+            oi *= alpha[..., None]
+            oi += pt.transpose(1, 2, 3, 0) @ v[:, :, ks]  # (B, H, bq, Dh)
+        m = m_new
+    oi /= l[..., None]                                    # O = acc / l
+    return m + xp.log(l)                                  # L = m + log l, (B, H, bq)
+
+
+def attention_backward(dout, cache: StreamedCache):
+    """dqkv (B, N, 3D) from dout (B, Q, D): per (key block, query block) pair, remake
+    P = exp(q k^T / sqrt(Dh) - L) and
+        dv += P^T dO,  dP = dO v^T,  dS = P (dP - D),
+        dq += dS k / sqrt(Dh),  dk += dS^T q / sqrt(Dh),
+    with D = rowsum(dO * O) (B, H, Q) made once: softmax's sum_j P_ij dP_ij without a whole row."""
+    q, k, v, out, lse, scale, rows, (bq, bk) = cache
+    xp = backend.xp_of(dout)
+    B, H, Q, Dh = q.shape
+    N = k.shape[2]
+    do4 = dout.reshape(B, Q, H, Dh)                       # (B, Q, H, Dh) view
+    delta = row_sum(do4 * out)[..., 0].transpose(0, 2, 1) # D = rowsum(dO * O), (B, H, Q)
+    do = do4.transpose(0, 2, 1, 3)                        # (B, H, Q, Dh) view
+    dqkv = (xp.zeros if Q < N else xp.empty)((B, N, 3, H, Dh), dtype=dout.dtype)
+    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)            # (B, H, N, Dh) views into dqkv
+    dq = dq[:, :, rows]                                   # (B, H, Q, Dh)
+    buf = xp.empty((2, bk * B * H * bq), dtype=dout.dtype)   # P^T and dS^T blocks, reused
+    q_spans = _spans(Q, bq)
+    qs_scaled = [q[:, :, s] * scale for s in q_spans]     # (B, H, bq, Dh) each
+    for j, ks in enumerate(_spans(N, bk)):
+        for i, qs in enumerate(q_spans):
+            first = (i == 0, j == 0)                      # the first term of dk, dv / of dq
+            _block_grads(qs_scaled[i], k[:, :, ks], v[:, :, ks], do[:, :, qs], lse[:, :, qs],
+                         delta[:, :, qs], dq[:, :, qs], dk[:, :, ks], dv[:, :, ks], buf, first)
+    dq *= scale
+    return dqkv.reshape(B, N, 3 * H * Dh)                 # (B, N, 3D)
+
+
+def _block_grads(qi, kj, vj, doi, lse_i, delta_i, dqi, dkj, dvj, buf, first: tuple) -> None:
+    """One (query block i, key block j) term of dq_i, dk_j and dv_j (written, or added unless
+    this is the first term): qi (B, H, bq, Dh) scaled by 1/sqrt(Dh), kj, vj (B, H, bk, Dh),
+    doi (B, H, bq, Dh), lse_i and delta_i (B, H, bq). dqi gets dS k (its 1/sqrt(Dh) after all
+    blocks); dkj gets dS^T (q / sqrt(Dh))."""
+    xp = backend.xp_of(qi)
+    B, H, nq, _ = qi.shape
+    nk = kj.shape[2]
+    pt = _scratch(buf[0], nk, B, H, nq)                   # P^T, keys first
+    xp.matmul(kj, qi.swapaxes(-1, -2), out=pt.transpose(1, 2, 0, 3))   # S^T = k q^T
+    pt -= lse_i
+    xp.exp(pt, out=pt)                                    # P^T = e^(S - L)^T
+    dst = _scratch(buf[1], nk, B, H, nq)                  # dP^T, then dS^T
+    xp.matmul(vj, doi.swapaxes(-1, -2), out=dst.transpose(1, 2, 0, 3))  # dP^T = v dO^T
+    dst -= delta_i
+    dst *= pt                                             # dS^T = P^T (dP^T - D)
+    _put(dvj, pt.transpose(1, 2, 0, 3), doi, first[0])    # dv += P^T dO
+    _put(dkj, dst.transpose(1, 2, 0, 3), qi, first[0])    # dk += dS^T q
+    _put(dqi, dst.transpose(1, 2, 3, 0), kj, first[1])    # dq += dS k
+
+
+def _put(target, a, b, first: bool) -> None:
+    """target = a @ b on the first term, target += a @ b after it."""
+    xp = backend.xp_of(a)
+    if first:
+        xp.matmul(a, b, out=target)
+    else:
+        target += a @ b

@@ -1,0 +1,241 @@
+"""minivit/kernels/streamed.py (attention over blocks of queries and keys, online softmax, the
+backward from the saved log-sum-exp) against layers/attention.py's pair: gradients by central
+differences, outputs, maps and gradients equal to the reference in float64 and to float32
+rounding in float32, for block sizes that divide N and that do not; kernels.plan()'s rule; the
+whole model with the streamed path forced on equal to the reference engine."""
+import functools
+
+import numpy as np
+import pytest
+
+from minivit import ViT, ViTConfig, kernels
+from minivit.gradcheck import check_grads
+from minivit.kernels import block as fast_block
+from minivit.kernels import streamed
+from minivit.layers import BatchRows, cross_entropy_backward, cross_entropy_forward
+from minivit.layers import attention as reference
+
+from conftest import randn, randomize_params
+from kernel_testing import TOL, assert_close
+
+B, N, H, Dh = 2, 5, 2, 3                  # small: every coordinate of q, k, v is checked
+BLOCKS = [(None, None), (3, 2), (2, 3), (4, 5), (1, 1), (5, 5)]   # (block_q, block_k)
+RTOL64 = 1e-12
+RTOL32 = 5e-6          # float32: tens of roundings of 6e-8 (the reference pair run in float32
+                       # is off by as much)
+
+
+def split_qkv(qkv):
+    """q, k, v (B, N, D) each of a fused qkv (B, N, 3D)."""
+    return tuple(np.ascontiguousarray(a) for a in np.split(qkv, 3, axis=-1))
+
+
+def forward_qkv(q, k, v, **kw):
+    return streamed.attention_forward(np.concatenate([q, k, v], -1), H, **kw)
+
+
+@pytest.mark.parametrize("block_q, block_k", BLOCKS[:4])
+def test_streamed_grads_q_k_v(block_q, block_k):
+    """Central differences in float64 of sum(out * dout) in q, k and v, batch 2, 3 heads."""
+    q, k, v = split_qkv(randn(np, B, N, 3 * H * Dh, scale=1.5))
+    dout = randn(np, B, N, H * Dh, seed=3)
+    fwd = functools.partial(forward_qkv, block_q=block_q, block_k=block_k)
+    _, cache = fwd(q, k, v)
+    grads = np.split(streamed.attention_backward(dout, cache), 3, axis=-1)
+    errs = check_grads(lambda: float((fwd(q, k, v)[0] * dout).sum()), (q, k, v), grads,
+                       ["q", "k", "v"], tol=TOL)
+    assert set(errs) == {"q", "k", "v"} and max(errs.values()) <= TOL
+
+
+@pytest.mark.parametrize("queries", [1, slice(2, 4)])
+def test_streamed_grads_some_query_rows(queries):
+    q, k, v = split_qkv(randn(np, B, N, 3 * H * Dh, seed=5))
+    fwd = functools.partial(forward_qkv, queries=queries, block_q=2, block_k=3)
+    out, cache = fwd(q, k, v)
+    dout = randn(np, *out.shape, seed=6)
+    grads = np.split(streamed.attention_backward(dout, cache), 3, axis=-1)
+    check_grads(lambda: float((fwd(q, k, v)[0] * dout).sum()), (q, k, v), grads,
+                ["q", "k", "v"], tol=TOL)
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", RTOL64), ("float32", RTOL32)])
+@pytest.mark.parametrize("block_q, block_k", BLOCKS)
+@pytest.mark.parametrize("queries", [None, 1, slice(1, 4)])
+def test_streamed_equals_reference(dtype, rtol, block_q, block_k, queries):
+    """Output, maps (remade from the log-sum-exp) and dqkv equal the reference pair's rows
+    (the float64 reference on the same inputs: float32 within its rounding), in the input's
+    dtype; the cache holds nothing N x N."""
+    qkv = randn(np, B, N, 3 * H * Dh, seed=1, scale=2.0)
+    dout = randn(np, B, N, H * Dh, seed=2)
+    out_ref, c_ref = reference.attention_forward(qkv, H)
+    rows = slice(*(queries if isinstance(queries, slice) else slice(0, queries)).indices(N))
+    d = np.zeros_like(dout)
+    d[:, rows] = dout[:, rows]
+    dqkv_ref = reference.attention_backward(d, c_ref)
+    out, c = streamed.attention_forward(qkv.astype(dtype), H, queries=queries, block_q=block_q,
+                                        block_k=block_k)
+    dqkv = streamed.attention_backward(dout[:, rows].astype(dtype), c)
+    assert out.dtype == dqkv.dtype == c.lse.dtype == np.dtype(dtype)
+    assert c.lse.shape == (B, H, rows.stop - rows.start) and np.shares_memory(c.out, out)
+    assert_close(out, out_ref[:, rows], rtol, "out")
+    assert_close(c.maps(), c_ref.probs[:, :, rows], rtol, "maps")
+    assert_close(dqkv, dqkv_ref, rtol, "dqkv")
+    if queries is not None:                               # dq is zero outside the rows
+        dq = dqkv.reshape(B, N, 3, -1)[:, :, 0]
+        assert not dq[:, :rows.start].any() and not dq[:, rows.stop:].any()
+
+
+def test_streamed_large_scores_and_many_blocks():
+    """Scores of hundreds (exp would overflow without the running max) across 1-key blocks:
+    the running rescaling keeps them finite and exact."""
+    qkv = randn(np, 1, 9, 3 * 2 * 4, seed=8, scale=12.0)
+    out_ref, c_ref = reference.attention_forward(qkv, 2)
+    assert np.abs(c_ref.q @ c_ref.k.swapaxes(-1, -2)).max() * c_ref.scale > 100
+    out, c = streamed.attention_forward(qkv, 2, block_q=4, block_k=1)
+    assert np.isfinite(c.lse).all()
+    assert_close(out, out_ref, RTOL64, "out")
+    dout = randn(np, 1, 9, 8, seed=9)
+    assert_close(streamed.attention_backward(dout, c), reference.attention_backward(dout, c_ref),
+                 RTOL64, "dqkv")
+
+
+def test_block_sizes_bound_the_tile():
+    """Defaults: blocks of equal size covering each axis, one (B H, bq, bk) float32 block
+    within TILE_BYTES unless that would make bq thinner than MIN_BLOCK_Q allows."""
+    assert streamed.block_sizes(12, 197, 197, 4) == (197, 197)           # one block
+    bq, bk = streamed.block_sizes(12, 257, 257, 4)
+    assert bk == 129                                                     # 2 x 129, not 256 + 1
+    for bh in (12, 24, 48):
+        for n in (577, 1025, 1370):
+            bq, bk = streamed.block_sizes(bh, n, n, 4)
+            assert bk <= streamed.BLOCK_K and bq <= n
+            assert bh * bq * bk * 4 <= streamed.TILE_BYTES or bq <= streamed.MIN_BLOCK_Q
+    with pytest.raises(ValueError, match="block sizes"):
+        streamed.attention_forward(randn(np, 1, 3, 6), 1, block_q=-1)
+
+
+def test_streamed_has_no_attention_dropout():
+    """A training forward with attention dropout is refused; without a mask source
+    (inference) the rate is moot."""
+    qkv = randn(np, B, N, 3 * H * Dh)
+    with pytest.raises(ValueError, match="attention dropout"):
+        streamed.attention_forward(qkv, H, 0.1, BatchRows(0, 0, B, B))
+    out, _ = streamed.attention_forward(qkv, H, 0.1, None)
+    assert_close(out, reference.attention_forward(qkv, H)[0], RTOL64, "out")
+
+
+# ---- the plan and the whole model --------------------------------------------------------------
+CFG = dict(image_size=8, patch_size=2, in_channels=2, num_classes=3, dim=12, depth=2, heads=3,
+           mlp_ratio=1.5, dtype="float64")            # 17 tokens
+
+
+@pytest.fixture
+def kernels_on():
+    before = kernels.enabled()
+    kernels.on()
+    yield
+    (kernels.on if before else kernels.off)()
+
+
+@pytest.fixture
+def streamed_always(monkeypatch, kernels_on):
+    """Kernels on, the streamed path from one token on."""
+    monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", 0)
+    monkeypatch.setattr(kernels, "STREAMED_TRAIN_MIN_BYTES", 0)
+
+
+def _streams(block) -> bool:
+    return isinstance(block, functools.partial) and block.keywords.get("streamed") is True
+
+
+def test_plan_picks_streamed_by_the_rule(streamed_always, monkeypatch):
+    cfg = ViTConfig(**CFG)
+    for train in (False, True):
+        for maps in (False, True):
+            p = kernels.plan(cfg, 2, np, train=train, maps=maps)
+            assert _streams(p.block_forward) and _streams(p.last_block_forward)
+            assert p.block_backward is fast_block.block_backward
+    dropped = ViTConfig(**{**CFG, "attn_dropout": 0.1})
+    assert not _streams(kernels.plan(dropped, 2, np, train=True, maps=False).block_forward)
+    assert _streams(kernels.plan(dropped, 2, np, train=False, maps=False).block_forward)
+    assert not _streams(kernels.plan(cfg, 2, object(), train=False, maps=False).block_forward)
+    monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", cfg.num_tokens + 1)
+    for train in (False, True):
+        assert not _streams(kernels.plan(cfg, 2, np, train=train, maps=False).block_forward)
+    monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", cfg.num_tokens)
+    kept = cfg.depth * 2 * cfg.heads * cfg.num_tokens ** 2 * 8   # float64 probabilities, batch 2
+    monkeypatch.setattr(kernels, "STREAMED_TRAIN_MIN_BYTES", kept + 1)
+    assert not _streams(kernels.plan(cfg, 2, np, train=True, maps=False).block_forward)
+    assert _streams(kernels.plan(cfg, 3, np, train=True, maps=False).block_forward)
+
+
+def test_plan_defaults_stream_long_sequences(kernels_on):
+    """The measured thresholds: ViT-B/16 at 224 (197 tokens) keeps the keys-first kernel even
+    where a large batch keeps much, at 448 (785 tokens) its inference streams, and a training
+    step once its batch keeps enough probabilities, never with attention dropout; CuPy never
+    streams."""
+    from minivit.config import model_config
+    b224, b448 = model_config("vit-b16"), model_config("vit-b16", image_size=448)
+    assert not _streams(kernels.plan(b224, 4, np, train=False, maps=False).block_forward)
+    assert not _streams(kernels.plan(b224, 64, np, train=True, maps=False).block_forward)
+    assert _streams(kernels.plan(b448, 4, np, train=False, maps=False).block_forward)
+    assert _streams(kernels.plan(b448, 64, np, train=True, maps=False).block_forward)
+    assert not _streams(kernels.plan(b448, 1, np, train=True, maps=False).block_forward)
+    dropped = model_config("vit-b16", image_size=448, attn_dropout=0.1)
+    assert not _streams(kernels.plan(dropped, 64, np, train=True, maps=False).block_forward)
+    assert not _streams(kernels.plan(b448, 4, object(), train=False, maps=False).block_forward)
+
+
+def _run(model, x, labels, train: bool, maps: bool = False):
+    """Logits (and maps), and after a training forward dx and a copy of the grads."""
+    masks = BatchRows(11, 0, x.shape[0], x.shape[0]) if train else None
+    out = model.forward(x, train=train, return_attention=maps, masks=masks)
+    if not train:
+        return out, None, None
+    _, cache = cross_entropy_forward(out, labels, 0.1)
+    dx = model.backward(cross_entropy_backward(cache))
+    return out, dx, {k: v.copy() for k, v in model.grads.items()}
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_model_streamed_equals_reference(streamed_always, pool):
+    """A small ViT (17 tokens, float64) with every block's attention streamed gives the
+    reference engine's logits, maps, dx and every gradient to 1e-12, in inference and in
+    training (dropout and drop path on, attention dropout off: the same masks)."""
+    cfg = ViTConfig(**CFG, pool=pool, dropout=0.1, drop_path=0.2)
+    model = ViT(cfg, seed=0)
+    randomize_params(model)
+    x = randn(np, 3, 2, 8, 8, seed=4)
+    labels = np.arange(3) % 3
+    fast = _run(model, x, labels, True)
+    caches = [c.attn.core for c in model_blocks_of_last_step(model, x, labels)]
+    assert all(isinstance(c, streamed.StreamedCache) for c in caches)
+    with kernels.disabled():
+        ref = _run(model, x, labels, True)
+    assert_close(fast[0], ref[0], RTOL64, "logits")
+    assert_close(fast[1], ref[1], RTOL64, "dx")
+    for k in ref[2]:
+        assert_close(fast[2][k], ref[2][k], RTOL64, k)
+    (logits, maps), _, _ = _run(model, x, labels, False, maps=True)
+    with kernels.disabled():
+        (logits_ref, maps_ref), _, _ = _run(model, x, labels, False, maps=True)
+    assert_close(logits, logits_ref, RTOL64, "inference logits")
+    for i, (m, m_ref) in enumerate(zip(maps, maps_ref)):
+        assert_close(m, m_ref, RTOL64, f"maps {i}")
+
+
+def model_blocks_of_last_step(model, x, labels) -> list:
+    """The block caches a training forward keeps (the first piece's)."""
+    model.forward(x, train=True, masks=BatchRows(11, 0, x.shape[0], x.shape[0]))
+    caches = model._saved[2][0].blocks
+    model._saved = None
+    return caches
+
+
+def test_model_with_attention_dropout_is_not_streamed(streamed_always):
+    cfg = ViTConfig(**CFG, attn_dropout=0.2)
+    model = ViT(cfg, seed=0)
+    x = randn(np, 2, 2, 8, 8, seed=4)
+    caches = model_blocks_of_last_step(model, x, np.arange(2))
+    assert not any(isinstance(c.attn.core, streamed.StreamedCache) for c in caches)
+    assert _streams(kernels.plan(cfg, 2, np, train=False, maps=False).block_forward)
