@@ -145,6 +145,33 @@ def together(world, fn, root_first: bool = False):
     return value
 
 
+def on_root(world, fn) -> None:
+    """fn() on the root alone (a write: a checkpoint, the metrics, a plot), the outcome shared:
+    when it raises, the root reports it and every process exits cleanly, without an abort (the
+    others would otherwise wait for the root at the next collective). One broadcast of a flag."""
+    if world.size == 1:
+        fn()
+        return
+    error = None
+    if world.is_root:
+        try:
+            fn()
+        except Exception as e:                            # any: the others must learn of it
+            error = e
+    if world.bcast(error is not None):
+        if world.is_root:
+            raise _shared(error)
+        raise SystemExit(2)
+
+
+def failed_together(world, error: Exception):
+    """An error every process meets at the same point (a loss that diverged, known to all after
+    the all-reduce): the root's to raise and report, the others exit cleanly."""
+    if world.size > 1 and not world.is_root:
+        raise SystemExit(2)
+    return _shared(error) if world.size > 1 else error
+
+
 def _shared(error: Exception) -> Exception:
     """Mark an error every process knows about (is_shared): the commands print it once and exit
     without MPI's abort."""

@@ -41,6 +41,7 @@ from ..model import ViT
 from ..optim import SGD, AdamW, clip_grad_norm, warmup_cosine
 from ..parallel import Single
 from ..parallel import world as default_world
+from ..parallel.mpi import failed_together, on_root
 from .evaluate import evaluate, report
 from .interrupt import GracefulInterrupt
 from .plots import plot_curves
@@ -202,7 +203,8 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
         model.freeze(opts.frozen)
     opt = make_optimizer(model, opts)
     state = resume_state(resume, model, opt, out_dir, steps_per_epoch) if resume else RunState()
-    if root:
+
+    def start() -> None:                                  # the root's writes before training
         prepare_folder(out_dir)
         config = run_config or {"model": model.config.to_dict(), "train": dataclasses.asdict(opts)}
         atomic_write(os.path.join(out_dir, "config.json"),
@@ -211,14 +213,16 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
             write_metrics(out_dir, state.history)         # what the checkpoint holds, no more
             print(f"resumed from {resume} at step {state.step} "
                   f"({where(state.step, steps_per_epoch, opts.epochs)})")
+    on_root(world, start)
 
     t_start = time.perf_counter() - state.wall_s          # the wall clock of the whole run
 
     def save(name: str, sums: Optional[EpochSums] = None) -> None:
-        if root:                                          # rank 0 writes; the others hold the same
-            save_checkpoint(os.path.join(out_dir, name), model, opt, step=state.step,
-                            epoch=state.step // steps_per_epoch, rng_state=rng_state(model.rng),
-                            extra=state.extra(sums, time.perf_counter() - t_start))
+        # rank 0 writes (the others hold the same); a failed write ends every process cleanly
+        on_root(world, lambda: save_checkpoint(
+            os.path.join(out_dir, name), model, opt, step=state.step,
+            epoch=state.step // steps_per_epoch, rng_state=rng_state(model.rng),
+            extra=state.extra(sums, time.perf_counter() - t_start)))
 
     images_seen, train_time, cm = 0, 0.0, None
     stop = GracefulInterrupt(announce=root)
@@ -238,8 +242,7 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
                 state.best = record["test_acc"]
                 save("best.npz")
             save("last.npz")
-            if root:
-                write_metrics(out_dir, state.history)     # after the checkpoint that holds it
+            on_root(world, lambda: write_metrics(out_dir, state.history))   # after the checkpoint
             if stopping:
                 stop.save_and_exit(save, out_dir, where(state.step, steps_per_epoch, opts.epochs))
             if opts.stop_after_epochs is not None and epoch + 1 >= opts.stop_after_epochs \
@@ -317,8 +320,7 @@ def finish(model: ViT, data: Dataset, opts: TrainOptions, state: RunState, out_d
            quiet: bool, images_per_s: float, wall_s: float) -> dict:
     """The curves plot, the final report and the run's summary."""
     pre = data.preprocessing
-    if world.is_root:
-        plot_curves(state.history, os.path.join(out_dir, "curves.png"))
+    on_root(world, lambda: plot_curves(state.history, os.path.join(out_dir, "curves.png")))
     if cm is None:                                        # resumed after the last epoch
         cm = evaluate(model, data.x_test, data.y_test, opts.eval_batch_size, pre.mean, pre.std,
                       world)
@@ -407,9 +409,10 @@ def train_step(model: ViT, opt, x, y, lr: float, opts: TrainOptions, world=None,
         host = world.allreduce_(np.array([host[0], host[1], float(stop)]))  # (3,) host float64
         stop = float(host[2]) > 0
     loss, hits = float(host[0]) / B, int(round(float(host[1])))
-    if not np.isfinite(loss):
-        raise Diverged(f"the loss became {loss}; lower --lr (now {opts.lr}) or keep "
-                                 f"--clip on, and resume from the last good last.npz")
+    if not np.isfinite(loss):                             # every process sees the same loss
+        raise failed_together(world, Diverged(
+            f"the loss became {loss}; lower --lr (now {opts.lr}) or keep --clip on, and resume "
+            f"from the last good last.npz"))
     if opts.clip:                         # the model's flat grads, or the trainable ones alone
         clip_grad_norm(model.grads if not model.frozen else
                        {k: model.grads[k] for k in model.trainable_keys()}, opts.clip)

@@ -1,7 +1,9 @@
 """The training command as the MPI tests run it under mpiexec: the synthetic MNIST files of the
 test pass the checksum check (their sums come in MINIVIT_TEST_SUMS, JSON), and a fault can be
-injected with MINIVIT_TEST_FAULT="rank:step:kind" (kind: raise, or kill for SIGKILL), and
-MINIVIT_TEST_OFFLINE=1 makes every download attempt fail at once."""
+injected with MINIVIT_TEST_FAULT="rank:step:kind" (kind: raise, kill for SIGKILL, or nan: that
+rank's images become NaN, so the summed loss diverges), MINIVIT_TEST_FULL_DISK=1 makes rank 0's
+checkpoint writes fail as on a full disk, and MINIVIT_TEST_OFFLINE=1 makes every download
+attempt fail at once."""
 import json
 import os
 import signal
@@ -22,12 +24,23 @@ if fault:
         calls["n"] += 1
         from minivit import parallel
         if parallel.world().rank == int(rank) and calls["n"] == int(step):
+            if kind == "nan":
+                return real_step(model, opt, x * float("nan"), y, lr, opts, *args, **kwargs)
             if kind == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             from minivit.errors import UserError           # a user error, as bad data is
             raise UserError(f"injected fault on rank {rank} at step {step}")
         return real_step(model, opt, x, y, lr, opts, *args, **kwargs)
     loop.train_step = faulty_step
+
+if os.environ.get("MINIVIT_TEST_FULL_DISK") == "1":
+    import errno
+
+    from minivit.files import WriteError
+
+    def full_disk(path, *args, **kwargs):
+        raise WriteError(errno.ENOSPC, "No space left on device", path)
+    loop.save_checkpoint = full_disk
 
 from minivit.cli.train import entry  # noqa: E402
 

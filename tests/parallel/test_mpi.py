@@ -129,6 +129,22 @@ def test_a_fault_on_one_rank_ends_the_job(mnist, tmp_path, kind):
         assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("fault", ["nan", "full-disk"])
+def test_errors_all_processes_meet_during_training_end_the_job_cleanly(mnist, tmp_path, fault):
+    """A loss that diverges (one rank's images NaN: every rank sees the summed loss) and a
+    checkpoint write that fails on rank 0: one error line, status 2, no MPI abort banner, no
+    process left waiting."""
+    data, env = mnist
+    env = {**env, **({"MINIVIT_TEST_FAULT": "1:3:nan"} if fault == "nan" else
+                     {"MINIVIT_TEST_FULL_DISK": "1"})}
+    r = run(2, FLAGS + ["--epochs", "1", "--data", data, "--out", str(tmp_path / fault)], env,
+            timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "Abort" not in r.stderr, r.stderr
+    errors = [l for l in r.stderr.splitlines() if "error:" in l]
+    words = "the loss became nan" if fault == "nan" else "No space left on device"
+    assert len(errors) == 1 and words in errors[0], r.stderr
+
+
 def test_bad_input_under_mpi_is_one_error(mnist, tmp_path):
     """An error every process meets before training (here the batch size) is one line, with
     status 2 and without MPI's abort banner, and nothing is written."""
