@@ -7,6 +7,7 @@
                           (also a TypeError)
       Unavailable         something the run needs is not there: CuPy, a GPU, mpi4py, NCCL
                           (also a RuntimeError)
+        MissingExtra      an optional package: Pillow, safetensors (also an ImportError)
       Diverged            training diverged: the loss became NaN or inf (also a
                           FloatingPointError)
       files.FileFormatError, files.WriteError    a file that cannot be read / written
@@ -32,6 +33,11 @@ class UserTypeError(MinivitError, TypeError):
 
 class Unavailable(MinivitError, RuntimeError):
     """Something the run needs is missing: an optional package, a GPU, MPI or NCCL."""
+
+
+class MissingExtra(Unavailable, ImportError):
+    """An optional package the run needs is not installed (Pillow, safetensors, ...); the
+    message names the extra that brings it."""
 
 
 class Diverged(MinivitError, FloatingPointError):

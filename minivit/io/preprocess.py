@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import Preprocessing
 from ..data.imagefolder import convert_channels, read_image
-from ..errors import UserError
+from ..errors import MissingExtra, UserError
 
 __all__ = ["prepare_image", "prepare_images", "resize_shape"]
 
@@ -36,7 +36,7 @@ def _pil_filter(name: str):
     try:
         from PIL import Image
     except ImportError as e:
-        raise ImportError("resizing images needs Pillow: pip install -e .[images]") from e
+        raise MissingExtra("resizing images needs Pillow: pip install -e .[images]") from e
     return Image, {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
                    "bicubic": Image.BICUBIC}[name]
 

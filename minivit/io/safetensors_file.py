@@ -24,7 +24,7 @@ import struct
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import MissingExtra, UserError
 from ..files import FileFormatError, atomic_write, check_file, check_header
 
 __all__ = ["SafetensorsError", "MissingExtra", "read_safetensors", "read_safetensors_header",
@@ -39,11 +39,6 @@ MAX_HEADER = 100_000_000                  # the limit the safetensors package it
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
 FIX = "download the file again"
 INSTALL = 'pip install -e ".[hub]" (or pip install safetensors)'
-
-
-class MissingExtra(ImportError, RuntimeError):
-    """An optional package is not installed; the message says what to install (a RuntimeError
-    too, so the commands print it as one error line)."""
 
 
 class SafetensorsError(FileFormatError):

@@ -144,6 +144,7 @@ def test_augmentation_is_crop_flip_for_photos_and_shift_for_gray():
         ["--model", "m", "--data", ".", "--no-augment"]).augment == "none"
 
 
+@needs("PIL")                                             # the source's resize is Pillow's
 def test_finetune_photos_of_any_size_through_the_sources_preprocessing(tmp_path, monkeypatch,
                                                                        capsys):
     """A source whose preprocessing resizes and center-crops (as transformers and timm folders
