@@ -261,19 +261,18 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     if _on_device(flat):                                  # on the device, without a sync
         total = xp.sqrt(flat @ flat)
         ok = xp.isfinite(total) & (total > max_norm)
-        scale = xp.where(ok, max_norm / xp.where(ok, total, 1), 1).astype(flat.dtype)
-        if isinstance(grads, ParamDict):
-            grads.flat *= scale
-        else:
-            for g in grads.values():
-                g *= scale
+        _scale(grads, xp.where(ok, max_norm / xp.where(ok, total, 1), 1).astype(flat.dtype))
         return total
     total = math.sqrt(float(flat @ flat))
     if math.isfinite(total) and total > max_norm:
-        scale = max_norm / total
-        if isinstance(grads, ParamDict):
-            grads.flat *= scale
-        else:
-            for g in grads.values():
-                g *= scale
+        _scale(grads, max_norm / total)
     return total
+
+
+def _scale(grads, scale) -> None:
+    """grads *= scale, in place: the flat vector of a ParamDict, else each array."""
+    if isinstance(grads, ParamDict):
+        grads.flat *= scale
+    else:
+        for g in grads.values():
+            g *= scale

@@ -45,7 +45,8 @@ import numpy as np
 from ..config import Preprocessing
 from ..errors import UserError
 from ..files import check_file
-from .imagefolder import ImageFolderError, convert_channels, read_image, resize_image
+from .imagefolder import (ImageFolderError, _check_pixels, convert_channels, read_image,
+                          resize_image)
 
 __all__ = ["IMAGE_EXTENSIONS", "find_images", "read_photo", "fit_image", "read_batches",
            "Batch", "needs_pillow", "pillow", "class_folder", "folder_splits", "split_by_class"]
@@ -178,16 +179,6 @@ def _to_array(im, Image) -> np.ndarray:
     if palette and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
         return arr[..., 0].copy()                                   # a gray palette
     return arr
-
-
-def _check_pixels(path: str, size: tuple, limit) -> None:
-    """Refuse, before decoding, an image whose header declares more pixels than Pillow's
-    decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS; None turns the check off)."""
-    w, h = size
-    if limit and w * h > limit:
-        raise ImageFolderError(f"{path} declares {w}x{h} pixels, more than the {limit} that are "
-                               f"read safely (a damaged or hostile file?); shrink the image, or "
-                               f"raise PIL.Image.MAX_IMAGE_PIXELS if you trust it")
 
 
 def fit_image(img: np.ndarray, path: str, image_size: int, channels: int,
