@@ -29,10 +29,10 @@ def _import_cupy():
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # cupy raises its own CUDARuntimeError when no driver is present
         raise Unavailable(f"CuPy is installed but no usable CUDA GPU was found ({e}); "
-                           f"check `nvidia-smi` or run on the CPU with --device cpu") from e
+                          f"check `nvidia-smi` or run on the CPU with --device cpu") from e
     if n == 0:
         raise Unavailable("CuPy is installed but no CUDA GPU is visible; "
-                           "run on the CPU with --device cpu")
+                          "run on the CPU with --device cpu")
     _cupy = cupy
     return cupy
 

@@ -74,12 +74,12 @@ class ViTConfig:
             if not isinstance(getattr(self, field), bool):
                 raise UserError(f"{field} must be True or False, got {getattr(self, field)!r}")
         if self.dim % self.heads:
-            raise UserError(f"dim={self.dim} is not divisible by heads={self.heads}; "
-                             f"choose heads that divide dim (e.g. heads={_divisor(self.dim, self.heads)})")
+            raise UserError(f"dim={self.dim} is not divisible by heads={self.heads}; choose heads "
+                            f"that divide dim (e.g. heads={_divisor(self.dim, self.heads)})")
         if self.image_size % self.patch_size:
             raise UserError(f"image_size={self.image_size} is not divisible by "
-                             f"patch_size={self.patch_size}; choose a patch that divides the "
-                             f"image size or resize/pad the images")
+                            f"patch_size={self.patch_size}; choose a patch that divides the "
+                            f"image size or resize/pad the images")
         if (not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool)
                 or not math.isfinite(self.mlp_ratio) or self.mlp_ratio <= 0
                 or int(self.dim * self.mlp_ratio) < 1):
@@ -91,7 +91,7 @@ class ViTConfig:
                 raise UserError(f"{field}={v} must be in [0, 1)")
         if self.representation_size is not None and self.representation_size <= 0:
             raise UserError(f"representation_size must be positive or None, "
-                             f"got {self.representation_size}")
+                            f"got {self.representation_size}")
         self._check_families()
 
     def _check_families(self) -> None:
@@ -99,16 +99,16 @@ class ViTConfig:
         if self.layer_scale is not None and not (isinstance(self.layer_scale, (int, float))
                                                  and self.layer_scale > 0):
             raise UserError(f"layer_scale must be a positive initial value (e.g. 1e-5) or "
-                             f"None, got {self.layer_scale!r}")
+                            f"None, got {self.layer_scale!r}")
         if not self.class_token and (self.pool == "cls" or self.distilled):
             raise UserError("class_token=False leaves no CLS token to pool or distill from; "
-                             "use pool='mean' (and distilled=False)")
+                            "use pool='mean' (and distilled=False)")
         if self.distilled and (self.pool != "cls" or self.representation_size):
             raise UserError("distilled=True reads the CLS and distillation tokens with a head "
-                             "each: it needs pool='cls' and no representation_size")
+                            "each: it needs pool='cls' and no representation_size")
         if self.fc_norm and self.pool != "mean":
             raise UserError("fc_norm=True normalizes the average of the patch tokens: it needs "
-                             "pool='mean' (with pool='cls' the final norm is the same either way)")
+                            "pool='mean' (with pool='cls' the final norm is the same either way)")
         if self.eps <= 0:
             raise UserError(f"eps must be positive, got {self.eps}")
 
@@ -264,7 +264,7 @@ def model_config(name: str, **overrides) -> ViTConfig:
     (num_classes=, image_size=, dtype=, drop_path=, ...)."""
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; the named models are "
-                         f"{', '.join(sorted(MODELS))}")
+                        f"{', '.join(sorted(MODELS))}")
     return _from_known_fields(ViTConfig, {**MODELS[name], **overrides},
                               f" for model {name!r}; overrides must be ViTConfig fields")
 
@@ -297,17 +297,17 @@ class Preprocessing:
         self.std = [float(v) for v in _as_list(self.std, "std")]
         if len(self.mean) != len(self.std):
             raise UserError(f"mean has {len(self.mean)} values and std {len(self.std)}; give "
-                             f"one value each or one per channel")
+                            f"one value each or one per channel")
         if any(not s > 0 for s in self.std):
             raise UserError(f"std must be positive, got {self.std}")
         if self.channels is not None and len(self.mean) not in (1, self.channels):
             raise UserError(f"{len(self.mean)} mean/std values for {self.channels} channels; "
-                             f"give one value or one per channel")
+                            f"give one value or one per channel")
         if self.class_names is not None:
             self.class_names = [str(c) for c in self.class_names]
         if self.resize_mode not in RESIZE_MODES or self.resample not in RESAMPLE:
             raise UserError(f"resize_mode={self.resize_mode!r}, resample={self.resample!r}: "
-                             f"expected one of {RESIZE_MODES} and one of {RESAMPLE}")
+                            f"expected one of {RESIZE_MODES} and one of {RESAMPLE}")
         for field in ("resize_size", "image_size"):
             v = getattr(self, field)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):

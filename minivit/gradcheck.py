@@ -52,7 +52,7 @@ def grad_errors(f: Callable[[], float], inputs: Sequence, grads: Sequence, names
             raise UserTypeError(f"gradient checks need float64 inputs, got {x.dtype} for {name}")
         if g is None or tuple(g.shape) != tuple(x.shape):
             raise UserError(f"gradient of {name} has shape {getattr(g, 'shape', None)}, "
-                             f"expected {tuple(x.shape)}")
+                            f"expected {tuple(x.shape)}")
         g_host = backend.to_numpy(g)
         flat = range(x.size) if x.size <= max_coords else rng.choice(x.size, max_coords, replace=False)
         idx = [np.unravel_index(i, x.shape) for i in flat]

@@ -326,7 +326,7 @@ class ViT:
         (num_classes=0) too. In place; an optimizer must be built after it."""
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise UserError(f"num_classes must be a positive integer for a new head, got "
-                             f"{num_classes!r}")
+                            f"{num_classes!r}")
         cfg = dataclasses.replace(self.config, num_classes=num_classes)
         if not keep_pre_logits:
             cfg = dataclasses.replace(cfg, representation_size=None)
@@ -375,25 +375,27 @@ class ViT:
                                 f"{type(x).__name__}")
         if x.ndim != 4:
             raise UserError(f"expected images of shape (B, {C}, {S}, {S}) (ndim 4), got shape "
-                             f"{tuple(x.shape)}; add a batch axis with x[None] or a channel axis "
-                             f"with x[:, None]")
+                            f"{tuple(x.shape)}; add a batch axis with x[None] or a channel axis "
+                            f"with x[:, None]")
         if x.shape[1] != C:
             raise UserError(f"expected {C} channel(s) in axis 1 (B, C, H, W), got shape "
-                             f"{tuple(x.shape)}; images must be channels-first, or build the model "
-                             f"with in_channels={x.shape[1]}")
+                            f"{tuple(x.shape)}; images must be channels-first, or build the model "
+                            f"with in_channels={x.shape[1]}")
         if x.shape[2:] != (S, S):
             raise UserError(f"expected {S}x{S} images, got {x.shape[2]}x{x.shape[3]}; resize the "
-                             f"images or build the model with image_size={x.shape[2]} "
-                             f"(square images only)")
+                            f"images or build the model with image_size={x.shape[2]} "
+                            f"(square images only)")
         if x.dtype.kind != "f" or x.dtype.itemsize < 4:
             raise UserTypeError(f"expected float32 or float64 images, got {x.dtype}; convert with "
-                            f"x.astype('float32') (and scale uint8 pixels to [0, 1] and normalize)")
+                                f"x.astype('float32') (and scale uint8 pixels to [0, 1] and "
+                                f"normalize)")
         xp = backend.xp_of(x)
         if xp is not backend.xp_of(self.params.flat):
             raise UserTypeError(f"input is a {xp.__name__} array but the model lives on "
-                            f"{backend.xp_of(self.params.flat).__name__}; move it with "
-                            f"minivit.backend.asarray(x) (or build the model after backend.use())")
+                                f"{backend.xp_of(self.params.flat).__name__}; move it with "
+                                f"minivit.backend.asarray(x) (or build the model after "
+                                f"backend.use())")
         if check_finite and not bool(xp.isfinite(x).all()):
             raise UserError("input contains NaN or inf; check the data pipeline (e.g. a "
-                             "division by a zero std) before calling forward")
+                            "division by a zero std) before calling forward")
         return x.astype(cfg.dtype, copy=False)

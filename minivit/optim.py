@@ -60,9 +60,9 @@ class Optimizer:
         changed = [k for k in self.keys if arrays[k].shape != self.state_shapes[k]]
         if changed:
             raise UserError(f"{changed[:3]} changed shape since this {type(self).__name__} was "
-                             f"built (now {tuple(arrays[changed[0]].shape)}, then "
-                             f"{self.state_shapes[changed[0]]}); build the optimizer after "
-                             f"changing the model (e.g. after reset_head or set_image_size)")
+                            f"built (now {tuple(arrays[changed[0]].shape)}, then "
+                            f"{self.state_shapes[changed[0]]}); build the optimizer after "
+                            f"changing the model (e.g. after reset_head or set_image_size)")
         if self.run is not None and self._same_layout(arrays):
             return arrays.flat[self.run[0]:self.run[1]]
         xp = backend.xp_of(arrays[self.keys[0]])
@@ -108,15 +108,15 @@ class Optimizer:
         missing, extra = sorted(want - set(d)), sorted(set(d) - want)
         if missing or extra:
             raise UserError(f"optimizer state does not match this {type(self).__name__}: "
-                             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                             f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}; was it "
-                             f"saved by another optimizer or model?")
+                            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                            f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}; was it "
+                            f"saved by another optimizer or model?")
         bad = [f"{k}: {tuple(d[f'opt.{s}.{k}'].shape)} vs {tuple(v.shape)}"
                for s, buf in self.state.items() for k, v in buf.items()
                if tuple(d[f"opt.{s}.{k}"].shape) != tuple(v.shape)]
         if bad:
             raise UserError(f"optimizer state has wrong shapes (saved vs now) {bad[:5]}; "
-                             f"it was saved for another model")
+                            f"it was saved for another model")
         bad = [f"{k}: {np.dtype(d[f'opt.{s}.{k}'].dtype)} vs {np.dtype(v.dtype)}"
                for s, buf in self.state.items() for k, v in buf.items()
                if np.dtype(d[f"opt.{s}.{k}"].dtype) != np.dtype(v.dtype)]
@@ -125,7 +125,7 @@ class Optimizer:
             bad.append(f"opt.t: {t.dtype} {t.shape} vs an integer scalar")
         if bad:
             raise UserError(f"optimizer state has wrong dtypes (saved vs now) {bad[:5]}; "
-                             f"build the model with the dtype it was saved with")
+                            f"build the model with the dtype it was saved with")
         for s, buf in self.state.items():
             for k, v in buf.items():
                 v[...] = backend.xp_of(v).asarray(d[f"opt.{s}.{k}"], dtype=v.dtype)

@@ -117,7 +117,7 @@ def resize_pos_embed(pos, new_grid: int, method: str = "bilinear",
     if g * g != N - T or g == 0:
         what = {0: "grid^2", 1: "1 (CLS) + grid^2"}.get(T, f"{T} (class tokens) + grid^2")
         raise UserError(f"position table has N={N} rows, which is not {what}; only "
-                         f"square grids can be resized")
+                        f"square grids can be resized")
     if new_grid == g:
         return pos.copy()
     W = interp_matrix(g, int(new_grid), method, align_corners, antialias)   # (g', g)

@@ -55,9 +55,9 @@ def cls_maps(A, grid: int, prefix: int = 1, query: str = "cls"):
     B, N, _ = A.shape
     if N != grid * grid + prefix:
         raise UserError(f"attention over N={N} tokens does not fit a {grid}x{grid} grid plus "
-                         f"{prefix} prefix token(s) (CLS, distillation, registers: N = "
-                         f"{grid * grid + prefix}); pass the model's grid and "
-                         f"num_prefix_tokens")
+                        f"{prefix} prefix token(s) (CLS, distillation, registers: N = "
+                        f"{grid * grid + prefix}); pass the model's grid and "
+                        f"num_prefix_tokens")
     if query == "cls":
         rows = A[:, 0, prefix:]                                       # (B, g*g)
     elif query == "mean":

@@ -177,8 +177,8 @@ def check_resumable(path: str) -> None:
         name = {"google": "a Google (vit_jax) .npz", "hf": "a transformers checkpoint",
                 "timm": "a timm checkpoint"}.get(fmt, f"a {fmt} file")
         raise UserError(f"--resume {path}: this is {name}, not a minivit run's checkpoint "
-                         f"(last.npz); to start from it, pass it to minivit-finetune --model "
-                         f"{path}; to read it, minivit-io info {path}")
+                        f"(last.npz); to start from it, pass it to minivit-finetune --model "
+                        f"{path}; to read it, minivit-io info {path}")
 
 
 def add_output_args(ap: argparse.ArgumentParser, default: str) -> None:
@@ -247,8 +247,8 @@ def load_model(path: str, gelu: str | None = None, dtype: str | None = None, **o
     fmt = find_source(path).format
     if fmt == "minivit" and gelu:
         raise UserError(f"--gelu sets the GELU of a file that does not record it (a Google "
-                         f".npz) or overrides a transformers/timm model's; {path} is a minivit "
-                         f"checkpoint, which records its own: leave --gelu out")
+                        f".npz) or overrides a transformers/timm model's; {path} is a minivit "
+                        f"checkpoint, which records its own: leave --gelu out")
     if fmt != "minivit":
         overrides.update({k: v for k, v in (("gelu", gelu), ("dtype", dtype)) if v})
     return load_pretrained(path, **overrides), fmt

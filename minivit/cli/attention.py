@@ -113,15 +113,15 @@ def load(args) -> tuple:
                     preprocessing=PREPROCESSING)
     else:
         raise UserError("pass --model PATH (or its alias --checkpoint PATH): a model trained "
-                         "on MNIST, e.g. runs/mnist/best.npz; or --quick for a tiny random "
-                         "model; or --model PATH and image files to see a model's attention "
-                         "over your photos")
+                        "on MNIST, e.g. runs/mnist/best.npz; or --quick for a tiny random "
+                        "model; or --model PATH and image files to see a model's attention "
+                        "over your photos")
     pre = model.preprocessing or PREPROCESSING            # checkpoints without one: MNIST's
     cfg = model.config
     if (cfg.image_size, cfg.in_channels) != (28, 1):
         raise UserError(f"the model takes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
-                         f"images, MNIST is 28x28x1; use a model trained on MNIST, or give "
-                         f"image files or folders to draw its attention over them")
+                        f"images, MNIST is 28x28x1; use a model trained on MNIST, or give "
+                        f"image files or folders to draw its attention over them")
     n = min(args.num_images, 3) if args.quick else args.num_images
     if args.quick and not args.data:
         x, y = synthetic_digits(n)
@@ -159,7 +159,7 @@ def output_paths(out: str, paths: list, overwrite: bool) -> tuple:
         return "grid", [new_output(out, overwrite)]
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file but does not end in .png; give FILE.png for "
-                         f"one grid, or a folder for one PNG per image")
+                        f"one grid, or a folder for one PNG per image")
     taken, targets = set(), []
     for p in paths:
         stem = os.path.splitext(os.path.basename(p))[0] or "image"
@@ -178,12 +178,12 @@ def photos(ap, args) -> dict:
     check_images_arg(ap, args)
     if args.model is None:
         raise UserError("pass --model PATH with the images: the model whose attention to draw "
-                         "(a transformers or timm folder, a .safetensors file, a minivit "
-                         "checkpoint); --quick draws a tiny random MNIST model over synthetic "
-                         "digits, without images")
+                        "(a transformers or timm folder, a .safetensors file, a minivit "
+                        "checkpoint); --quick draws a tiny random MNIST model over synthetic "
+                        "digits, without images")
     if args.data is not None:
         raise UserError(f"--data {args.data} names MNIST's folder, which is read only when no "
-                         f"images are given; leave it out, or leave out the images")
+                        f"images are given; leave it out, or leave out the images")
     images = ImageRun(types.SimpleNamespace(images=args.images, quiet=args.quiet,
                                             resize=args.resize, batch_size=args.batch_size),
                       "attention")

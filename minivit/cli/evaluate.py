@@ -102,8 +102,8 @@ def check_mnist_model(model, path: str, hint: str = "") -> None:
     cfg = model.config
     if (cfg.image_size, cfg.in_channels, cfg.num_classes) != (28, 1, 10):
         raise UserError(f"{path} takes {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
-                         f"images with {cfg.num_classes} classes, MNIST is 28x28x1 with 10; "
-                         f"use a model trained on MNIST{hint}")
+                        f"images with {cfg.num_classes} classes, MNIST is 28x28x1 with 10; "
+                        f"use a model trained on MNIST{hint}")
 
 
 def is_mnist_folder(path) -> bool:
@@ -124,8 +124,8 @@ def main(argv=None) -> dict:
         if args.knn is not None:
             missing = args.data is not None and not os.path.exists(args.data)
             raise UserError(f"--knn fits on an image folder's training images: pass --data "
-                             f"DIR with DIR/train/<class>/ and DIR/test/<class>/, or "
-                             f"DIR/<class>/ to split" + (f" (--data {args.data}: no such folder)"
+                            f"DIR with DIR/train/<class>/ and DIR/test/<class>/, or "
+                            f"DIR/<class>/ to split" + (f" (--data {args.data}: no such folder)"
                                                         if missing else ""))
         return evaluate_mnist(args)
     plan = knn_plan(args) if args.knn is not None else folder_plan(args)
@@ -163,9 +163,9 @@ def folder_plan(args) -> dict:
     train_dir, test_dir = folder_splits(args.data)
     if train_dir is not None and test_dir is None:
         raise UserError(f"{args.data} has a train/ split but no test/ one; a model is "
-                         f"evaluated on images it was not trained on: add "
-                         f"{os.path.join(args.data, 'test', '<class>')}/, or pass --data "
-                         f"{train_dir} to evaluate on the training images")
+                        f"evaluated on images it was not trained on: add "
+                        f"{os.path.join(args.data, 'test', '<class>')}/, or pass --data "
+                        f"{train_dir} to evaluate on the training images")
     where = test_dir or args.data
     names, files = class_folder(where)
     return {"where": where, "names": names, "files": files}
@@ -180,19 +180,19 @@ def knn_plan(args) -> dict:
     if (train_dir is None) != (test_dir is None):
         have, lack = ("train", "test") if train_dir else ("test", "train")
         raise UserError(f"{root} has a {have}/ split but no {lack}/ one; --knn fits on "
-                         f"{os.path.join(root, 'train', '<class>')}/ and tests on "
-                         f"{os.path.join(root, 'test', '<class>')}/: add the {lack}/ folder, "
-                         f"or give a folder of classes, {os.path.join(root, '<class>')}/, to "
-                         f"split by --test-fraction")
+                        f"{os.path.join(root, 'train', '<class>')}/ and tests on "
+                        f"{os.path.join(root, 'test', '<class>')}/: add the {lack}/ folder, "
+                        f"or give a folder of classes, {os.path.join(root, '<class>')}/, to "
+                        f"split by --test-fraction")
     if train_dir is not None:
         names, train = class_folder(train_dir)
         test_names, test = class_folder(test_dir)
         unknown = [n for n in test_names if n not in names]
         if unknown:
             raise UserError(f"{test_dir} has classes that {train_dir} lacks: "
-                             f"{', '.join(map(repr, unknown))}; k-NN can only predict classes "
-                             f"it has training images of: add them to {train_dir} or remove "
-                             f"them from {test_dir}")
+                            f"{', '.join(map(repr, unknown))}; k-NN can only predict classes "
+                            f"it has training images of: add them to {train_dir} or remove "
+                            f"them from {test_dir}")
         test = [(p, names.index(test_names[lab])) for p, lab in test]
         split = f"{train_dir} (train), {test_dir} (test)"
     else:
@@ -200,8 +200,8 @@ def knn_plan(args) -> dict:
         train, test = split_by_class(files, args.test_fraction, args.seed)
         if not test:
             raise UserError(f"{root}: no class has 2 images, so none can be held out for "
-                             f"testing; add images, or give {os.path.join(root, 'train')}/ and "
-                             f"{os.path.join(root, 'test')}/")
+                            f"testing; add images, or give {os.path.join(root, 'train')}/ and "
+                            f"{os.path.join(root, 'test')}/")
         split = (f"{root}, split per class: {args.test_fraction:g} held out for testing "
                  f"(seed {args.seed})")
     return {"where": root, "names": names, "files": train + test,
@@ -224,7 +224,7 @@ def read_folder(model, args, files: list, verb: str, fn) -> tuple:
         outs.append(fn(batch))
     if not used:
         raise UserError(f"none of the {len(files)} images could be used (reasons above); fix "
-                         f"or remove them" + ("" if args.resize else
+                        f"or remove them" + ("" if args.resize else
                                               ", or pass --resize if they are of another size"))
     return np.array(used, dtype=np.int64), np.concatenate(outs), images
 
@@ -237,8 +237,8 @@ def evaluate_folder(model, args, plan: dict) -> dict:
     K = model.config.num_classes
     if not K:
         raise UserError(f"{args.model} has no classifier head (a feature extractor such as "
-                         f"DINOv2); evaluate its features with --knn K (k-nearest neighbours "
-                         f"fitted on the folder's training images)")
+                        f"DINOv2); evaluate its features with --knn K (k-nearest neighbours "
+                        f"fitted on the folder's training images)")
     pre = model.preprocessing
     model_names = pre.class_names if pre is not None else None
     where, names = plan["where"], plan["names"]
@@ -285,7 +285,7 @@ def evaluate_knn(model, args, plan: dict) -> dict:
     names, n = plan["names"], len(plan["names"])
     if not is_test.any() or is_test.all():
         raise UserError(f"no {'test' if not is_test.any() else 'training'} image of "
-                         f"{plan['where']} could be read (reasons above); k-NN needs both")
+                        f"{plan['where']} could be read (reasons above); k-NN needs both")
     n_train = int((~is_test).sum())
     k = args.knn
     if k > n_train and not args.quiet:

@@ -105,5 +105,5 @@ def new_output(path: str, overwrite: bool, flag: str = "--out") -> str:
     if os.path.lexists(path) and not overwrite:
         kind = "folder" if os.path.isdir(path) else "file"
         raise UserError(f"{flag} {path} exists (a {kind}); minivit does not replace it: choose "
-                         f"another path, or pass --overwrite to replace it")
+                        f"another path, or pass --overwrite to replace it")
     return path

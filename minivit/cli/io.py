@@ -63,10 +63,10 @@ def check_destination(src: str, out: str, to: str, overwrite: bool) -> None:
     a, b = os.path.realpath(src), os.path.realpath(out)
     if b == a or b.startswith(a.rstrip(os.sep) + os.sep):
         raise UserError(f"the destination {out} is the source {src} or inside it; write the "
-                         f"converted model to another path")
+                        f"converted model to another path")
     if to in ("hf", "timm") and out.endswith((".npz", ".safetensors", ".json")):
         raise UserError(f"--to {to} writes a folder (config.json + model.safetensors), not "
-                         f"{out}; give a folder path")
+                        f"{out}; give a folder path")
     if to in ("google", "minivit") and not out.endswith(".npz"):
         raise UserError(f"--to {to} writes an .npz file; give a path ending in .npz, not {out}")
     if os.path.isdir(out) and not os.listdir(out) and not overwrite:

@@ -133,7 +133,7 @@ def output_file(flag: str, path: str, overwrite: bool) -> None:
     always when it is a folder."""
     if os.path.isdir(path):
         raise UserError(f"{flag} {path} is a folder; give a file name in it, e.g. {flag} "
-                         f"{os.path.join(path, 'out' + ('.csv' if flag == '--csv' else '.npz'))}")
+                        f"{os.path.join(path, 'out' + ('.csv' if flag == '--csv' else '.npz'))}")
     new_output(path, overwrite, flag)
 
 
@@ -145,12 +145,12 @@ def normalization(model, args, where: str) -> tuple:
     std = args.std if args.std is not None else pre.std if pre is not None else None
     if mean is None or std is None:
         raise UserError(f"{where} records no normalization (mean and std of pixel / 255); "
-                         f"pass --mean and --std as used in training")
+                        f"pass --mean and --std as used in training")
     C = model.config.in_channels
     for flag, v in (("--mean", mean), ("--std", std)):
         if len(v) not in (1, C):
             raise UserError(f"{flag} has {len(v)} values for the model's {C} channel(s); give "
-                             f"one value or {C} separated by commas")
+                            f"one value or {C} separated by commas")
     return mean, std
 
 
@@ -165,14 +165,14 @@ class ImageRun:
         self.paths, self.skipped = find_images(args.images)
         if not self.paths and not self.skipped:
             raise UserError(f"no images found in {', '.join(args.images)} (image files: "
-                             f".png, .jpg, .webp, .bmp, .gif, .tif, ... or .npy; hidden files "
-                             f"are left out)")
+                            f".png, .jpg, .webp, .bmp, .gif, .tif, ... or .npy; hidden files "
+                            f"are left out)")
         missing = needs_pillow(self.paths)
         if missing:
             more = f" (and {len(missing) - 1} more image files)" if len(missing) > 1 else ""
             raise UserError(f"{missing[0]}{more}: reading image files needs Pillow, which is "
-                             f"not installed; run `pip install -e .[images]` (or pip install "
-                             f"pillow), or convert the images to .npy")
+                            f"not installed; run `pip install -e .[images]` (or pip install "
+                            f"pillow), or convert the images to .npy")
         self.converted = {1: 0, 3: 0}                # source channels -> images converted
         self.bar = None
 
@@ -252,8 +252,8 @@ def classifier(args) -> tuple:
     model, _ = load_model(args.model, args.gelu)
     if not model.config.num_classes:
         raise UserError(f"{args.model} has no classifier head (a feature extractor: forward "
-                         f"returns its pooled features); get its features with minivit-embed, "
-                         f"or fine-tune a head first")
+                        f"returns its pooled features); get its features with minivit-embed, "
+                        f"or fine-tune a head first")
     pre = model.preprocessing
     names = pre.class_names if pre is not None else None
     K = model.config.num_classes

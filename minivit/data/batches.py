@@ -41,12 +41,12 @@ def normalize(x, dtype="float32", mean=0.0, std=1.0, xp=None):
         x = x[:, None]                                                # (B, 1, H, W)
     if x.ndim != 4:
         raise UserError(f"images must be (B, H, W) or (B, C, H, W), got shape {x.shape}; "
-                         f"move a channels-last axis first with np.moveaxis(x, -1, 1)")
+                        f"move a channels-last axis first with np.moveaxis(x, -1, 1)")
     mean = np.asarray(mean, dtype=np.float64).reshape(-1)
     std = np.asarray(std, dtype=np.float64).reshape(-1)
     if mean.size not in (1, x.shape[1]) or std.size not in (1, x.shape[1]):
         raise UserError(f"mean/std have {mean.size}/{std.size} values for {x.shape[1]} "
-                         f"channels; give one value or one per channel")
+                        f"channels; give one value or one per channel")
     scale = xp.asarray((1.0 / (255.0 * std)).reshape(1, -1, 1, 1), dtype=dtype)
     shift = xp.asarray((mean / std).reshape(1, -1, 1, 1), dtype=dtype)
     return x.astype(dtype) * scale - shift                            # (B, C, H, W)
@@ -133,26 +133,26 @@ class BatchIterator:
         images, labels = backend.to_numpy(images), backend.to_numpy(labels)
         if images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
             raise UserError(f"need images (N, H, W) or (N, C, H, W) and labels (N,), got "
-                             f"{images.shape} and {labels.shape}; pass matching arrays")
+                            f"{images.shape} and {labels.shape}; pass matching arrays")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         if len(images) == 0 or (drop_last and len(images) < batch_size):
             raise UserError(f"{len(images)} samples give no batch of {batch_size}"
-                             f"{' with drop_last' if drop_last else ''}; lower batch_size "
-                             f"or set drop_last=False")
+                            f"{' with drop_last' if drop_last else ''}; lower batch_size "
+                            f"or set drop_last=False")
         rank, size = shard
         if not (isinstance(size, int) and size >= 1 and 0 <= rank < size):
             raise UserError(f"shard must be (rank, size) with 0 <= rank < size, got {shard}")
         if batch_size % size:
             raise UserError(f"batch_size={batch_size} is not divisible by the {size} processes; "
-                             f"choose a batch size that is a multiple of {size}")
+                            f"choose a batch size that is a multiple of {size}")
         if size > 1 and not drop_last:
             raise UserError("batches split over processes need drop_last=True (a short last "
-                             "batch could not be split evenly)")
+                            "batch could not be split evenly)")
         augment = "shift" if augment is True else augment
         if augment and augment not in AUGMENTATIONS:
             raise UserError(f"augment must be False, True (shift) or one of {AUGMENTATIONS}, "
-                             f"got {augment!r}")
+                            f"got {augment!r}")
         self.shard = (int(rank), int(size))
         self.images = images if images.ndim == 4 else images[:, None]   # (N, C, H, W) view
         self.labels = labels

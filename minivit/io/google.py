@@ -153,15 +153,15 @@ def google_config(arrays: dict, **overrides) -> ViTConfig:
     missing = [k for k in need if k not in arrays]
     if missing:
         raise UserError(f"not a vit_jax ViT checkpoint: missing {missing}, needed to infer the "
-                         f"architecture (keys present: {sorted(arrays)[:8]}...)")
+                        f"architecture (keys present: {sorted(arrays)[:8]}...)")
     shp = {k: arrays[k].shape for k in need}
     kern, pos, head, q, fc1 = (shp[k] for k in need)
     bad = [(k, s) for k, s, nd in zip(need, (kern, pos, head, q, fc1), (4, 3, 2, 3, 2))
            if len(s) != nd]
     if bad or kern[0] != kern[1] or pos[0] != 1:
         raise UserError(f"cannot infer the architecture from these shapes: {bad or shp}; "
-                         f"expected embedding/kernel (p, p, C, D), pos_embedding (1, N, D), "
-                         f"query/kernel (D, H, Dh), Dense_0/kernel (D, F), head/kernel (R|D, K)")
+                        f"expected embedding/kernel (p, p, C, D), pos_embedding (1, N, D), "
+                        f"query/kernel (D, H, Dh), Dense_0/kernel (D, F), head/kernel (R|D, K)")
     p, C, D = kern[0], kern[2], kern[3]
     _check_grid(arrays, pos[1])
     R = dims(arrays, "pre_logits/kernel", 2)[1] if "pre_logits/kernel" in arrays else None
@@ -179,11 +179,11 @@ def _check_grid(arrays: dict, N: int) -> None:
         return
     if "cls" not in arrays and math.isqrt(N) ** 2 == N:
         raise UserError(f"this checkpoint has no 'cls' token and a {math.isqrt(N)}^2-row position "
-                         f"table: a classifier='gap' (global average pooling) model, which "
-                         f"minivit does not support; use a classifier='token' checkpoint")
+                        f"table: a classifier='gap' (global average pooling) model, which "
+                        f"minivit does not support; use a classifier='token' checkpoint")
     if g == 0 or g * g != N - 1:
         raise UserError(f"pos_embedding has N={N} rows, not 1 (CLS) + grid^2 for a square grid; "
-                         f"only square token grids with a CLS row are supported")
+                        f"only square token grids with a CLS row are supported")
 
 
 def google_preprocessing(cfg: ViTConfig) -> Preprocessing:
@@ -221,7 +221,7 @@ def google_target(cfg: ViTConfig, exact: bool = False) -> None:
     exact: also when it would load back only with pool='mean' (save_pretrained's rule)."""
     if cfg.pos_embed != "learned":
         raise UserError("save_google_npz needs pos_embed='learned': the Google layout stores a "
-                         "learned position table, and minivit's fixed 'sincos' table has none")
+                        "learned position table, and minivit's fixed 'sincos' table has none")
     odd = [name for name, bad in (("no CLS token", not cfg.class_token),
                                   ("a distillation token", cfg.distilled),
                                   ("register tokens", cfg.num_registers),
@@ -231,7 +231,7 @@ def google_target(cfg: ViTConfig, exact: bool = False) -> None:
                                   ("no head", not cfg.num_classes)) if bad]
     if odd:
         raise UserError(f"the Google vit_jax layout holds the original ViT; this model has "
-                         f"{', '.join(odd)}: save it with format='timm' or 'hf'")
+                        f"{', '.join(odd)}: save it with format='timm' or 'hf'")
 
 
 def save_google_npz(model: ViT, path) -> None:

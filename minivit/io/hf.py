@@ -109,14 +109,14 @@ def hf_family(conf: dict, arrays: dict) -> tuple[str, str]:
                   "deit" if "embeddings.distillation_token" in keys else "vit")
     if family not in HF_FAMILIES:
         raise UserError(f"model_type {family!r} is not a transformers ViT minivit reads (it reads "
-                         f"{', '.join(HF_FAMILIES)})")
+                        f"{', '.join(HF_FAMILIES)})")
     if "cls_classifier.weight" in arrays:
         return family, "teacher"
     if "classifier.weight" in arrays:
         if family.startswith("dinov2"):
             raise UserError("a Dinov2ForImageClassification checkpoint: its classifier reads "
-                             "[CLS token, mean of the patch tokens], a head minivit does not have; "
-                             "load the backbone alone (Dinov2Model) and fine-tune a new head")
+                            "[CLS token, mean of the patch tokens], a head minivit does not have; "
+                            "load the backbone alone (Dinov2Model) and fine-tune a new head")
         return family, "classifier"
     return family, "pooler" if "pooler.dense.weight" in arrays else "none"
 
@@ -151,7 +151,7 @@ def hf_config(conf: dict, arrays: dict, family: str, head: str, **overrides) -> 
     grid = math.isqrt(max(rows - T, 0))
     if p != p2 or grid * grid != rows - T:
         raise UserError(f"position table {arrays[need[1]].shape} is not {T} class rows + a "
-                         f"square grid, or the patches are not square ({p}x{p2})")
+                        f"square grid, or the patches are not square ({p}x{p2})")
     dino = family.startswith("dinov2")
     fc1 = arrays.get("encoder.layer.0." + ("mlp.fc1.weight" if dino
                                            else "intermediate.dense.weight"))
@@ -161,14 +161,14 @@ def hf_config(conf: dict, arrays: dict, family: str, head: str, **overrides) -> 
     act = conf.get("hidden_act", "gelu")
     if act not in GELU and "gelu" not in overrides:
         raise UserError(f"hidden_act={act!r}: minivit has the exact GELU ('gelu') and its tanh "
-                         f"approximation ('gelu_new', 'gelu_pytorch_tanh'); pass gelu= to choose")
+                        f"approximation ('gelu_new', 'gelu_pytorch_tanh'); pass gelu= to choose")
     if conf.get("use_swiglu_ffn") or conf.get("qkv_bias") is False:
         raise UserError("SwiGLU MLPs (dinov2-giant) and attention without qkv biases are not "
-                         "supported")
+                        "supported")
     heads = overrides.pop("heads", conf.get("num_attention_heads"))
     if heads is None:
         raise UserError("the head count is not in the tensors and there is no config.json "
-                         "beside the file: pass heads= (e.g. 12 for a base model)")
+                        "beside the file: pass heads= (e.g. 12 for a base model)")
     R = dims(arrays, "pooler.dense.weight", 2)[0] if head == "pooler" else None
     K = {"classifier": "classifier.weight", "teacher": "cls_classifier.weight"}.get(head)
     fields = dict(
@@ -211,7 +211,7 @@ def hf_preprocessing(pre_conf: dict | None, cfg: ViTConfig, family: str,
     resample = pc.get("resample", 2)
     if resample not in PIL_FILTERS:
         raise UserError(f"resample={resample} (a PIL filter number): minivit resizes with "
-                         f"nearest (0), bilinear (2) or bicubic (3)")
+                        f"nearest (0), bilinear (2) or bicubic (3)")
     size, mode = _hf_size(pc.get("size", cfg.image_size))
     crop = bool(pc.get("do_center_crop", False))
     crop_size = _hf_size(pc.get("crop_size", size))[0] if crop else None
@@ -230,7 +230,7 @@ def _hf_size(size) -> tuple[int, str]:
     h, w = size.get("height"), size.get("width")
     if h is None or h != w:
         raise UserError(f"image processor size {size}: minivit takes square sizes or a "
-                         f"shortest_edge")
+                        f"shortest_edge")
     return int(h), "square"
 
 
@@ -260,8 +260,8 @@ def hf_layout(arrays: dict, conf: dict, pre_conf: dict | None = None, **override
     if run_size is not None and (run_size % cfg.patch_size
                                  or (run_size // cfg.patch_size) ** 2 > MAX_PATCHES):
         raise UserError(f"preprocessor_config.json crops to {run_size} pixels, which the model "
-                         f"(patch {cfg.patch_size}) cannot run at: a multiple of the patch size "
-                         f"with at most {MAX_PATCHES} patches is needed; fix its crop_size")
+                        f"(patch {cfg.patch_size}) cannot run at: a multiple of the patch size "
+                        f"with at most {MAX_PATCHES} patches is needed; fix its crop_size")
     return Layout(cfg, hf_table(cfg, family, head, prefixed=False), arrays, pre,
                   f"transformers' {family} layout", (conf.get("architectures") or [family])[0],
                   hf_pos_resample(family), image_size=run_size, ignored=(MASK_TOKEN,))
@@ -273,16 +273,16 @@ def hf_target(cfg: ViTConfig) -> tuple[str, str]:
     other = "; save it with format='timm' instead"
     if not cfg.class_token or cfg.pool != "cls":
         raise UserError("transformers' ViT, DeiT and DINOv2 pool the CLS token: a model "
-                         "without one, or with mean pooling, has no transformers layout" + other)
+                        "without one, or with mean pooling, has no transformers layout" + other)
     if cfg.num_registers or cfg.layer_scale is not None:
         family = "dinov2_with_registers" if cfg.num_registers else "dinov2"
         if cfg.num_classes or cfg.representation_size or cfg.distilled:
             raise UserError("transformers' DINOv2 models with a head read [CLS, mean of "
-                             "patches]; only the headless backbone (num_classes=0, no "
-                             "representation_size) has a transformers layout" + other)
+                            "patches]; only the headless backbone (num_classes=0, no "
+                            "representation_size) has a transformers layout" + other)
         if cfg.mlp_dim != cfg.dim * int(cfg.mlp_ratio) or cfg.mlp_ratio != int(cfg.mlp_ratio):
             raise UserError(f"transformers' DINOv2 config takes an integer mlp_ratio, not "
-                             f"{cfg.mlp_ratio}" + other)
+                            f"{cfg.mlp_ratio}" + other)
         return family, "none"
     if cfg.distilled:
         if not cfg.num_classes:
@@ -291,11 +291,11 @@ def hf_target(cfg: ViTConfig) -> tuple[str, str]:
     if cfg.num_classes:
         if cfg.representation_size:
             raise UserError("transformers' ViTForImageClassification has no pre-logits layer: "
-                             "save with format='google', or reset_head() without it")
+                            "save with format='google', or reset_head() without it")
         return "vit", "classifier"
     if not cfg.representation_size:
         raise UserError("a headless ViT without the tanh pooler: transformers' ViTModel always "
-                         "has one (it would report pooler.dense missing)" + other)
+                        "has one (it would report pooler.dense missing)" + other)
     return "vit", "pooler"
 
 

@@ -113,7 +113,7 @@ def key_table(cfg: ViTConfig, top: dict, block: dict, block_prefix: str, what: s
             entry, pre = top.get(k), ""
         if entry is None:
             raise UserError(f"{k}: {what} has no place for this parameter; save the model in "
-                             f"another format")
+                            f"another format")
         kind, key = entry
         table[k] = (kind, tuple(pre + x for x in key) if isinstance(key, tuple) else pre + key)
     return table
@@ -266,7 +266,7 @@ def dims(arrays: dict, key: str, ndim: int) -> tuple:
     shape = tuple(arrays[key].shape)
     if len(shape) != ndim:
         raise UserError(f"tensor {key!r} has shape {shape}, not {ndim} dimensions: the file is "
-                         f"damaged or holds another architecture")
+                        f"damaged or holds another architecture")
     return shape
 
 
@@ -278,17 +278,17 @@ def check_overrides(overrides: dict) -> None:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise UserError(f"unknown ViTConfig fields {unknown} (these are not ViTConfig fields: "
-                         f"check the spelling; overridable: {', '.join(OVERRIDABLE)})")
+                        f"check the spelling; overridable: {', '.join(OVERRIDABLE)})")
     if overrides.get("pos_embed") == "sincos":
         raise UserError("pos_embed='sincos' is unsupported when loading a checkpoint: every "
-                         "layout carries a learned position table; load it with the learned "
-                         "table (the default)")
+                        "layout carries a learned position table; load it with the learned "
+                        "table (the default)")
     fixed = sorted(set(overrides) - set(OVERRIDABLE))
     if fixed:
         raise UserError(f"{fixed} are fixed by the checkpoint's shapes and cannot be overridden; "
-                         f"use image_size= to change the resolution (the position table is "
-                         f"resampled) and model.reset_head() to change the classes "
-                         f"(overridable: {', '.join(OVERRIDABLE)})")
+                        f"use image_size= to change the resolution (the position table is "
+                        f"resampled) and model.reset_head() to change the classes "
+                        f"(overridable: {', '.join(OVERRIDABLE)})")
 
 
 def make_config(fields: dict, overrides: dict) -> ViTConfig:
@@ -298,7 +298,7 @@ def make_config(fields: dict, overrides: dict) -> ViTConfig:
         return ViTConfig(**{**fields, **overrides})
     except ValueError as e:
         raise UserError(f"the checkpoint's shapes and overrides give no valid ViTConfig: "
-                         f"{e}") from e
+                        f"{e}") from e
 
 
 def mlp_ratio_for(D: int, F: int) -> float:

@@ -58,7 +58,7 @@ def prepare_image(img: np.ndarray, pre: Preprocessing, channels: int) -> np.ndar
         h, w = img.shape[1:]
         if h < S or w < S:
             raise UserError(f"an image of {h}x{w} after resizing is smaller than the "
-                             f"{S}x{S} center crop; resize_size must be at least image_size")
+                            f"{S}x{S} center crop; resize_size must be at least image_size")
         top, left = (h - S) // 2, (w - S) // 2
         img = img[:, top:top + S, left:left + S]
     return np.ascontiguousarray(img)                                      # (C, S, S)
@@ -73,6 +73,6 @@ def prepare_images(paths: list, pre: Preprocessing, channels: int) -> np.ndarray
         S = pre.image_size
         if S is not None and img.shape[1:] != (S, S):
             raise UserError(f"{path} is {img.shape[1]}x{img.shape[2]} after the checkpoint's "
-                             f"preprocessing, but the model takes {S}x{S} images")
+                            f"preprocessing, but the model takes {S}x{S} images")
         out.append(img)
     return np.stack(out)                                                   # (M, C, S, S)

@@ -258,7 +258,7 @@ def save_pretrained(model: ViT, path, format: str = "hf") -> None:
     the layout cannot hold exactly is a ValueError that says which format can."""
     if format not in ("hf", "timm", "google"):
         raise UserError(f"format={format!r} is not one of 'hf', 'timm', 'google' (minivit's own "
-                         f"checkpoints: minivit.io.save_checkpoint)")
+                        f"checkpoints: minivit.io.save_checkpoint)")
     cfg, pre = model.config, model.preprocessing
     if format == "google":
         google_target(cfg, exact=True)
@@ -277,7 +277,7 @@ def save_pretrained(model: ViT, path, format: str = "hf") -> None:
     path = os.fspath(path)
     if os.path.isfile(path):
         raise UserError(f"{path} is a file; format={format!r} writes a folder (config.json, "
-                         f"{WEIGHTS})")
+                        f"{WEIGHTS})")
     os.makedirs(path, exist_ok=True)
     write_safetensors(tensors, os.path.join(path, WEIGHTS))
     _write_json(os.path.join(path, "config.json"), conf)

@@ -81,8 +81,8 @@ def timm_heads(conf: dict, D: int, overrides: dict) -> int:
         if size in SIZES and SIZES[size]["dim"] == D:           # config.SIZES, the named widths
             return SIZES[size]["heads"]
     raise UserError(f"timm weights do not record the head count and the architecture "
-                     f"{arch or '(none)'!r} does not name a known size with width {D}: pass "
-                     f"heads= (tiny 3, small 6, base 12, large and huge 16)")
+                    f"{arch or '(none)'!r} does not name a known size with width {D}: pass "
+                    f"heads= (tiny 3, small 6, base 12, large and huge 16)")
 
 
 def timm_config(conf: dict, arrays: dict, **overrides) -> ViTConfig:
@@ -95,7 +95,7 @@ def timm_config(conf: dict, arrays: dict, **overrides) -> ViTConfig:
     if args.get("qkv_bias") is False or args.get("class_token") is False and \
             args.get("global_pool", "token") == "token":
         raise UserError("attention without qkv biases and CLS pooling without a CLS token "
-                         "are not supported")
+                        "are not supported")
     if "patch_embed.proj.weight" not in arrays or "pos_embed" not in arrays:
         raise UserError("not a timm VisionTransformer: no patch_embed.proj.weight / pos_embed")
     D, C, p, p2 = dims(arrays, "patch_embed.proj.weight", 4)
@@ -107,12 +107,12 @@ def timm_config(conf: dict, arrays: dict, **overrides) -> ViTConfig:
         no_embed_class = T > 0 and math.isqrt(rows) ** 2 == rows
     if not no_embed_class and R:
         raise UserError("register tokens with positions (no_embed_class=False) are not "
-                         "supported; timm's *_reg* models use no_embed_class=True")
+                        "supported; timm's *_reg* models use no_embed_class=True")
     prefix = 0 if no_embed_class else T + R
     grid = math.isqrt(max(rows - prefix, 0))
     if grid * grid != rows - prefix or grid == 0 or p != p2:
         raise UserError(f"pos_embed {arrays['pos_embed'].shape} is not {prefix} prefix rows + "
-                         f"a square grid")
+                        f"a square grid")
     pool = args.get("global_pool", conf.get("global_pool", "token" if T else "avg"))
     if pool not in ("token", "avg"):
         raise UserError(f"global_pool={pool!r}: minivit pools 'token' or 'avg'")
@@ -151,7 +151,7 @@ def timm_preprocessing(conf: dict, cfg: ViTConfig) -> Preprocessing:
     crop_pct = float(pc.get("crop_pct", 0.875))
     if not 0 < crop_pct or math.floor(S / crop_pct) > MAX_SIDE:
         raise UserError(f"crop_pct={crop_pct}: the fraction of the resized image that is "
-                         f"cropped must be positive (and resize to at most {MAX_SIDE} pixels)")
+                        f"cropped must be positive (and resize to at most {MAX_SIDE} pixels)")
     resample = pc.get("interpolation", "bicubic")
     if resample not in ("nearest", "bilinear", "bicubic"):
         resample = "bicubic"
@@ -187,7 +187,7 @@ def to_timm(params: dict, cfg: ViTConfig, pre: Preprocessing | None, pos_table=N
     the same function. A fixed sincos table is written as a learned one."""
     if cfg.representation_size:
         raise UserError("timm's VisionTransformer has no tanh pre-logits layer: save with "
-                         "format='google' (or format='hf' for a headless ViTModel pooler)")
+                        "format='google' (or format='hf' for a headless ViTModel pooler)")
     params = dict(params)
     if "pos_embed" not in params:
         params["pos_embed"] = pos_table

@@ -90,7 +90,7 @@ def sincos_2d(grid: int, dim: int, dtype="float32") -> np.ndarray:
     Patch at grid row r, column c: [sin(r w), cos(r w), sin(c w), cos(c w)], w_k = 10000^(-k/(dim/4))."""
     if dim % 4:
         raise UserError(f"pos_embed='sincos' needs dim divisible by 4, got dim={dim}; "
-                         f"use a dim divisible by 4 or pos_embed='learned'")
+                        f"use a dim divisible by 4 or pos_embed='learned'")
     d4 = dim // 4
     omega = 1.0 / 10000.0 ** (np.arange(d4, dtype=np.float64) / d4)    # (d4,)
     r, c = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")

@@ -17,12 +17,13 @@ def check_labels(labels, num_classes: int, batch: int | None = None) -> None:
     Reads the labels' range: one device sync for device arrays."""
     if batch is not None and labels.shape != (batch,):
         raise UserError(f"labels have shape {labels.shape}, expected ({batch},) to match the "
-                         f"batch of {batch} logits")
+                        f"batch of {batch} logits")
     K = num_classes
     if labels.dtype.kind not in "iu" or (labels.size and (int(labels.min()) < 0
                                                           or int(labels.max()) >= K)):
         raise UserError(f"labels must be integers in [0, {K}) (got dtype {labels.dtype}, "
-                         f"range [{labels.min()}, {labels.max()}]); check num_classes and the dataset")
+                        f"range [{labels.min()}, {labels.max()}]); check num_classes and the "
+                        f"dataset")
 
 
 def cross_entropy_losses(logits, labels, smoothing: float = 0.0):

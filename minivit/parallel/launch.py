@@ -72,7 +72,7 @@ def relaunched(procs: str, batch_size: int, device: str, argv, module: str):
         return None
     if batch_size % n:
         raise UserError(f"--batch-size {batch_size} is not divisible by --procs {n}; "
-                         f"each process takes an equal share of every batch")
+                        f"each process takes an equal share of every batch")
     argv = sys.argv[1:] if argv is None else list(argv)
     print(f"minivit: starting {n} processes under mpiexec ({max(1, (os.cpu_count() or 1) // n)} "
           f"core(s) each; --procs 1 runs one process)", file=sys.stderr)

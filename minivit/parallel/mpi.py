@@ -104,7 +104,7 @@ def world():
         from mpi4py import MPI
     except ImportError as e:
         raise Unavailable(f"this program was started by mpiexec with {launched_size()} "
-                           f"processes, but mpi4py is not installed; {INSTALL}") from e
+                          f"processes, but mpi4py is not installed; {INSTALL}") from e
     _world = MPIWorld(MPI)
     from . import threads
     threads.set_cores(max(1, (os.cpu_count() or 1) // _world.local_size))

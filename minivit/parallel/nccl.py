@@ -21,10 +21,10 @@ def load_nccl():
         from cupy.cuda import nccl
     except ImportError as e:
         raise Unavailable(f"multi-GPU training needs NCCL, which CuPy cannot import ({e}); "
-                           f"{NCCL_INSTALL}") from e
+                          f"{NCCL_INSTALL}") from e
     if not getattr(nccl, "available", True):
         raise Unavailable(f"multi-GPU training needs NCCL, but CuPy could not load libnccl; "
-                           f"{NCCL_INSTALL}")
+                          f"{NCCL_INSTALL}")
     return nccl
 
 
@@ -42,7 +42,7 @@ class NcclWorld:
         n_gpus = cupy.cuda.runtime.getDeviceCount()
         if self.local_size > n_gpus:
             raise Unavailable(f"{self.local_size} processes on this host but {n_gpus} GPU(s); "
-                               f"start at most one process per GPU")
+                              f"start at most one process per GPU")
         cupy.cuda.Device(self.local_rank).use()
         uid = mpi_world.bcast(nccl.get_unique_id() if self.is_root else None)
         self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)

@@ -46,8 +46,8 @@ def _normalization(model, mean, std) -> tuple:
         std = pre.std if pre is not None else None
     if mean is None or std is None:
         raise UserError("the model carries no preprocessing (mean and std of pixel / 255); "
-                         "pass mean= and std= (--mean/--std), or use a checkpoint that records "
-                         "them")
+                        "pass mean= and std= (--mean/--std), or use a checkpoint that records "
+                        "them")
     return mean, std
 
 
@@ -250,8 +250,8 @@ def match_classes(folder_names: list, model_names, num_classes: int, where: str 
         shown = "; ".join(f"{f!r} matches outputs {', '.join(f'{i} ({names[i]!r})' for i in h)}"
                           for f, h in ambiguous[:5])
         raise UserError(f"class folder names of {folder} that match several outputs of "
-                         f"{where}: {shown}; rename each folder to one output's full class "
-                         f"name")
+                        f"{where}: {shown}; rename each folder to one output's full class "
+                        f"name")
     _check_distinct(folder_names, out, names, folder)
     return out
 
@@ -263,7 +263,7 @@ def _check_distinct(folder_names: list, outputs: list, names, folder: str) -> No
         if i in seen:
             label = f" ({names[i]!r})" if names else ""
             raise UserError(f"class folders {seen[i]!r} and {f!r} of {folder} both stand for "
-                             f"output {i}{label}; merge them into one folder")
+                            f"output {i}{label}; merge them into one folder")
         seen[i] = f
 
 

@@ -40,14 +40,14 @@ def load_source(npz: Optional[str] = None, checkpoint: Optional[str] = None,
     given = [p for p in (npz, checkpoint, pretrained) if p is not None]
     if len(given) != 1:
         raise UserError("give exactly one source: a Google .npz, a minivit checkpoint or a "
-                         "pretrained folder (or call minivit.load_pretrained(path))")
+                        "pretrained folder (or call minivit.load_pretrained(path))")
     from ..io.pretrained import find_source, load_pretrained
     overrides = {"seed": seed} if image_size is None else {"seed": seed, "image_size": image_size}
     if find_source(given[0]).format != "minivit":
         overrides.update({"dtype": dtype, **({"gelu": gelu} if gelu else {})})
     elif gelu:
         raise UserError(f"{given[0]} is a minivit checkpoint, which records its own GELU; "
-                         f"leave gelu out")
+                        f"leave gelu out")
     return load_pretrained(given[0], **overrides)
 
 
@@ -71,9 +71,9 @@ def load_folder_for(model: ViT, folder: str, image_size: Optional[int] = None,
     S = data.x_train.shape[-1]
     if S != cfg.image_size:
         raise UserError(f"the images in {folder} are {S}x{S} but the model takes "
-                         f"{cfg.image_size}x{cfg.image_size}; pass --image-size {cfg.image_size} "
-                         f"to resize the images, or --image-size {S} to resample the model's "
-                         f"position table to them")
+                        f"{cfg.image_size}x{cfg.image_size}; pass --image-size {cfg.image_size} "
+                        f"to resize the images, or --image-size {S} to resample the model's "
+                        f"position table to them")
     return with_normalization(data, mean, std, cfg.in_channels)
 
 
@@ -123,7 +123,7 @@ def with_normalization(data: Dataset, mean, std, channels: int) -> Dataset:
         if v is not None:
             if len(v) not in (1, channels):
                 raise UserError(f"--{name} has {len(v)} values for {channels} "
-                                 f"channel(s); give one value or one per channel")
+                                f"channel(s); give one value or one per channel")
             changes[name] = [float(a) for a in v]
     if changes:
         pre = data.preprocessing

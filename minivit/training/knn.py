@@ -44,10 +44,10 @@ def knn_predict(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, k:
     train_y = np.asarray(train_y).astype(np.int64)
     if train_f.ndim != 2 or test_f.ndim != 2 or train_f.shape[1] != test_f.shape[1]:
         raise UserError(f"features must be (N, D) and (M, D) of the same D, got "
-                         f"{train_f.shape} and {test_f.shape}")
+                        f"{train_f.shape} and {test_f.shape}")
     if len(train_y) != len(train_f) or len(train_f) == 0:
         raise UserError(f"{len(train_f)} training features and {len(train_y)} labels: give one "
-                         f"label per training feature, at least one")
+                        f"label per training feature, at least one")
     if k < 1 or not T > 0:
         raise UserError(f"k must be >= 1 and T > 0, got k={k}, T={T}")
     C = int(train_y.max()) + 1 if num_classes is None else int(num_classes)

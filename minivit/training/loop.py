@@ -149,11 +149,11 @@ def check_data(model: ViT, data: Dataset, opts: TrainOptions, world) -> int:
             raise UserError(f"the {split} set's {e}") from None
     if opts.batch_size % world.size:
         raise UserError(f"batch_size={opts.batch_size} is not divisible by the {world.size} "
-                         f"processes; choose a batch size that is a multiple of {world.size}")
+                        f"processes; choose a batch size that is a multiple of {world.size}")
     steps = len(data.x_train) // opts.batch_size
     if steps == 0:
         raise UserError(f"batch_size={opts.batch_size} is larger than the training set "
-                         f"({len(data.x_train)} images); lower --batch-size")
+                        f"({len(data.x_train)} images); lower --batch-size")
     return steps
 
 
