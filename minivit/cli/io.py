@@ -18,19 +18,18 @@ import os
 
 from ..errors import UserError
 from ..io.checkpoint import load_checkpoint, save_checkpoint
-from ..io.google import read_google_npz, save_google_npz
+from ..io.google import read_google_npz, save_google_npz, sidecar_path
 from ..io.pretrained import describe_pretrained, load_pretrained, save_pretrained
 from . import Parser, command_name, run
-from .flags import add_overwrite_arg, count, new_output
+from .flags import add_overwrite_arg, count, existing_file, new_output, positive
 
 TARGETS = ("hf", "timm", "google", "minivit")
 
 
 def build_parser() -> Parser:
     ap = Parser(prog=command_name("minivit-io"),
-                                 description="Describe a ViT checkpoint (transformers, timm, "
-                                             "Google .npz or minivit) or convert it to another "
-                                             "layout.")
+                description="Describe a ViT checkpoint (transformers, timm, Google .npz or "
+                            "minivit) or convert it to another layout.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     info = sub.add_parser("info", help="print the format, config and preprocessing of a "
                                        "checkpoint (reads headers only for safetensors)")
@@ -46,6 +45,15 @@ def build_parser() -> Parser:
     conv.add_argument("--heads", type=count, default=None, help="see info --heads")
     conv.add_argument("--image-size", type=count, default=None,
                       help="resample the position table for this input size first")
+    conv.add_argument("--gelu", choices=("tanh", "erf"), default=None,
+                      help="the source's GELU, where it does not record it (a Google .npz "
+                           "without its NAME.minivit.json: vit_jax's tanh is assumed)")
+    conv.add_argument("--eps", type=positive, default=None,
+                      help="the source's LayerNorm eps, where it does not record it (a Google "
+                           ".npz without its NAME.minivit.json: 1e-6 is assumed)")
+    conv.add_argument("--labels", type=existing_file, default=None, metavar="FILE",
+                      help="class names, one per line in output order, for a source without "
+                           "them (a Google .npz)")
     add_overwrite_arg(conv, "an existing destination")
     ex = sub.add_parser("export", help="write a minivit checkpoint's weights as a Google .npz "
                                        "(convert --to google)")
@@ -69,6 +77,8 @@ def check_destination(src: str, out: str, to: str, overwrite: bool) -> None:
                         f"{out}; give a folder path")
     if to in ("google", "minivit") and not out.endswith(".npz"):
         raise UserError(f"--to {to} writes an .npz file; give a path ending in .npz, not {out}")
+    if to == "google":                                    # what the layout cannot hold
+        new_output(sidecar_path(out), overwrite, "the destination's sidecar")
     if os.path.isdir(out) and not os.listdir(out) and not overwrite:
         return                                            # an empty folder is not replaced
     new_output(out, overwrite, "the destination")
@@ -86,9 +96,12 @@ def clear_checkpoint_folder(folder: str) -> None:
             os.remove(os.path.join(folder, name))
 
 
-def convert(src: str, out: str, to: str, **overrides):
-    """Load src (any layout) and write it as `to`; returns the model."""
+def convert(src: str, out: str, to: str, labels: list | None = None, **overrides):
+    """Load src (any layout) and write it as `to`; returns the model. labels name the outputs
+    of a source that does not (a Google .npz)."""
     model = load_pretrained(src, **overrides)
+    if labels is not None:
+        with_labels(model, labels)
     if os.path.isdir(out):
         clear_checkpoint_folder(out)
     if to == "minivit":
@@ -96,6 +109,31 @@ def convert(src: str, out: str, to: str, **overrides):
     else:
         save_pretrained(model, out, format=to)
     return model
+
+
+def read_labels(path: str) -> list:
+    """Class names from a text file, one per line (blank lines at the end left out)."""
+    with open(path, encoding="utf-8") as f:
+        names = [line.rstrip("\r\n") for line in f]
+    while names and not names[-1].strip():
+        names.pop()
+    return names
+
+
+def with_labels(model, labels: list) -> None:
+    """Set the model's class names (UserError when they are not one per output)."""
+    import dataclasses
+
+    from ..config import Preprocessing
+    K = model.config.num_classes
+    if len(labels) != K:
+        raise UserError(f"--labels gives {len(labels)} names for a model of {K} outputs; give "
+                        f"one name per line, in output order")
+    pre = model.preprocessing or Preprocessing(mean=[0.5] * model.config.in_channels,
+                                               std=[0.5] * model.config.in_channels,
+                                               image_size=model.config.image_size,
+                                               channels=model.config.in_channels)
+    model.preprocessing = dataclasses.replace(pre, class_names=list(labels))
 
 
 def main(argv=None) -> None:
@@ -116,7 +154,9 @@ def main(argv=None) -> None:
         return
     if args.image_size:
         heads["image_size"] = args.image_size
-    model = convert(args.src, args.out, args.to, **heads)
+    heads.update({k: v for k, v in (("gelu", args.gelu), ("eps", args.eps)) if v is not None})
+    labels = read_labels(args.labels) if args.labels else None
+    model = convert(args.src, args.out, args.to, labels, **heads)
     print(f"wrote {args.out} ({args.to}, {model.num_params():,} parameters)")
 
 

@@ -27,7 +27,10 @@ heads contiguous, as in attn.qkv.w. Files are written in the Flax tree's order.
 
 The file stores weights only. Flax's defaults are assumed on load: GELU with the tanh
 approximation (jax.nn.gelu approximate=True), LayerNorm eps 1e-6, CLS-token pooling; pass
-overrides (gelu='erf', ...) for anything else. Unsupported: 'gap' classifier files (no CLS token)
+overrides (gelu='erf', ...) for anything else. What the layout cannot hold of a minivit model
+(its GELU, eps, class names and preprocessing) save_google_npz writes beside the file, in
+NAME.minivit.json (sidecar_path); a load reads it back when it is there (overrides still win),
+so a model converted to this layout and back keeps its logits and labels. Unsupported: 'gap' classifier files (no CLS token)
 and hybrid R50+ViT files; minivit's fixed 'sincos' table has no place in this layout.
 
 Reading goes through files.read_npz (never unpickles; every array header is checked before
@@ -36,6 +39,7 @@ NaN or inf in a weight unless allow_nonfinite=True.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -195,10 +199,61 @@ def google_preprocessing(cfg: ViTConfig) -> Preprocessing:
 
 def google_layout(arrays: dict, conf: dict | None = None, pre_conf: dict | None = None,
                   **overrides) -> Layout:
-    """The Layout of Google-named arrays (the files have no JSON: conf, pre_conf unused)."""
-    cfg = google_config(arrays, **overrides)
-    return Layout(cfg, google_table(cfg), arrays, google_preprocessing(cfg), WHAT,
-                  "vit_jax VisionTransformer", RESAMPLE)
+    """The Layout of Google-named arrays. conf: what the file's sidecar holds (read_sidecar:
+    gelu, eps, preprocessing), the defaults that overrides replace; pre_conf unused."""
+    extras = conf or {}
+    defaults = {k: extras[k] for k in ("gelu", "eps") if k in extras}
+    cfg = google_config(arrays, **{**defaults, **overrides})
+    pre = extras.get("preprocessing") or google_preprocessing(cfg)
+    return Layout(cfg, google_table(cfg), arrays, pre, WHAT, "vit_jax VisionTransformer",
+                  RESAMPLE)
+
+
+# ---- the sidecar: what the layout cannot hold ---------------------------------------------------
+SIDECAR = ".minivit.json"
+SIDECAR_FORMAT = "minivit: what a vit_jax .npz cannot hold"
+
+
+def sidecar_path(path) -> str:
+    """NAME.minivit.json beside NAME.npz."""
+    path = os.fspath(path)
+    return (path[:-4] if path.endswith(".npz") else path) + SIDECAR
+
+
+def read_sidecar(path) -> dict:
+    """{'gelu', 'eps', 'preprocessing' (a Preprocessing or None)} from the sidecar beside the
+    .npz at path, or {} when there is none. A damaged one raises GoogleNpzError naming it."""
+    side = sidecar_path(path)
+    if not os.path.isfile(side):
+        return {}
+    fix = (f"delete it to load {os.fspath(path)} with vit_jax's defaults, or convert the model "
+           f"again")
+    try:
+        with open(side, "rb") as f:
+            data = json.loads(f.read(1 << 20).decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise GoogleNpzError(f"{side} cannot be read ({type(e).__name__}: {e}); {fix}") from e
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise GoogleNpzError(f"{side} is not the file minivit writes beside a Google .npz; {fix}")
+    gelu, eps, pre = data.get("gelu"), data.get("eps"), data.get("preprocessing")
+    if gelu not in ("tanh", "erf") or not isinstance(eps, (int, float)) or isinstance(eps, bool) \
+            or not math.isfinite(eps) or eps <= 0 or not isinstance(pre, (dict, type(None))):
+        raise GoogleNpzError(f"{side} holds gelu={gelu!r}, eps={eps!r}, preprocessing of type "
+                             f"{type(pre).__name__}: not a GELU ('tanh', 'erf'), a positive eps "
+                             f"and an object or null; {fix}")
+    try:
+        pre = None if pre is None else Preprocessing.from_dict(pre)
+    except (TypeError, ValueError) as e:
+        raise GoogleNpzError(f"{side}: its preprocessing is invalid ({e}); {fix}") from e
+    return {"gelu": gelu, "eps": float(eps), "preprocessing": pre}
+
+
+def write_sidecar(model: ViT, path) -> None:
+    """The model's GELU, eps and preprocessing (class names included) beside its .npz."""
+    pre = model.preprocessing
+    data = {"format": SIDECAR_FORMAT, "gelu": model.config.gelu, "eps": model.config.eps,
+            "preprocessing": None if pre is None else pre.to_dict()}
+    atomic_write(sidecar_path(path), lambda f: f.write(json.dumps(data, indent=2).encode()))
 
 
 # ---- public entry points ------------------------------------------------------------------------
@@ -212,7 +267,7 @@ def load_google_npz(path, image_size: int | None = None, *, resize_method: str =
     check_overrides(overrides)                            # the caller's mistake, not the file's
     path = os.fspath(path)
     arrays = read_google_npz(path, allow_nonfinite)
-    lay = layout_of(path, GoogleNpzError, google_layout, arrays, **overrides)
+    lay = layout_of(path, GoogleNpzError, google_layout, arrays, read_sidecar(path), **overrides)
     return build_model(lay, seed, image_size, method=resize_method, align_corners=align_corners)
 
 
@@ -237,8 +292,10 @@ def google_target(cfg: ViTConfig, exact: bool = False) -> None:
 def save_google_npz(model: ViT, path) -> None:
     """Write the model's weights as a vit_jax .npz (atomically: temp file + os.replace; an
     OSError becomes files.WriteError naming the path, and the old file stays).
-    Only weights are stored: reload with the same gelu/pool/eps overrides if not the defaults."""
+    The layout holds weights only: the GELU, eps and preprocessing (class names included) go
+    into NAME.minivit.json beside it (write_sidecar), which the loaders read back."""
     google_target(model.config)
     host = {k: backend.to_numpy(v) for k, v in model.params.items()}
     arrays = to_google(host, model.config)
     atomic_write(os.fspath(path), lambda f: np.savez(f, **arrays))
+    write_sidecar(model, path)

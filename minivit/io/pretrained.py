@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import warnings
 import zipfile
 from typing import NamedTuple, Optional
 
@@ -31,7 +30,8 @@ from .. import backend
 from ..errors import UserError
 from ..files import FileFormatError, atomic_write, check_finite
 from ..model import ViT
-from .google import GoogleNpzError, google_layout, google_target, read_google_npz, save_google_npz
+from .google import (GoogleNpzError, google_layout, google_target, read_google_npz, read_sidecar,
+                     save_google_npz)
 from .hf import hf_layout, to_hf
 from .layout import Layout, build_model, check_overrides, layout_of
 from .safetensors_file import (DTYPES, PICKLE_SUFFIXES, SafetensorsError, read_safetensors,
@@ -77,7 +77,9 @@ def find_source(path) -> Source:
     elif os.path.exists(path):
         folder = os.path.dirname(os.path.abspath(path))
         if path.endswith(".npz"):
-            return Source(_npz_format(path), [path], {}, None, path)
+            fmt = _npz_format(path)
+            extras = read_sidecar(path) if fmt == "google" else {}
+            return Source(fmt, [path], extras, None, path)
         if path.endswith(".json"):
             weights = _shards(path)
         elif path.endswith(".safetensors"):
@@ -262,11 +264,7 @@ def save_pretrained(model: ViT, path, format: str = "hf") -> None:
     cfg, pre = model.config, model.preprocessing
     if format == "google":
         google_target(cfg, exact=True)
-        if (cfg.gelu, cfg.eps) != ("tanh", 1e-6):
-            warnings.warn(f"the Google layout records weights only and is read with flax's tanh "
-                          f"GELU and eps 1e-6; load this file back with gelu={cfg.gelu!r}, "
-                          f"eps={cfg.eps}", stacklevel=2)
-        save_google_npz(model, path)
+        save_google_npz(model, path)                      # GELU, eps, labels: in its sidecar
         return
     host = {k: backend.to_numpy(v) for k, v in model.params.items()}
     table = None if model.pos_table is None else backend.to_numpy(model.pos_table)

@@ -7,14 +7,15 @@ hand, a NumPy forward pass reads the Google-named arrays directly with Flax's se
 (tests/torch_vit.py) is filled from the Google names by its own mapping.
 """
 import math
+import os
 import types
 
 import numpy as np
 import pytest
 
 from minivit import ViT, ViTConfig, backend
-from minivit.io.google import (check_google_arrays, google_config, load_google_npz, read_google_npz,
-                               save_google_npz)
+from minivit.io.google import (GoogleNpzError, check_google_arrays, google_config,
+                               load_google_npz, read_google_npz, save_google_npz)
 from minivit.resample import resize_pos_embed
 
 from conftest import images, randomize_params, relerr
@@ -166,7 +167,7 @@ def test_save_overwrites_atomically(tmp_path):
     path.write_bytes(b"old contents")
     save_google_npz(ViT(ViTConfig(**SMALL)), path)
     assert load_google_npz(path, dtype="float64").config == ViTConfig(**SMALL)
-    assert [q.name for q in tmp_path.iterdir()] == ["m.npz"]
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["m.minivit.json", "m.npz"]  # no temps
 
 
 @pytest.mark.parametrize("prefix", ["opt/target/", "params/"])
@@ -401,3 +402,90 @@ def test_load_at_new_image_size(tmp_path):
     assert np.array_equal(same.params["pos_embed"], arrays[POS])
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         load_google_npz(path, image_size=16)
+
+
+# ---- what the layout cannot hold, beside it -----------------------------------------------------
+
+def _labelled_model():
+    from minivit import Preprocessing
+    cfg = ViTConfig(image_size=8, patch_size=4, in_channels=3, num_classes=3, dim=16, depth=1,
+                    heads=2, gelu="erf", eps=1e-12)
+    pre = Preprocessing(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], image_size=8,
+                        channels=3, class_names=["cat", "dog", "fox"], resize_size=10,
+                        center_crop=True)
+    model = ViT(cfg, seed=3, preprocessing=pre)
+    rng = np.random.default_rng(0)
+    for v in model.params.values():
+        v[...] = rng.standard_normal(v.shape) * 0.3
+    return model
+
+
+def test_the_sidecar_brings_back_what_the_layout_cannot_hold(tmp_path):
+    """GELU, eps, class names and preprocessing go into NAME.minivit.json beside NAME.npz; both
+    loaders read it back, so the model comes back with the same logits and labels; an override
+    still wins; without the sidecar vit_jax's defaults apply, as before."""
+    from minivit.io.google import sidecar_path
+    from minivit.io.pretrained import load_pretrained
+    model = _labelled_model()
+    path = str(tmp_path / "m.npz")
+    save_google_npz(model, path)
+    assert os.path.exists(sidecar_path(path)) and sidecar_path(path).endswith("m.minivit.json")
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8))
+    want = model.forward(x.astype(np.float32))
+    for back in (load_google_npz(path), load_pretrained(path)):
+        assert (back.config.gelu, back.config.eps) == ("erf", 1e-12)
+        assert back.preprocessing == model.preprocessing
+        np.testing.assert_allclose(back.forward(x.astype(np.float32)), want, atol=1e-6)
+    assert load_google_npz(path, gelu="tanh").config.gelu == "tanh"
+    os.remove(sidecar_path(path))
+    bare = load_pretrained(path)
+    assert (bare.config.gelu, bare.config.eps) == ("tanh", 1e-6)
+    assert bare.preprocessing.class_names is None and bare.preprocessing.mean == [0.5] * 3
+
+
+@pytest.mark.parametrize("text", ["{oops", "[1, 2]", '{"format": "something else"}',
+                                  '{"format": "minivit: what a vit_jax .npz cannot hold", '
+                                  '"gelu": "relu", "eps": 1e-6, "preprocessing": null}'])
+def test_a_damaged_sidecar_is_one_clear_error(tmp_path, text):
+    from minivit.io.google import sidecar_path
+    path = str(tmp_path / "m.npz")
+    save_google_npz(_labelled_model(), path)
+    with open(sidecar_path(path), "w") as f:
+        f.write(text)
+    with pytest.raises(GoogleNpzError, match=r"m\.minivit\.json.*delete it"):
+        load_google_npz(path)
+
+
+def test_convert_to_google_and_back_keeps_labels_and_logits(tmp_path):
+    from minivit.cli import io as io_cli
+    from minivit.io.checkpoint import load_checkpoint, save_checkpoint
+    model = _labelled_model()
+    src, g, back = str(tmp_path / "m.npz"), str(tmp_path / "g.npz"), str(tmp_path / "back.npz")
+    save_checkpoint(src, model)
+    io_cli.main(["convert", src, g, "--to", "google"])
+    io_cli.main(["convert", g, back, "--to", "minivit"])
+    again = load_checkpoint(back)["model"]
+    assert again.preprocessing == model.preprocessing and again.config == model.config
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(again.forward(x), model.forward(x), atol=1e-6)
+
+
+def test_convert_flags_name_what_a_bare_google_file_lacks(tmp_path):
+    from minivit.cli import io as io_cli
+    from minivit.io.checkpoint import load_checkpoint
+    from minivit.io.google import sidecar_path
+    model = _labelled_model()
+    g = str(tmp_path / "g.npz")
+    save_google_npz(model, g)
+    os.remove(sidecar_path(g))                            # as released: weights only
+    (tmp_path / "labels.txt").write_text("cat\ndog\nfox\n\n")
+    out = str(tmp_path / "m.npz")
+    io_cli.main(["convert", g, out, "--to", "minivit", "--gelu", "erf", "--eps", "1e-12",
+                 "--labels", str(tmp_path / "labels.txt")])
+    got = load_checkpoint(out)["model"]
+    assert (got.config.gelu, got.config.eps) == ("erf", 1e-12)
+    assert got.preprocessing.class_names == ["cat", "dog", "fox"]
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    with pytest.raises(ValueError, match="2 names for a model of 3 outputs"):
+        io_cli.main(["convert", g, str(tmp_path / "n.npz"), "--to", "minivit", "--labels",
+                     str(tmp_path / "two.txt")])
