@@ -184,3 +184,37 @@ def test_finetune_photos_of_any_size_through_the_sources_preprocessing(tmp_path,
     p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     assert res[0]["top"][0]["label"] == ["cat", "dog"][int(p.argmax())]
     assert res[0]["top"][0]["prob"] == pytest.approx(float(p.max()), rel=1e-5)
+
+
+@needs("PIL")
+def test_the_digit_photo_recipe_writes_a_folder_finetune_and_evaluate_read(tmp_path,
+                                                                           monkeypatch):
+    """examples/make_digit_photos.py (the recipe in docs/training.md) writes train/ and test/
+    class folders of dark-on-light RGB photos of assorted sizes, from MNIST (here a synthetic
+    one), and refuses a folder that exists."""
+    import hashlib
+
+    from minivit.data import download
+    from minivit.data import mnist as mnist_data
+    from minivit.data.photos import read_photo
+    from conftest import idx_bytes, synthetic_mnist
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name, arr in synthetic_mnist(n_train=200, n_test=100).items():
+        raw = idx_bytes(arr)
+        (folder / name).write_bytes(raw)
+        monkeypatch.setitem(mnist_data.MNIST_FILES, name, hashlib.sha256(raw).hexdigest())
+    monkeypatch.setattr(download, "_urlopen", None)
+    make = load_example("make_digit_photos")
+    out = tmp_path / "photos"
+    make.main([str(out), "--train-per-class", "3", "--test-per-class", "2", "--data", str(folder)])
+    assert sorted(os.listdir(out)) == ["test", "train"]
+    assert sorted(os.listdir(out / "train")) == [str(k) for k in range(10)]
+    files = sorted((out / "train" / "4").iterdir())
+    assert len(files) == 3 and len(list((out / "test" / "4").iterdir())) == 2
+    for f in files:
+        img = read_photo(str(f))                           # (3, S, S) uint8
+        assert img.shape[0] == 3 and 24 <= img.shape[1] == img.shape[2] <= 64
+        assert img.mean() > 128                            # light paper, dark ink
+    with pytest.raises(ValueError, match="exists"):
+        make.main([str(out), "--data", str(folder)])
