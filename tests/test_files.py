@@ -509,7 +509,7 @@ def test_export_and_attention_report_a_full_disk(tmp_path, capsys, monkeypatch):
         with pytest.raises(SystemExit) as e:
             run(io_cli.main, ["export", ckpt, str(out), "--overwrite"])
         assert words in one_error_line(capsys, e, str(out))
-        assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["c.npz", "g.npz"]
+        assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["c.npz", "g.minivit.json", "g.npz"]
         monkeypatch.undo()
         monkeypatch.delenv("MINIVIT_DEBUG", raising=False)
     if has("matplotlib"):
