@@ -54,9 +54,12 @@ def check_model(xp, cfg, B=3, seed_masks=None):
     return model
 
 
-@pytest.mark.parametrize("pool", ["cls", "mean"])
-@pytest.mark.parametrize("gelu", ["tanh", "erf"])
-def test_model_grads(xp, pool, gelu):
+@pytest.mark.parametrize("pool, gelu", [("cls", "tanh"), ("mean", "erf"), ("cls", "erf"),
+                                        ("mean", "tanh")])
+def test_model_grads(xp, pool, gelu, engine):
+    if engine == "reference" and (pool, gelu) in (("cls", "erf"), ("mean", "tanh")):
+        pytest.skip("the reference engine's pooling and GELU are each checked by the other two "
+                    "pairs (the fast engine checks all four)")
     check_model(xp, ViTConfig(**SMALL, pool=pool, gelu=gelu))
 
 
