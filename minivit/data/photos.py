@@ -45,8 +45,8 @@ import numpy as np
 from ..config import Preprocessing
 from ..errors import UserError
 from ..files import check_file
-from .imagefolder import (ImageFolderError, _check_pixels, convert_channels, read_image,
-                          resize_image)
+from .imagefolder import (ImageFolderError, _check_pixels, _split, convert_channels,
+                          read_image, resize_image)
 
 __all__ = ["IMAGE_EXTENSIONS", "find_images", "read_photo", "fit_image", "read_batches",
            "Batch", "needs_pillow", "pillow", "class_folder", "folder_splits", "split_by_class"]
@@ -301,13 +301,4 @@ def split_by_class(files: list, test_fraction: float, seed: int) -> tuple[list, 
     the rule image folders are split by for fine-tuning (imagefolder.load_image_folder)."""
     if not 0.0 < test_fraction < 1.0:
         raise UserError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for label in sorted({lab for _, lab in files}):
-        mine = [f for f in files if f[1] == label]
-        n = len(mine)
-        k = min(max(int(round(n * test_fraction)), 1), n - 1) if n >= 2 else 0
-        pick = set(rng.permutation(n)[:k].tolist())
-        test += [f for i, f in enumerate(mine) if i in pick]
-        train += [f for i, f in enumerate(mine) if i not in pick]
-    return train, test
+    return _split(files, test_fraction, seed)
