@@ -11,7 +11,9 @@ second, tiny one), so every process takes the same optimizer step.
 """
 from __future__ import annotations
 
+import array
 import os
+import stat
 import sys
 import time
 
@@ -164,6 +166,16 @@ def on_root(world, fn) -> None:
         raise SystemExit(2)
 
 
+def failed_in_step(world, error: Exception | None, failures: float):
+    """After a step's all-reduce, which summed each process's failed flag into `failures`: when
+    some process failed, it raises its own error (marked shared: one line per failure, no
+    abort) and the others exit cleanly; otherwise nothing."""
+    if failures > 0:
+        if error is not None:
+            raise _shared(error)
+        raise SystemExit(2)
+
+
 def failed_together(world, error: Exception):
     """An error every process meets at the same point (a loss that diverged, known to all after
     the all-reduce): the root's to raise and report, the others exit cleanly."""
@@ -184,12 +196,34 @@ def is_shared(error: BaseException) -> bool:
 
 
 def fail(world, message: str, code: int = 2) -> None:
-    """Print one `error:` line for the whole job and end it. Every process that fails calls this;
-    the root prints at once and aborts the job, the others wait a moment first, so an error that
-    every process hits is printed once, and one that only some hit is still printed."""
-    if not world.is_root:
-        time.sleep(3.0)
+    """Print this process's error and end the job: the path of a failure the other processes
+    cannot learn of at a collective (those end together: together, on_root, the step's failed
+    flag), so some may be waiting in one. The line is flushed, and the abort waits until the
+    launcher has read it from the pipe (drained), so the abort cannot overtake it."""
     prefix = "" if world.is_root else f"[rank {world.rank}] "
     print(f"{prefix}{message}", file=sys.stderr, flush=True)
-    time.sleep(0.5)           # let mpiexec forward the line before the abort tears the job down
-    world.abort(code)         # (without the pause the line was lost in 1 of 8 test-suite runs)
+    drained(sys.stderr)
+    world.abort(code)
+
+
+def drained(stream, limit_s: float = 5.0) -> bool:
+    """Wait until a pipe's reader has taken everything written to it (FIONREAD on the pipe: the
+    bytes not yet read), at most limit_s; True at once for a terminal, a file or where the count
+    cannot be asked. Not a fixed pause: it returns as soon as the launcher has the line."""
+    try:
+        import fcntl
+        import termios
+        fd = stream.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return True
+        count = array.array("i", [0])
+        deadline = time.monotonic() + limit_s
+        while True:
+            fcntl.ioctl(fd, termios.FIONREAD, count)
+            if count[0] == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+    except (ImportError, OSError, ValueError, AttributeError):
+        return True

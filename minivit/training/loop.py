@@ -41,7 +41,7 @@ from ..model import ViT
 from ..optim import SGD, AdamW, clip_grad_norm, warmup_cosine
 from ..parallel import Single
 from ..parallel import world as default_world
-from ..parallel.mpi import failed_together, on_root
+from ..parallel.mpi import failed_in_step, failed_together, on_root
 from .evaluate import evaluate, report
 from .interrupt import GracefulInterrupt
 from .plots import plot_curves
@@ -393,20 +393,30 @@ def train_step(model: ViT, opt, x, y, lr: float, opts: TrainOptions, world=None,
     world = Single() if world is None else world
     b = len(y)
     B = b * world.size
-    masks = BatchRows(int(model.rng.integers(2 ** 63)), world.rank * b, (world.rank + 1) * b, B)
-    logits = model.forward(x, train=True, masks=masks, check_finite=False)  # (b, K)
-    losses, cache = cross_entropy_losses(logits, y, opts.smoothing)         # (b,), no sync
-    dlogits = cross_entropy_backward(cache)                                 # (b, K), mean over b
-    xp = backend.xp_of(logits)
-    stats = xp.stack([losses.sum(dtype=xp.float64),                        # (2,) on the device
-                      (logits.argmax(1) == y).sum(dtype=xp.float64)])
-    if world.size > 1:
-        dlogits *= b / B                                  # this process's share of the mean over B
-    model.backward(dlogits)
-    host = backend.to_numpy(stats)                        # the step's one device-to-host copy
+    failure = None
+    try:
+        masks = BatchRows(int(model.rng.integers(2 ** 63)), world.rank * b,
+                          (world.rank + 1) * b, B)
+        logits = model.forward(x, train=True, masks=masks, check_finite=False)  # (b, K)
+        losses, cache = cross_entropy_losses(logits, y, opts.smoothing)     # (b,), no sync
+        dlogits = cross_entropy_backward(cache)                             # (b, K), mean over b
+        xp = backend.xp_of(logits)
+        stats = xp.stack([losses.sum(dtype=xp.float64),                    # (2,) on the device
+                          (logits.argmax(1) == y).sum(dtype=xp.float64)])
+        if world.size > 1:
+            dlogits *= b / B                              # this process's share of the mean
+        model.backward(dlogits)
+        host = backend.to_numpy(stats)                    # the step's one device-to-host copy
+    except Exception as e:                                # the others must learn of it below,
+        if world.size == 1:                               # not wait for it in the all-reduce
+            raise
+        failure, host = e, np.zeros(2)
+        model.grads.flat[...] = 0
     if world.size > 1:
         world.allreduce_(model.grads.flat)
-        host = world.allreduce_(np.array([host[0], host[1], float(stop)]))  # (3,) host float64
+        host = world.allreduce_(np.array([host[0], host[1], float(stop),     # (4,) host float64
+                                          float(failure is not None)]))
+        failed_in_step(world, failure, float(host[3]))    # every process ends here, or none
         stop = float(host[2]) > 0
     loss, hits = float(host[0]) / B, int(round(float(host[1])))
     if not np.isfinite(loss):                             # every process sees the same loss

@@ -123,10 +123,24 @@ def test_a_fault_on_one_rank_ends_the_job(mnist, tmp_path, kind):
     r = run(2, FLAGS + ["--epochs", "2", "--data", data, "--out", str(tmp_path / "f")], env,
             timeout=60)
     assert r.returncode != 0 and time.time() - t < 50
-    if kind == "raise":
-        errors = [l for l in r.stderr.splitlines() if "error:" in l]
+    if kind == "raise":                                   # in the step: the others learn of it
+        errors = [l for l in r.stderr.splitlines() if "error:" in l]   # at the all-reduce
         assert len(errors) == 1 and "injected fault on rank 1" in errors[0], r.stderr
-        assert "Traceback" not in r.stderr
+        assert "Traceback" not in r.stderr and "Abort" not in r.stderr and r.returncode == 2
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_fault_outside_the_step_is_delivered_before_the_abort(mnist, tmp_path, attempt):
+    """A failure the other processes cannot learn of at a collective (rank 1's evaluation, while
+    rank 0 waits in the evaluation's all-reduce) ends the job by MPI's abort; its error line
+    still arrives, each time (the abort waits until the launcher has read it, no fixed pause)."""
+    data, env = mnist
+    t = time.time()
+    r = run(2, FLAGS + ["--epochs", "1", "--data", data, "--out", str(tmp_path / "e")],
+            {**env, "MINIVIT_TEST_EVAL_FAULT": "1"}, timeout=60)
+    errors = [l for l in r.stderr.splitlines() if "error:" in l]
+    assert r.returncode != 0 and time.time() - t < 50
+    assert len(errors) == 1 and "[rank 1] error: injected evaluation fault" in errors[0], r.stderr
 
 
 @pytest.mark.parametrize("fault", ["nan", "full-disk"])
