@@ -489,3 +489,21 @@ def test_convert_flags_name_what_a_bare_google_file_lacks(tmp_path):
     with pytest.raises(ValueError, match="2 names for a model of 3 outputs"):
         io_cli.main(["convert", g, str(tmp_path / "n.npz"), "--to", "minivit", "--labels",
                      str(tmp_path / "two.txt")])
+
+
+def test_hf_to_google_to_hf_keeps_gelu_eps_labels_and_logits(tmp_path):
+    """The issue's round trip: a transformers folder (exact GELU, eps 1e-12, real labels) to a
+    Google .npz and back to a transformers folder gives the same logits, labels and config."""
+    pytest.importorskip("safetensors")
+    from minivit.cli import io as io_cli
+    from minivit.io.pretrained import load_pretrained, save_pretrained
+    model = _labelled_model()
+    hf, g, back = str(tmp_path / "hf"), str(tmp_path / "g.npz"), str(tmp_path / "back")
+    save_pretrained(model, hf, format="hf")
+    io_cli.main(["convert", hf, g, "--to", "google"])
+    io_cli.main(["convert", g, back, "--to", "hf"])
+    a, b = load_pretrained(hf), load_pretrained(back)
+    assert (b.config.gelu, b.config.eps) == ("erf", 1e-12) and b.config == a.config
+    assert b.preprocessing.class_names == ["cat", "dog", "fox"]
+    x = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(b.forward(x), a.forward(x), atol=1e-6)
