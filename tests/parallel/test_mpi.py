@@ -39,10 +39,26 @@ def mnist(tmp_path_factory):
 
 
 def run(procs, args, env, timeout=120, **kw):
+    """The driver under mpiexec -n procs; on a timeout the whole process group is killed, so a
+    hung job leaves no process behind to slow the rest of the suite."""
     cmd = ([launch.mpiexec_path(), "-n", str(procs)] if procs > 1 else []) + \
         [sys.executable, DRIVER] + args
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, **kw)
+    p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True, **kw)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def kill_group(p) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.communicate()
 
 
 def params(out):
@@ -89,13 +105,17 @@ def test_resume_from_two_processes_with_one(mnist, one_process_run, tmp_path):
     args = FLAGS + ["--epochs", "2", "--data", data, "--out", out]
     cmd = [launch.mpiexec_path(), "-n", "2", sys.executable, DRIVER] + args
     p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, start_new_session=True)
     metrics = pathlib.Path(out, "metrics.jsonl")
     deadline = time.time() + 60
     while not metrics.exists() and time.time() < deadline:             # into the second epoch
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        raise
     last = os.path.join(out, "last.npz")
     assert os.path.exists(last), err
     r = run(1, args + ["--procs", "1", "--resume", last], env)
