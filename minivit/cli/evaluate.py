@@ -124,8 +124,8 @@ def main(argv=None) -> dict:
         if args.knn is not None:
             missing = args.data is not None and not os.path.exists(args.data)
             raise UserError(f"--knn fits on an image folder's training images: pass --data "
-                            f"DIR with DIR/train/<class>/ and DIR/test/<class>/, or "
-                            f"DIR/<class>/ to split" + (f" (--data {args.data}: no such folder)"
+                            "DIR with DIR/train/<class>/ and DIR/test/<class>/, or "
+                            "DIR/<class>/ to split" + (f" (--data {args.data}: no such folder)"
                                                         if missing else ""))
         return evaluate_mnist(args)
     plan = knn_plan(args) if args.knn is not None else folder_plan(args)
