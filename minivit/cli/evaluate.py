@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
     if is_mnist_folder(args.data):
         if args.knn is not None:
             missing = args.data is not None and not os.path.exists(args.data)
-            raise UserError(f"--knn fits on an image folder's training images: pass --data "
+            raise UserError("--knn fits on an image folder's training images: pass --data "
                             "DIR with DIR/train/<class>/ and DIR/test/<class>/, or "
                             "DIR/<class>/ to split" + (f" (--data {args.data}: no such folder)"
                                                         if missing else ""))
