@@ -9,6 +9,7 @@ breakdown of minivit's step, and the machine's float32 matmul peak.
     python benchmarks/bench.py --config vit-b16 --device gpu --impl all --batch 64
     python benchmarks/bench.py --config vit-b16 --image-size 448 --what infer --batch 1
     python benchmarks/bench.py --config mnist --impl onnx --what infer   # pip install -e '.[onnx]'
+    python benchmarks/bench.py --config vit-b16 --batch 1 --impl minivit,transformers --what infer
     python benchmarks/bench.py --config mnist --impl all --what train,infer --json  # keep them
 
 This file is the orchestration: the command line, one fresh process per measurement (alternating
@@ -18,7 +19,9 @@ commit, date, command) and appended to benchmarks/results/<machine tag>.jsonl as
 measure.py measures (step timing, matmul peak, memory, threads, vit_flops); layers.py is the
 per-layer breakdown; the PyTorch reference is tests/torch_vit.py; onnx_ref.py exports it for
 ONNX Runtime (the onnx implementation: CPU, inference and peak only; train and layers are
-reported as skipped).
+reported as skipped); the transformers implementation is transformers' own model class loaded
+from minivit's model written with minivit.io.save_pretrained(format="hf") (measure.py's
+TransformersBench: its logits checked against minivit's before timing).
 
 Method (benchmarks/README.md has the long form):
 - train step = forward(train=True) + cross-entropy + backward + AdamW step; inference =
@@ -88,7 +91,7 @@ CONFIGS = {
     "tiny": {},
 }
 WHATS = ("peak", "train", "infer", "layers")     # the order they run in
-IMPLS = tuple(measure.BENCHES)                   # minivit, torch, torch-sdpa, onnx
+IMPLS = tuple(measure.BENCHES)                   # minivit, torch, torch-sdpa, transformers, onnx
 
 
 def bench_config(name: str, image_size: int | None = None) -> ViTConfig:
@@ -116,7 +119,7 @@ def config_label(name: str, image_size: int | None) -> str:
 def make_bench(args, cfg: ViTConfig):
     """The implementation --impl names, built for --batch on --device."""
     gpu = args.device == "gpu"
-    if args.impl in ("torch", "torch-sdpa"):
+    if args.impl in ("torch", "torch-sdpa", "transformers"):
         return measure.BENCHES[args.impl](cfg, args.batch, gpu=gpu, tf32=args.tf32,
                                           num_threads=args.threads)
     if args.impl == "onnx":                  # the torch child's model and threads, CPU only
@@ -127,8 +130,9 @@ def make_bench(args, cfg: ViTConfig):
 def unsupported(impl: str, what: str, device: str) -> str | None:
     """Why `impl` does not measure `what` on `device`, or None when it does. ONNX Runtime runs
     the exported forward pass on the CPU here: inference and the matmul peak only. torch-sdpa
-    differs from torch in its attention only: its matmul peak is torch's."""
-    if impl == "torch-sdpa" and what == "peak":
+    differs from torch in its attention only, and transformers runs on torch: their matmul peak
+    is torch's."""
+    if impl in ("torch-sdpa", "transformers") and what == "peak":
         return "peak not measured: the same matmul as torch"
     if impl != "onnx":
         return None
@@ -143,11 +147,16 @@ def unavailable(impl: str) -> str | None:
     """Why `impl` cannot run in this environment (a package is missing), or None. Imports what
     the measuring process itself uses (torch, onnxruntime) so that it counts in rss_base; the
     ONNX export's packages are only looked up (the export runs in a child process)."""
-    if impl in ("torch", "torch-sdpa"):
+    if impl in ("torch", "torch-sdpa", "transformers"):
         try:        # first, so that its OpenMP pool is limited and counted in rss_base
             importlib.import_module("torch")
         except ImportError:
             return "torch not installed"
+    if impl == "transformers":
+        gone = transformers_missing()
+        if gone:
+            return f"{', '.join(gone)} not installed ({TRANSFORMERS_INSTALL})"
+        importlib.import_module("transformers")
     if impl == "onnx":
         gone = onnx_ref.missing()
         if gone:
@@ -156,9 +165,18 @@ def unavailable(impl: str) -> str | None:
     return None
 
 
+TRANSFORMERS_REQUIRES = ("torch", "transformers", "safetensors")
+TRANSFORMERS_INSTALL = "pip install torch transformers safetensors"
+
+
+def transformers_missing() -> list:
+    """The packages --impl transformers needs that are not installed (looked up, not imported)."""
+    return [m for m in TRANSFORMERS_REQUIRES if importlib.util.find_spec(m) is None]
+
+
 # meta keys that a measurement record or its stamp holds already: the rest is its "setup"
 SETUP_SKIP = {"what", "impl", "config", "batch", "device", "threads", "python", "cpu", "numpy",
-              "torch", "onnxruntime"}
+              "torch", "onnxruntime", "transformers"}
 
 
 def run_local(args, cfg: ViTConfig, whats: list, emit=lambda r: None) -> list:
@@ -330,17 +348,26 @@ def run_child(cmd: list, threads: int, procs: int = 1, emit=lambda r: None) -> l
 
 
 def installed_impls() -> list:
-    """minivit; torch and torch-sdpa when torch is installed; onnx when onnxruntime and the
-    export's packages (onnx_ref.REQUIRES: onnx, onnxscript, torch) are."""
+    """minivit; torch and torch-sdpa when torch is installed; transformers when torch,
+    transformers and safetensors are; onnx when onnxruntime and the export's packages
+    (onnx_ref.REQUIRES: onnx, onnxscript, torch) are."""
     if importlib.util.find_spec("torch") is None:
         print("torch not installed; skipped", file=sys.stderr)
         return ["minivit"]
+    out = ["minivit", "torch", "torch-sdpa"]
+    gone = transformers_missing()
+    if gone:
+        print(f"transformers: {', '.join(gone)} not installed ({TRANSFORMERS_INSTALL}); "
+              f"skipped", file=sys.stderr)
+    else:
+        out.append("transformers")
     gone = onnx_ref.missing()
     if gone:
         print(f"onnx: {', '.join(gone)} not installed ({onnx_ref.INSTALL}); skipped",
               file=sys.stderr)
-        return ["minivit", "torch", "torch-sdpa"]
-    return list(IMPLS)
+    else:
+        out.append("onnx")
+    return out
 
 
 def run_all(args, whats: list, emit) -> list:
@@ -445,11 +472,13 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
               f"thread(s); a training step includes the all-reduce")
     seen = set()
     for m in metas:
-        line = {k: m[k] for k in ("impl", "numpy", "torch", "onnxruntime", "backend", "params",
-                                  "pools", "procs", "batch_pieces", "sdpa", "providers",
+        line = {k: m[k] for k in ("impl", "numpy", "torch", "transformers", "onnxruntime",
+                                  "backend", "params", "pools", "procs", "batch_pieces", "sdpa",
+                                  "hf_class", "hf_head", "hf_rel_err", "providers",
                                   "ort_threads", "opset", "onnx_rel_err", "cpu") if k in m}
-        if "onnx_rel_err" in line:                 # ORT's logits against the reference's
-            line["onnx_rel_err"] = f"{line['onnx_rel_err']:.1e}"
+        for k in ("onnx_rel_err", "hf_rel_err"):   # logits against the reference's / minivit's
+            if k in line:
+                line[k] = f"{line[k]:.1e}"
         key = json.dumps(line, sort_keys=True)
         if key not in seen:
             seen.add(key)
@@ -481,7 +510,7 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
         mem_key = "gpu_peak_mb" if args.device == "gpu" else "peak_rss_mb"
         mem_name = "GPU peak MB" if args.device == "gpu" else "max RSS MB"
         print()
-        print(f"{'what':6} {'impl':10} {'ms/step':>9} {'img/s':>9} {'GFLOP/s':>8} {'of peak':>8} "
+        print(f"{'what':6} {'impl':12} {'ms/step':>9} {'img/s':>9} {'GFLOP/s':>8} {'of peak':>8} "
               f"{mem_name:>11}  rounds (ms) [cores used by others]")
         for r in rows:
             fp = f"{r['gflops'] / peak:.0%}" if peak else "-"
@@ -489,7 +518,7 @@ def print_tables(records: list, args, cfg: ViTConfig) -> None:
             rounds = " ".join(f"{v:.2f}" for v in r.get("ms_rounds", [r["ms"]]))
             rounds += " [" + " ".join("?" if c is None else f"{c:.1f}" for c in o) + "]"
             mem = r.get(mem_key)
-            print(f"{r['what']:6} {r['impl']:10} {r['ms']:9.2f} {r['images_per_s']:9.0f} "
+            print(f"{r['what']:6} {r['impl']:12} {r['ms']:9.2f} {r['images_per_s']:9.0f} "
                   f"{r['gflops']:8.1f} {fp:>8} {mem if mem is None else round(mem):>11}  {rounds}")
         for r in records:
             if r["what"] == "ratio":
@@ -548,7 +577,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="alternating rounds when several implementations run (default 3)")
     ap.add_argument("--impl", default="minivit",
                     help="minivit, torch (the PyTorch reference, attention written out), "
-                         "torch-sdpa (the same with F.scaled_dot_product_attention), onnx (the "
+                         "torch-sdpa (the same with F.scaled_dot_product_attention), "
+                         "transformers (transformers' ViTForImageClassification / Dinov2Model "
+                         "loaded from minivit's save_pretrained folder, SDPA attention), "
+                         "onnx (the "
                          "reference exported to ONNX Runtime: CPU inference and peak only), a "
                          "comma list of them, or all installed (default minivit)")
     ap.add_argument("--what", default=None,

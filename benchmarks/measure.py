@@ -1,6 +1,7 @@
 """Measurement, inside one process: a training step or inference of minivit (NumPy or CuPy) or of
-the PyTorch reference ViT, inference of that reference exported to ONNX Runtime (OnnxBench; its
-export is onnx_ref.py), the float32 matmul peak, memory (max RSS; the GPU allocators' pools),
+the PyTorch reference ViT, transformers' own ViT/DINOv2 loaded from minivit's save_pretrained
+folder (TransformersBench), inference of that reference exported to ONNX Runtime (OnnxBench;
+its export is onnx_ref.py), the float32 matmul peak, memory (max RSS; the GPU allocators' pools),
 the thread limits, and vit_flops, the FLOP count that turns a time into GFLOP/s.
 
 bench.py decides what runs in which process and prints the results; nothing here starts a
@@ -357,8 +358,155 @@ class TorchSdpaBench(TorchBench):
         super().__init__(cfg, batch, gpu=gpu, tf32=tf32, sdpa=True, num_threads=num_threads)
 
 
+def prepare_hf_folder(cfg_dict: dict, hx: np.ndarray, folder: str) -> None:
+    """(In a child process) minivit's model of the config, ViT(cfg, seed=0), written to folder
+    as a transformers checkpoint, and its output on hx saved as folder/minivit_out.npy."""
+    cfg = ViTConfig.from_dict(cfg_dict)
+    from minivit.io import save_pretrained
+    ref = ViT(cfg, seed=0)
+    save_pretrained(ref, folder, format="hf")
+    np.save(os.path.join(folder, "minivit_out.npy"),
+            backend.to_numpy(ref.forward(backend.asarray(hx), train=False)))
+
+
+class TransformersBench(TorchBench):
+    """Hugging Face transformers' own model, loaded as a user loads a download: minivit's model
+    of the config (ViT(cfg, seed=0), MinivitBench's weights) written with
+    minivit.io.save_pretrained(format="hf") into a temporary folder, then read back with
+    from_pretrained(attn_implementation="sdpa") in float32. config.json decides the class:
+    ViTForImageClassification for a model with a classifier head, the headless backbone
+    (Dinov2Model for DINOv2, AutoModel) otherwise, trained through a linear head of
+    HEADLESS_CLASSES classes on its pooler_output (the final-LayerNorm CLS token). Before any
+    timing its logits (pooler_output when headless) on the input batch are checked against
+    minivit's forward (REL_TOL), which a child process computes and writes with the folder, so
+    the peak memory measured here is transformers' alone. The train and infer steps, threads
+    and memory are TorchBench's."""
+    name = "transformers"
+    REL_TOL = 1e-4             # max |transformers - minivit| / max |minivit| (float32)
+    HEADLESS_CLASSES = 1000
+
+    def __init__(self, cfg: ViTConfig, batch: int, gpu: bool = False, tf32: bool = False,
+                 num_threads: int = 2):
+        import json
+        import tempfile
+
+        import torch
+        import transformers
+
+        self.torch, self.transformers, self.cfg, self.gpu, self.sdpa = \
+            torch, transformers, cfg, gpu, True
+        torch.set_num_threads(num_threads)
+        if gpu:
+            if not torch.cuda.is_available():
+                raise SystemExit("--device gpu: this PyTorch sees no CUDA GPU; install a CUDA "
+                                 "build of torch or use --device cpu")
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+        self.dev = torch.device("cuda" if gpu else "cpu")
+        transformers.utils.logging.disable_progress_bar()     # no "Loading weights" bar
+        hx, hy = (host_batch if cfg.num_classes else host_batch_headless)(cfg, batch)
+        with tempfile.TemporaryDirectory(prefix="minivit-hf-") as d:
+            # minivit's model, written and run in a child process of its own, so that this
+            # process's peak memory is transformers' alone (as for a user who downloaded it)
+            import multiprocessing
+            child = multiprocessing.get_context("spawn").Process(
+                target=prepare_hf_folder, args=(cfg.to_dict(), hx, d))
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise SystemExit(f"writing the transformers folder failed (exit {child.exitcode})")
+            want = np.load(os.path.join(d, "minivit_out.npy"))   # (B, K|D)
+            with open(os.path.join(d, "config.json")) as f:
+                conf = json.load(f)
+            self.arch = conf["architectures"][0]
+            self.headless = not self.arch.endswith("ForImageClassification")
+            if conf.get("image_size") != cfg.image_size:
+                raise SystemExit(f"save_pretrained wrote image_size {conf.get('image_size')}, "
+                                 f"not {cfg.image_size}")
+            auto = (transformers.AutoModel if self.headless
+                    else transformers.AutoModelForImageClassification)
+            self.model = auto.from_pretrained(d, attn_implementation="sdpa",
+                                              dtype=torch.float32).to(self.dev)
+        self.model_type = conf["model_type"]
+        self.x = torch.from_numpy(hx).to(self.dev)                      # (B, C, S, S)
+        self.y = torch.from_numpy(hy).to(self.dev)                      # (B,)
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model(pixel_values=self.x)
+            got = (out.pooler_output if self.headless else out.logits).float().cpu().numpy()
+        self.rel_err = float(np.abs(got - want).max() / np.abs(want).max())
+        if not self.rel_err <= self.REL_TOL:
+            raise SystemExit(f"transformers' {type(self.model).__name__} "
+                             f"{'pooler_output' if self.headless else 'logits'} differ from "
+                             f"minivit's by {self.rel_err:.2e} (relative; at most "
+                             f"{self.REL_TOL:g} expected): save_pretrained's layout or this "
+                             f"transformers version computes another model")
+        self.head = None
+        if self.headless:
+            torch.manual_seed(0)
+            self.head = torch.nn.Linear(cfg.dim, self.HEADLESS_CLASSES).to(self.dev)
+        self.sync = torch.cuda.synchronize if gpu else (lambda: None)
+
+    def info(self) -> dict:
+        n = sum(p.numel() for p in self.model.parameters())
+        if self.model_type.startswith("dinov2"):
+            n -= self.cfg.dim                                    # its unused mask token
+        return {"torch": self.torch.__version__, "transformers": self.transformers.__version__,
+                "sdpa": True, "hf_class": type(self.model).__name__,
+                "hf_attn": self.model.config._attn_implementation, "params": n,
+                "hf_rel_err": self.rel_err,
+                **({"hf_head": f"linear on pooler_output, {self.HEADLESS_CLASSES} classes"}
+                   if self.headless else {})}
+
+    def _logits(self, x):
+        out = self.model(pixel_values=x)
+        return self.head(out.pooler_output) if self.headless else out.logits   # (B, K)
+
+    def param_groups(self) -> list:
+        """As TorchBench's: weight decay on the weight matrices (linear weights and the
+        patch-embedding kernel) only; none on biases, LayerNorm and LayerScale parameters, the
+        class and mask tokens or the position table."""
+        named = list(self.model.named_parameters())
+        if self.head is not None:
+            named += [("head." + k, p) for k, p in self.head.named_parameters()]
+        decay = [p for k, p in named if k.endswith(".weight") and p.ndim >= 2]
+        ids = {id(p) for p in decay}
+        return [{"params": decay, "weight_decay": WEIGHT_DECAY},
+                {"params": [p for _, p in named if id(p) not in ids], "weight_decay": 0.0}]
+
+    def train_step(self):
+        """TorchBench's step: cross-entropy on the logits, backward, AdamW (same lr, decay)."""
+        torch, model, x, y = self.torch, self.model, self.x, self.y
+        opt = torch.optim.AdamW(self.param_groups(), lr=LR)
+        model.train()
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(self._logits(x), y)
+            loss.backward()
+            opt.step()
+        return step
+
+    def infer_step(self):
+        torch, model, x = self.torch, self.model, self.x
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model(pixel_values=x)                        # (B, K) logits
+        return step
+
+
+def host_batch_headless(cfg: ViTConfig, batch: int):
+    """host_batch for a headless model: labels of TransformersBench.HEADLESS_CLASSES classes."""
+    rng = np.random.default_rng(0)
+    S, C = cfg.image_size, cfg.in_channels
+    x = rng.standard_normal((batch, C, S, S)).astype(cfg.dtype)
+    return x, rng.integers(0, TransformersBench.HEADLESS_CLASSES, batch).astype(np.int64)
+
+
 BENCHES = {"minivit": MinivitBench, "torch": TorchBench, "torch-sdpa": TorchSdpaBench,
-           "onnx": OnnxBench}
+           "transformers": TransformersBench, "onnx": OnnxBench}
 
 
 def time_step(bench, what: str, batch: int, steps: int, warmup: int) -> dict:

@@ -34,6 +34,10 @@ import table  # noqa: E402
 needs_onnx = pytest.mark.skipif(not all(has(m) for m in onnx_ref.REQUIRES),
                                 reason=f"needs {', '.join(onnx_ref.REQUIRES)} ({onnx_ref.INSTALL})")
 
+needs_transformers = pytest.mark.skipif(
+    bool(bench.transformers_missing()),
+    reason=f"needs {', '.join(bench.TRANSFORMERS_REQUIRES)} ({bench.TRANSFORMERS_INSTALL})")
+
 SMALL = dict(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2, heads=2,
              mlp_ratio=1.5)
 
@@ -292,11 +296,68 @@ def test_impl_all_measures_torch():
     assert meta["torch"]["params"] == meta["minivit"]["params"] == meta["torch-sdpa"]["params"]
     assert meta["torch"]["sdpa"] is False and meta["torch-sdpa"]["sdpa"] is True
     agg = {r["impl"]: r for r in recs if r["what"] == "train" and r.get("aggregate")}
-    assert set(agg) == {"minivit", "torch", "torch-sdpa"}
+    hf = set() if bench.transformers_missing() else {"transformers"}
+    assert set(agg) == {"minivit", "torch", "torch-sdpa"} | hf
+    if hf:
+        assert meta["transformers"]["params"] == meta["minivit"]["params"]
     assert all(positive(r["ms"]) for r in agg.values())
     ratio = [r for r in recs if r["what"] == "ratio"]
     assert len(ratio) == 1 and positive(ratio[0]["minivit_over_torch"])
     assert positive(ratio[0]["minivit_over_torch-sdpa"])
+
+
+# ---- transformers -----------------------------------------------------------------------------
+@needs_transformers
+def test_impl_transformers_end_to_end():
+    """bench.py --impl transformers on the smoke model: minivit's model written with
+    save_pretrained, loaded by transformers' ViTForImageClassification, its logits checked
+    against minivit's, then a training step and inference timed; its peak is torch's. In this
+    process, as one measurement process runs (transformers' import alone takes seconds); the
+    child-process path runs in test_impl_all_measures_torch."""
+    recs = bench.main(["--smoke", "--impl", "transformers", "--what", "peak,train,infer",
+                       "--batch", "4", "--steps", "1", "--warmup", "0", "--results", "-"])
+    by = {r["what"]: r for r in recs}
+    assert set(by) == {"meta", "skipped", "train", "infer"}
+    meta = by["meta"]
+    assert meta["impl"] == "transformers" and meta["hf_class"] == "ViTForImageClassification"
+    assert meta["hf_attn"] == "sdpa" and meta["transformers"]
+    assert meta["params"] == num_params(bench.bench_config("tiny"))
+    assert meta["hf_rel_err"] < measure.TransformersBench.REL_TOL
+    assert by["skipped"]["of"] == "peak" and "same matmul as torch" in by["skipped"]["reason"]
+    for what in ("train", "infer"):
+        for k in ("ms", "images_per_s", "gflops", "peak_rss_mb"):
+            assert positive(by[what][k]), (what, k)
+
+
+@needs_transformers
+def test_transformers_headless_dinov2_and_the_parity_check(monkeypatch):
+    """A headless DINOv2 backbone is written as config.json's dinov2 and loaded as Dinov2Model
+    (its pooler_output checked against minivit's features), trained through a linear head; a
+    model that computes something else fails before any timing."""
+    from minivit.config import model_config
+    cfg = model_config("dinov2-s14", image_size=28, patch_size=14, dim=16, depth=1, heads=2)
+    b = measure.TransformersBench(cfg, 2)
+    info = b.info()
+    assert info["hf_class"] == "Dinov2Model" and info["params"] == num_params(cfg)
+    assert info["hf_rel_err"] < b.REL_TOL and "pooler_output" in info["hf_head"]
+    r = measure.time_step(b, "train", 2, 1, 0)
+    assert positive(r["ms"]) and r["steps"] == 1
+    monkeypatch.setattr(measure.TransformersBench, "REL_TOL", -1.0)
+    with pytest.raises(SystemExit, match="differ from minivit's"):
+        measure.TransformersBench(cfg, 2)
+
+
+def test_transformers_missing_is_skipped_with_the_fix(monkeypatch):
+    """--impl transformers without its packages: a "skipped" record that names them; --impl all
+    leaves it out."""
+    monkeypatch.setattr(bench, "transformers_missing", lambda: ["transformers"])
+    recs = bench.main(["--config", "tiny", "--impl", "transformers", "--what", "infer",
+                       "--results", "-"])
+    assert [r["what"] for r in recs] == ["skipped"]
+    assert "transformers not installed" in recs[0]["reason"]
+    assert bench.TRANSFORMERS_INSTALL in recs[0]["reason"]
+    if has("torch"):
+        assert "transformers" not in bench.installed_impls()
 
 
 # ---- ONNX Runtime ------------------------------------------------------------------------------
