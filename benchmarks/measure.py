@@ -219,6 +219,19 @@ class MinivitBench:
         return 2 * n ** 3 / statistics.median(ts) / 1e6
 
 
+def torch_device(torch, gpu: bool, tf32: bool, num_threads: int):
+    """PyTorch set up for a measurement: its CPU threads, TF32 as asked on the GPU; the device.
+    SystemExit when --device gpu finds no CUDA GPU."""
+    torch.set_num_threads(num_threads)
+    if gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("--device gpu: this PyTorch sees no CUDA GPU; install a CUDA "
+                             "build of torch or use --device cpu")
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    return torch.device("cuda" if gpu else "cpu")
+
+
 class TorchBench:
     """The eager PyTorch reference ViT (tests/torch_vit.py) on the CPU or CUDA, float32."""
     name = "torch"
@@ -228,14 +241,7 @@ class TorchBench:
         import torch
         from torch_vit import TorchViT
         self.torch, self.cfg, self.gpu, self.sdpa = torch, cfg, gpu, sdpa
-        torch.set_num_threads(num_threads)
-        if gpu:
-            if not torch.cuda.is_available():
-                raise SystemExit("--device gpu: this PyTorch sees no CUDA GPU; install a CUDA "
-                                 "build of torch or use --device cpu")
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
-        self.dev = torch.device("cuda" if gpu else "cpu")
+        self.dev = torch_device(torch, gpu, tf32, num_threads)
         torch.manual_seed(0)
         self.model = TorchViT(cfg, dtype=torch.float32, sdpa=sdpa).to(self.dev)
         hx, hy = host_batch(cfg, batch)
@@ -247,15 +253,23 @@ class TorchBench:
         return {"torch": self.torch.__version__, "sdpa": self.sdpa,
                 "params": self.model.num_params()}
 
+    def param_groups(self) -> list:
+        """AdamW's groups: weight decay on the same weights as minivit's."""
+        return self.model.param_groups(WEIGHT_DECAY)
+
+    def _logits(self, x):
+        return self.model(x)                                 # (B, K)
+
     def train_step(self):
-        """The same step: AdamW with weight decay on the same weights (model.param_groups)."""
+        """The same step: cross-entropy on the logits, backward, AdamW with weight decay on the
+        same weights (param_groups)."""
         torch, model, x, y = self.torch, self.model, self.x, self.y
-        opt = torch.optim.AdamW(model.param_groups(WEIGHT_DECAY), lr=LR)
+        opt = torch.optim.AdamW(self.param_groups(), lr=LR)
         model.train()
 
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss = torch.nn.functional.cross_entropy(self._logits(x), y)
             loss.backward()
             opt.step()
         return step
@@ -266,7 +280,7 @@ class TorchBench:
 
         def step():
             with torch.no_grad():
-                model(x)                                     # (B, K)
+                self._logits(x)                              # (B, K)
         return step
 
     def reset_memory(self) -> None:
@@ -395,14 +409,7 @@ class TransformersBench(TorchBench):
 
         self.torch, self.transformers, self.cfg, self.gpu, self.sdpa = \
             torch, transformers, cfg, gpu, True
-        torch.set_num_threads(num_threads)
-        if gpu:
-            if not torch.cuda.is_available():
-                raise SystemExit("--device gpu: this PyTorch sees no CUDA GPU; install a CUDA "
-                                 "build of torch or use --device cpu")
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
-        self.dev = torch.device("cuda" if gpu else "cpu")
+        self.dev = torch_device(torch, gpu, tf32, num_threads)
         transformers.utils.logging.disable_progress_bar()     # no "Loading weights" bar
         hx, hy = (host_batch if cfg.num_classes else host_batch_headless)(cfg, batch)
         with tempfile.TemporaryDirectory(prefix="minivit-hf-") as d:
@@ -473,28 +480,6 @@ class TransformersBench(TorchBench):
         ids = {id(p) for p in decay}
         return [{"params": decay, "weight_decay": WEIGHT_DECAY},
                 {"params": [p for _, p in named if id(p) not in ids], "weight_decay": 0.0}]
-
-    def train_step(self):
-        """TorchBench's step: cross-entropy on the logits, backward, AdamW (same lr, decay)."""
-        torch, model, x, y = self.torch, self.model, self.x, self.y
-        opt = torch.optim.AdamW(self.param_groups(), lr=LR)
-        model.train()
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(self._logits(x), y)
-            loss.backward()
-            opt.step()
-        return step
-
-    def infer_step(self):
-        torch, model, x = self.torch, self.model, self.x
-        model.eval()
-
-        def step():
-            with torch.no_grad():
-                model(pixel_values=x)                        # (B, K) logits
-        return step
 
 
 def host_batch_headless(cfg: ViTConfig, batch: int):
