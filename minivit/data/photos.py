@@ -45,8 +45,8 @@ import numpy as np
 from ..config import Preprocessing
 from ..errors import UserError
 from ..files import check_file
-from .imagefolder import (ImageFolderError, _check_pixels, _split, convert_channels,
-                          read_image, resize_image)
+from .imagefolder import (ImageFolderError, _check_pixels, _check_png_size, _pil, _split,
+                          convert_channels, read_image, resize_image)
 
 __all__ = ["IMAGE_EXTENSIONS", "find_images", "read_photo", "fit_image", "read_batches",
            "Batch", "needs_pillow", "pillow", "class_folder", "folder_splits", "split_by_class"]
@@ -63,12 +63,8 @@ WHITE = 255
 
 
 def pillow():
-    """PIL.Image, or None when Pillow is not installed."""
-    try:
-        from PIL import Image
-    except ImportError:
-        return None
-    return Image
+    """PIL.Image, or None when Pillow is not installed (imagefolder's lookup)."""
+    return _pil()
 
 
 def _hidden(name: str) -> bool:
@@ -136,6 +132,8 @@ def read_photo(path) -> np.ndarray:
             im = Image.open(path)                                   # the header only
         with im:
             _check_pixels(path, im.size, Image.MAX_IMAGE_PIXELS)
+            if im.format == "PNG":
+                _check_png_size(path, im.size)                      # before decoding, as there
             im.seek(0)                                              # the first frame
             im.load()
             arr = _to_array(_upright(im, ImageOps), Image)

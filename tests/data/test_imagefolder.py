@@ -206,9 +206,11 @@ def test_png_declaring_more_pixels_than_its_bytes_hold(tmp_path):
     data[j + 17:j + 21] = struct.pack(">I", zlib.crc32(bytes(data[j:j + 17])))
     path = tmp_path / "big.png"
     path.write_bytes(bytes(data))
-    with pytest.raises(ImageFolderError, match=r"declares 9000x9000 pixels, more than its \d+ "
-                                               r"bytes can hold"):
-        read_image(path)
+    from minivit.data.photos import read_photo          # predict, embed, evaluate, finetune
+    for read in (read_image, read_photo):
+        with pytest.raises(ImageFolderError, match=r"declares 9000x9000 pixels, more than its "
+                                                   r"\d+ bytes can hold"):
+            read(path)
 
 
 def test_npy_image_with_a_damaged_header(tmp_path):
