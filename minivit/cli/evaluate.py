@@ -174,7 +174,8 @@ def folder_plan(args) -> dict:
 def knn_plan(args) -> dict:
     """The k-NN's training and test images: {'where', 'names', 'files', 'is_test',
     'split'}: DIR/train and DIR/test, or a seeded --test-fraction split of DIR/<class>/."""
-    from ..data.photos import class_folder, folder_splits, split_by_class
+    from ..data.imagefolder import split_classes
+    from ..data.photos import class_folder, folder_splits
     root = args.data
     train_dir, test_dir = folder_splits(root)
     if (train_dir is None) != (test_dir is None):
@@ -184,26 +185,12 @@ def knn_plan(args) -> dict:
                         f"{os.path.join(root, 'test', '<class>')}/: add the {lack}/ folder, "
                         f"or give a folder of classes, {os.path.join(root, '<class>')}/, to "
                         f"split by --test-fraction")
-    if train_dir is not None:
-        names, train = class_folder(train_dir)
-        test_names, test = class_folder(test_dir)
-        unknown = [n for n in test_names if n not in names]
-        if unknown:
-            raise UserError(f"{test_dir} has classes that {train_dir} lacks: "
-                            f"{', '.join(map(repr, unknown))}; k-NN can only predict classes "
-                            f"it has training images of: add them to {train_dir} or remove "
-                            f"them from {test_dir}")
-        test = [(p, names.index(test_names[lab])) for p, lab in test]
-        split = f"{train_dir} (train), {test_dir} (test)"
-    else:
-        names, files = class_folder(root)
-        train, test = split_by_class(files, args.test_fraction, args.seed)
-        if not test:
-            raise UserError(f"{root}: no class has 2 images, so none can be held out for "
-                            f"testing; add images, or give {os.path.join(root, 'train')}/ and "
-                            f"{os.path.join(root, 'test')}/")
-        split = (f"{root}, split per class: {args.test_fraction:g} held out for testing "
-                 f"(seed {args.seed})")
+    names, train, test = split_classes(root, train_dir, test_dir,
+                                       lambda d, test=False: class_folder(d),
+                                       args.test_fraction, args.seed)
+    split = (f"{train_dir} (train), {test_dir} (test)" if train_dir is not None else
+             f"{root}, split per class: {args.test_fraction:g} held out for testing "
+             f"(seed {args.seed})")
     return {"where": root, "names": names, "files": train + test,
             "is_test": [False] * len(train) + [True] * len(test), "split": split}
 

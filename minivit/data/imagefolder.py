@@ -239,6 +239,30 @@ def _split(files: list, test_fraction: float, seed: int) -> tuple[list, list]:
     return train, test
 
 
+def split_classes(root: str, train_dir: Optional[str], test_dir: Optional[str], listing,
+                  test_fraction: float, seed: int) -> tuple[list, list, list]:
+    """(class names, train [(path, label)], test [(path, label)]) of an image folder: its
+    train_dir and test_dir when given (each test class must be a training class; labels are
+    the training classes'), else root's classes split per class, seeded (_split).
+    listing(folder, test=False) -> (names, [(path, label)]) lists one folder of classes."""
+    if train_dir is not None:
+        names, train = listing(train_dir)
+        test_names, test = listing(test_dir, test=True)
+        unknown = [n for n in test_names if n not in names]
+        if unknown:
+            raise ImageFolderError(f"{test_dir} has classes {unknown} that {train_dir} lacks; "
+                                   f"every test class needs training images: add them to "
+                                   f"{train_dir} or remove them from {test_dir}")
+        return names, train, [(p, names.index(test_names[lab])) for p, lab in test]
+    names, files = listing(root)
+    train, test = _split(files, test_fraction, seed)
+    if not test:
+        raise ImageFolderError(f"{root}: no class has 2 images, so no test split can be held "
+                               f"out; add images or give {os.path.join(root, 'train')} and "
+                               f"{os.path.join(root, 'test')}")
+    return names, train, test
+
+
 def _read_all(files: list, image_size: Optional[int]) -> list:
     return [read_image(path, image_size) for path, _ in files]
 
@@ -296,23 +320,16 @@ def load_image_folder(root, image_size: Optional[int] = None, channels: Optional
         raise ImageFolderError(f"channels must be 1, 3 or None (from the images), got "
                                f"{channels!r}")
     train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
-    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
-        class_names, train_files = list_classes(train_dir)
-        test_names, test_files = list_classes(test_dir, min_classes=1)
-        unknown = sorted(set(test_names) - set(class_names))
-        if unknown:
-            raise ImageFolderError(f"{test_dir} has classes {unknown} that {train_dir} lacks; "
-                                   f"every test class needs training images")
-        test_files = [(p, class_names.index(test_names[lab])) for p, lab in test_files]
-    else:
+    if not (os.path.isdir(train_dir) and os.path.isdir(test_dir)):
+        train_dir = test_dir = None                       # root/<class>/, split here
         if not 0.0 < test_fraction < 1.0:
             raise ImageFolderError(f"test_fraction must be in (0, 1), got {test_fraction}; or "
-                                   f"give the split as {root}/train/<class> and {root}/test/<class>")
-        class_names, files = list_classes(root)
-        train_files, test_files = _split(files, test_fraction, seed)
-        if not test_files:
-            raise ImageFolderError(f"{root}: no class has 2 images, so no test split can be "
-                                   f"held out; add images or give {root}/train and {root}/test")
+                                   f"give the split as {root}/train/<class> and "
+                                   f"{root}/test/<class>")
+    class_names, train_files, test_files = split_classes(
+        root, train_dir, test_dir,
+        lambda folder, test=False: list_classes(folder, min_classes=1 if test else 2),
+        test_fraction, seed)
     images = _read_all(train_files + test_files, image_size)
     _check_sizes(images, train_files + test_files, root)
     if channels is None:

@@ -85,24 +85,13 @@ def load_photo_folder(model: ViT, folder: str, test_fraction: float = 0.2,
     and channels. The Dataset's Preprocessing is the model's with the folder's class names, so
     a checkpoint of the fine-tuned model predicts with no flags: the same resize, crop and
     normalization, and the new labels."""
-    from ..data.imagefolder import ImageFolderError
-    from ..data.photos import class_folder, fit_image, folder_splits, read_photo, split_by_class
+    from ..data.imagefolder import split_classes
+    from ..data.photos import class_folder, fit_image, folder_splits, read_photo
     train_dir, test_dir = folder_splits(folder)
-    if train_dir and test_dir:
-        names, train = class_folder(train_dir)
-        test_names, test = class_folder(test_dir)
-        unknown = sorted(set(test_names) - set(names))
-        if unknown:
-            raise ImageFolderError(f"{test_dir} has classes {unknown} that {train_dir} lacks; "
-                                   f"every test class needs training images")
-        test = [(path, names.index(test_names[label])) for path, label in test]
-    else:
-        names, files = class_folder(folder)
-        train, test = split_by_class(files, test_fraction, seed)
-        if not test:
-            raise ImageFolderError(f"{folder}: no class has 2 images, so no test split can be "
-                                   f"held out; add images or give {folder}/train and "
-                                   f"{folder}/test")
+    if not (train_dir and test_dir):
+        train_dir = test_dir = None
+    names, train, test = split_classes(folder, train_dir, test_dir,
+                                       lambda d, test=False: class_folder(d), test_fraction, seed)
     cfg, pre = model.config, model.preprocessing
 
     def load(files: list) -> tuple:
