@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Parser, add_model_arg, command_name, load_model, run, use_device
+from . import Parser, add_model_arg, command_name, load_model, use_device
 from .flags import add_overwrite_arg
 from .predict import (ImageRun, Results, add_image_args, check_images_arg, normalization,
-                      output_file)
+                      output_file, run_photos)
 
 
 def build_parser() -> Parser:
@@ -84,9 +84,7 @@ def main(argv=None) -> Results:
 
 def entry() -> None:
     """The minivit-embed console script: exit status 1 when an image was skipped."""
-    results = run(main)
-    if results.skipped:
-        raise SystemExit(1)
+    run_photos(main)
 
 
 if __name__ == "__main__":

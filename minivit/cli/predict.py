@@ -327,11 +327,17 @@ def main(argv=None) -> Results:
     return results
 
 
-def entry() -> None:
-    """The minivit-predict console script: exit status 1 when an image was skipped."""
+def run_photos(main) -> None:
+    """run(main) for a command over photos (predict, embed): exit status 1 when it skipped an
+    image (Results.skipped), after the others were done."""
     results = run(main)
     if results.skipped:
         raise SystemExit(1)
+
+
+def entry() -> None:
+    """The minivit-predict console script: exit status 1 when an image was skipped."""
+    run_photos(main)
 
 
 if __name__ == "__main__":
