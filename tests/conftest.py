@@ -8,6 +8,7 @@
 - Helpers: randn, randomize_params, images, relerr, load_example, idx_bytes,
   synthetic_mnist, digit, make_folder.
 """
+import hashlib
 import importlib.util
 import os
 
@@ -91,6 +92,23 @@ def idx_bytes(arr: np.ndarray) -> bytes:
     """Encode arr as IDX: 00 00 <code> <ndim>, big-endian uint32 dims, big-endian payload."""
     head = bytes([0, 0, CODES[arr.dtype.type], arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
     return head + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+
+
+def write_mnist(folder, monkeypatch, n_train=1000, n_test=200, offline=True) -> str:
+    """folder/ with synthetic_mnist's four IDX files, their SHA-256 sums accepted by the loader
+    for this test (monkeypatch), and with offline any download attempt failing. Returns the
+    folder as a str."""
+    from minivit.data import download
+    from minivit.data import mnist as mnist_data
+    os.makedirs(folder, exist_ok=True)
+    for name, arr in synthetic_mnist(n_train=n_train, n_test=n_test).items():
+        raw = idx_bytes(arr)
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(raw)
+        monkeypatch.setitem(mnist_data.MNIST_FILES, name, hashlib.sha256(raw).hexdigest())
+    if offline:
+        monkeypatch.setattr(download, "_urlopen", None)
+    return str(folder)
 
 
 def synthetic_mnist(n_train=1000, n_test=200, seed=0) -> dict:

@@ -232,17 +232,8 @@ def test_compact_report_for_many_classes():
 
 
 def test_mnist_stays_the_default(tmp_path, monkeypatch, capsys):
-    import hashlib
-
-    from minivit.data import mnist as mnist_data
-
-    from conftest import idx_bytes, synthetic_mnist
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for name, arr in synthetic_mnist(n_train=10, n_test=30).items():
-        raw = idx_bytes(arr)
-        (folder / name).write_bytes(raw)
-        monkeypatch.setitem(mnist_data.MNIST_FILES, name, hashlib.sha256(raw).hexdigest())
+    from conftest import write_mnist
+    folder = write_mnist(tmp_path / "mnist", monkeypatch, n_train=10, n_test=30, offline=False)
     assert evaluate.is_mnist_folder(None) and evaluate.is_mnist_folder(str(folder))
     assert evaluate.is_mnist_folder(str(tmp_path / "new")) and not evaluate.is_mnist_folder(
         str(tmp_path))

@@ -192,19 +192,9 @@ def test_the_digit_photo_recipe_writes_a_folder_finetune_and_evaluate_read(tmp_p
     """examples/make_digit_photos.py (the recipe in docs/training.md) writes train/ and test/
     class folders of dark-on-light RGB photos of assorted sizes, from MNIST (here a synthetic
     one), and refuses a folder that exists."""
-    import hashlib
-
-    from minivit.data import download
-    from minivit.data import mnist as mnist_data
     from minivit.data.photos import read_photo
-    from conftest import idx_bytes, synthetic_mnist
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for name, arr in synthetic_mnist(n_train=200, n_test=100).items():
-        raw = idx_bytes(arr)
-        (folder / name).write_bytes(raw)
-        monkeypatch.setitem(mnist_data.MNIST_FILES, name, hashlib.sha256(raw).hexdigest())
-    monkeypatch.setattr(download, "_urlopen", None)
+    from conftest import write_mnist
+    folder = write_mnist(tmp_path / "mnist", monkeypatch, n_train=200, n_test=100)
     make = load_example("make_digit_photos")
     out = tmp_path / "photos"
     make.main([str(out), "--train-per-class", "3", "--test-per-class", "2", "--data", str(folder)])

@@ -6,7 +6,6 @@ rule (minivit/cli/flags.py): a training run into a folder holding an earlier run
 numbered folder beside it, --overwrite writes into it, --resume continues it; io convert refuses
 its own source, an existing destination and a path of the wrong kind.
 """
-import hashlib
 import json
 import os
 
@@ -16,10 +15,9 @@ import pytest
 from minivit import ViT, ViTConfig
 from minivit.cli import attention, embed, evaluate, finetune, io as io_cli, predict, run, train
 from minivit.data import download
-from minivit.data import mnist as mnist_data
 from minivit.io.checkpoint import save_checkpoint
 
-from conftest import idx_bytes, synthetic_mnist
+from conftest import write_mnist
 
 # (flag, bad value, the words of its message), per command; a value that parses but breaks a
 # rule (a count of 0, a rate of 1) as well as one that does not parse
@@ -88,14 +86,7 @@ TINY = ["--procs", "1", "--model", "tiny", "--batch-size", "50", "--quiet", "--e
 def mnist_dir(tmp_path, monkeypatch):
     from minivit.training import loop
     monkeypatch.setattr(loop, "plot_curves", lambda history, path: None)   # not what is tested
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for name, arr in synthetic_mnist(n_train=100, n_test=50).items():
-        raw = idx_bytes(arr)
-        (folder / name).write_bytes(raw)
-        monkeypatch.setitem(mnist_data.MNIST_FILES, name, hashlib.sha256(raw).hexdigest())
-    monkeypatch.setattr(download, "_urlopen", None)
-    return str(folder)
+    return write_mnist(tmp_path / "mnist", monkeypatch, n_train=100, n_test=50)
 
 
 def test_a_second_run_never_replaces_the_first(mnist_dir, tmp_path, capsys):

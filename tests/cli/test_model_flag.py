@@ -1,7 +1,6 @@
 """One source flag: predict, evaluate, finetune and attention take --model PATH in any layout
 load_pretrained reads (minivit checkpoint, Google .npz, transformers or timm folder), and
 --checkpoint, --npz and --pretrained are the same flag."""
-import hashlib
 import os
 
 import numpy as np
@@ -9,10 +8,9 @@ import pytest
 
 from minivit import Preprocessing, ViT, ViTConfig
 from minivit.cli import attention, evaluate, finetune, predict
-from minivit.data import mnist as mnist_data
 from minivit.io import save_checkpoint, save_google_npz, save_pretrained
 
-from conftest import has, idx_bytes, needs, synthetic_mnist
+from conftest import has, needs, write_mnist
 
 ALIASES = ("--model", "--checkpoint", "--npz", "--pretrained")
 MNIST = dict(image_size=28, patch_size=7, in_channels=1, num_classes=10, dim=16, depth=1,
@@ -75,13 +73,7 @@ def test_predict_reads_every_layout_with_each_flag(tmp_path, capsys):
 
 @pytest.fixture
 def mnist_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for name, arr in synthetic_mnist(n_train=20, n_test=50).items():
-        raw = idx_bytes(arr)
-        (folder / name).write_bytes(raw)
-        monkeypatch.setitem(mnist_data.MNIST_FILES, name, hashlib.sha256(raw).hexdigest())
-    return str(folder)
+    return write_mnist(tmp_path / "mnist", monkeypatch, n_train=20, n_test=50, offline=False)
 
 
 def test_evaluate_reads_every_layout_with_each_flag(tmp_path, mnist_dir, capsys):

@@ -1,6 +1,5 @@
 """End to end: the trainer learns a small synthetic task, leaves every promised file, resumes
 exactly (also after Ctrl-C), and the evaluation CLI reads its checkpoint."""
-import hashlib
 import json
 import os
 import pathlib
@@ -16,7 +15,7 @@ from minivit.training import loop
 from minivit.training.evaluate import confusion_matrix, report
 from minivit.training.plots import plot_curves
 
-from conftest import has, idx_bytes, synthetic_mnist
+from conftest import has, write_mnist
 
 TINY = ["--procs", "1", "--model", "tiny", "--batch-size", "50", "--quiet", "--warmup-epochs", "0.5",
         "--lr", "3e-3", "--workers", "2"]
@@ -25,14 +24,7 @@ TINY = ["--procs", "1", "--model", "tiny", "--batch-size", "50", "--quiet", "--w
 
 @pytest.fixture
 def mnist_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for name, arr in synthetic_mnist().items():
-        raw = idx_bytes(arr)
-        (folder / name).write_bytes(raw)
-        monkeypatch.setitem(data.MNIST_FILES, name, hashlib.sha256(raw).hexdigest())
-    monkeypatch.setattr(download, "_urlopen", None)           # any download attempt would fail
-    return str(folder)
+    return write_mnist(tmp_path / "mnist", monkeypatch)   # any download attempt would fail
 
 
 def final_params(out):
