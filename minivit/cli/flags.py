@@ -86,11 +86,12 @@ def add_overwrite_arg(ap: argparse.ArgumentParser, what: str) -> None:
                     help=f"replace {what} if it exists (default: never replaced)")
 
 
-def run_folder(out: str, overwrite: bool = False, resume: bool = False) -> str:
-    """The folder a training run writes to: `out` itself when it is new or empty, when resuming
-    into it or with overwrite; otherwise the first free numbered folder beside it (out-2, ...).
-    Only looks: nothing is created here."""
-    if resume or overwrite or not os.path.isdir(out) or not os.listdir(out):
+def run_folder(out: str, overwrite: bool = False) -> str:
+    """The folder a new training run writes to: `out` itself when it is new or empty, or with
+    overwrite; otherwise the first free numbered folder beside it (out-2, ...). Only looks:
+    nothing is created here. (A resumed run stays in its checkpoint's folder:
+    cli.training_folder.)"""
+    if overwrite or not os.path.isdir(out) or not os.listdir(out):
         return out
     base = out.rstrip("/\\") or out
     n = 2
