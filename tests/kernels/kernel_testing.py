@@ -1,11 +1,22 @@
-"""Helpers shared by tests/kernels: a pair's gradient check, one block's parameters, and the
-comparison of a fast kernel's result with the reference pair's."""
+"""Helpers shared by tests/kernels: a pair's gradient check, one block's parameters, the
+comparison of a fast kernel's result with the reference pair's, and the kernels_on fixture
+(import it into a test module to use it)."""
 import numpy as np
+import pytest
 
-from minivit import backend
+from minivit import backend, kernels
 from minivit.gradcheck import check_grads
 
 from conftest import randn
+
+
+@pytest.fixture
+def kernels_on():
+    """Kernels on for the test (the default), the previous state back after it."""
+    before = kernels.enabled()
+    kernels.on()
+    yield
+    (kernels.on if before else kernels.off)()
 
 TOL = 1e-6                  # gradient checks: max relative error in float64
 

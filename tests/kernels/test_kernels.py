@@ -18,19 +18,10 @@ from minivit.layers import linear as rlinear
 from minivit.parallel import threads
 
 from conftest import ROOT, randn
-from kernel_testing import assert_close, check_pair
+from kernel_testing import assert_close, check_pair, kernels_on  # noqa: F401 (a fixture)
 
 CFG = ViTConfig(image_size=8, patch_size=4, in_channels=2, num_classes=3, dim=8, depth=2,
                 heads=2, dtype="float64")
-
-
-@pytest.fixture
-def kernels_on():
-    """Kernels on for the test, the previous state back after it."""
-    before = kernels.enabled()
-    kernels.on()
-    yield
-    (kernels.on if before else kernels.off)()
 
 
 def _is_reference_plan(plan, batch):

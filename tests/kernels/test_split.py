@@ -4,7 +4,7 @@ split for inference (minivit/kernels/split.py), each against one pass."""
 import numpy as np
 import pytest
 
-from minivit import ViT, ViTConfig, kernels
+from minivit import ViT, ViTConfig
 from minivit.kernels import block as fast
 from minivit.kernels.split import _part_queries, token_split_block_forward
 from minivit.layers import BatchRows
@@ -12,18 +12,12 @@ from minivit.layers import block as reference
 from minivit.parallel import threads
 
 from conftest import randn
-from kernel_testing import assert_close, block_params
+from kernel_testing import assert_close, block_params, kernels_on  # noqa: F401 (a fixture)
 
 from test_model import SMALL, randomize  # noqa: E402  (the model tests' helpers)
 
 
-@pytest.fixture(autouse=True)
-def kernels_on():
-    """Every test here with the kernels on (the default), the previous state back after it."""
-    before = kernels.enabled()
-    kernels.on()
-    yield
-    (kernels.on if before else kernels.off)()
+pytestmark = pytest.mark.usefixtures("kernels_on")     # every test with the kernels on
 
 
 # ---- the batch split by images -------------------------------------------------------------

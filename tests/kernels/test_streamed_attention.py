@@ -16,7 +16,7 @@ from minivit.layers import BatchRows, cross_entropy_backward, cross_entropy_forw
 from minivit.layers import attention as reference
 
 from conftest import randn, randomize_params
-from kernel_testing import TOL, assert_close
+from kernel_testing import TOL, assert_close, kernels_on  # noqa: F401 (a fixture)
 
 B, N, H, Dh = 2, 5, 2, 3                  # small: every coordinate of q, k, v is checked
 BLOCKS = [(None, None), (3, 2), (2, 3), (4, 5), (1, 1), (5, 5)]   # (block_q, block_k)
@@ -127,14 +127,6 @@ def test_streamed_has_no_attention_dropout():
 # ---- the plan and the whole model --------------------------------------------------------------
 CFG = dict(image_size=8, patch_size=2, in_channels=2, num_classes=3, dim=12, depth=2, heads=3,
            mlp_ratio=1.5, dtype="float64")            # 17 tokens
-
-
-@pytest.fixture
-def kernels_on():
-    before = kernels.enabled()
-    kernels.on()
-    yield
-    (kernels.on if before else kernels.off)()
 
 
 @pytest.fixture
