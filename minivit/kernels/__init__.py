@@ -115,7 +115,7 @@ def plan(cfg, batch: int, xp, *, train: bool, maps: bool) -> Plan:
     (attn_dropout > 0: the keys-first kernel, which draws the reference's masks).
     Attention maps (maps) do not change the choice: a streamed block remakes its probabilities
     for the maps alone from each row's saved log-sum-exp (StreamedCache.maps). Where the token
-    split runs a one-piece inference, its parts keep the keys-first kernel."""
+    split runs a one-piece inference, each part streams its query rows by the same rule."""
     whole = [slice(0, batch)]
     if not _enabled:
         return Plan(reference.block_forward, reference.block_forward, reference.block_backward,
@@ -125,9 +125,11 @@ def plan(cfg, batch: int, xp, *, train: bool, maps: bool) -> Plan:
     block, all_cores = fast.block_forward, numpy and len(pieces) == 1
     parts = threads.split_tokens(batch, cfg.num_tokens, cfg.dim) \
         if all_cores and not train and not maps else []
+    streamed = streamed_attention(cfg, batch, xp, train=train)
     if parts:                                             # the workers share the cores out
-        block, all_cores = functools.partial(token_split_block_forward, parts=parts), False
-    elif streamed_attention(cfg, batch, xp, train=train):
+        block, all_cores = functools.partial(token_split_block_forward, parts=parts,
+                                             streamed=streamed), False
+    elif streamed:
         block = functools.partial(fast.block_forward, streamed=True)
     last = block
     if numpy and cfg.pool == "cls" and not maps:

@@ -107,6 +107,11 @@ def test_on_plans_the_token_split_for_a_one_piece_inference(kernels_on, monkeypa
         assert plan.block_forward.keywords["parts"] == parts
         last = plan.last_block_forward
         assert last.func is token_split_block_forward and last.keywords["queries"] == 1
+        assert plan.block_forward.keywords["streamed"] is False
+        monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", CFG.num_tokens)
+        streamed = kernels.plan(CFG, 1, np, train=False, maps=False)
+        assert streamed.block_forward.func is token_split_block_forward
+        assert streamed.block_forward.keywords["streamed"] is True       # each part streams
         assert kernels.plan(CFG, 1, np, train=True, maps=False).block_forward is fast.block_forward
     finally:
         threads.set_workers(None)

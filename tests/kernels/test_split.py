@@ -4,7 +4,7 @@ split for inference (minivit/kernels/split.py), each against one pass."""
 import numpy as np
 import pytest
 
-from minivit import ViT, ViTConfig
+from minivit import ViT, ViTConfig, kernels
 from minivit.kernels import block as fast
 from minivit.kernels.split import _part_queries, token_split_block_forward
 from minivit.layers import BatchRows
@@ -81,14 +81,19 @@ def test_chunked_with_dropout_equals_one_piece(chunked):
 
 @pytest.mark.parametrize("variant", [dict(pool="cls"), dict(pool="mean"),
                                      dict(distilled=True, num_registers=2),
-                                     dict(layer_scale=0.1, gelu="erf")])
+                                     dict(layer_scale=0.1, gelu="erf"),
+                                     dict(streamed=True)])
 def test_token_split_inference_equals_one_pass(monkeypatch, variant):
     """A batch too small to split by images runs its tokens in pieces on the worker threads
     (inference only): the same logits as one pass, for CLS pooling (the last block's CLS row
-    alone), mean pooling, two class tokens with registers, and LayerScale."""
+    alone), mean pooling, two class tokens with registers, LayerScale, and attention streamed
+    (the plan's choice from STREAMED_MIN_TOKENS tokens, lowered here)."""
     if threads.blas_threads() is None:
         pytest.skip("per-thread BLAS control unavailable: nothing is split")
     monkeypatch.setattr(threads, "MIN_TOKEN_PIECE", 1)
+    variant = dict(variant)
+    if variant.pop("streamed", False):
+        monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", 1)
     cfg = ViTConfig(**{**SMALL, "depth": 3}, **variant)
     m = ViT(cfg, seed=3)
     randomize(m)
@@ -109,19 +114,23 @@ def test_token_split_inference_equals_one_pass(monkeypatch, variant):
     assert not np.array_equal(whole, m.forward(x[:, ::-1].copy()))   # the input matters
 
 
+@pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize("queries", [None, 1, 2, 4])
 @pytest.mark.parametrize("parts", [[slice(0, 2), slice(2, 5)],
                                    [slice(0, 1), slice(1, 3), slice(3, 5)]])
-def test_token_split_block_equals_one_pass(parts, queries):
-    """token_split_block_forward over token parts: the fast block's output in one pass (its
-    first `queries` rows), and the reference block's rows; no cache, no masks."""
+def test_token_split_block_equals_one_pass(parts, queries, streamed):
+    """token_split_block_forward over token parts, keys-first or streamed attention: the fast
+    block's output in one pass (its first `queries` rows), and the reference block's rows; no
+    cache, no masks."""
     B, N, D, F = 2, 5, 6, 9
     cfg = ViTConfig(dim=D, heads=2, gelu="erf", layer_scale=0.1)
     p, x = block_params(np, cfg, D, F), randn(np, B, N, D)
-    y, cache = token_split_block_forward(x, p, cfg, parts=parts, queries=queries)
+    y, cache = token_split_block_forward(x, p, cfg, parts=parts, queries=queries,
+                                         streamed=streamed)
     assert cache is None and y.shape == (B, queries or N, D)
     rows = slice(0, queries or N)
-    assert_close(y, fast.block_forward(x, p, cfg, queries=queries)[0], 1e-13, "one pass")
+    one = fast.block_forward(x, p, cfg, queries=queries, streamed=streamed)[0]
+    assert_close(y, one, 1e-13, "one pass")
     assert_close(y, reference.block_forward(x, p, cfg)[0][:, rows], 1e-12, "reference")
 
 
