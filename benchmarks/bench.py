@@ -88,6 +88,7 @@ CONFIGS = {
     "vit-s16": {},
     "vit-b16": {},
     "dinov2-s14": dict(num_classes=1000, layer_scale=None, gelu="tanh"),
+    "dinov2-b14": {},                            # MODELS' backbone, trained through a linear head
     "tiny": {},
 }
 WHATS = ("peak", "train", "infer", "layers")     # the order they run in
@@ -116,15 +117,17 @@ def config_label(name: str, image_size: int | None) -> str:
 
 
 # ---- one process: the measurements ------------------------------------------------------------
-def make_bench(args, cfg: ViTConfig):
-    """The implementation --impl names, built for --batch on --device."""
+def make_bench(args, cfg: ViTConfig, runtime=None):
+    """The implementation --impl names, built for --batch on --device (minivit's model on
+    `runtime`, limit_threads')."""
     gpu = args.device == "gpu"
     if args.impl in ("torch", "torch-sdpa", "transformers"):
         return measure.BENCHES[args.impl](cfg, args.batch, gpu=gpu, tf32=args.tf32,
                                           num_threads=args.threads)
     if args.impl == "onnx":                  # the torch child's model and threads, CPU only
         return measure.OnnxBench(cfg, args.batch, num_threads=args.threads)
-    return measure.MinivitBench(cfg, args.batch, gpu=gpu, tf32=args.tf32)
+    return measure.MinivitBench(cfg, args.batch, gpu=gpu, tf32=args.tf32, load=args.load,
+                                runtime=runtime)
 
 
 def unsupported(impl: str, what: str, device: str) -> str | None:
@@ -209,11 +212,11 @@ def run_local(args, cfg: ViTConfig, whats: list, emit=lambda r: None) -> list:
             todo.append(what)
     if not todo:                                          # nothing left: build no model
         return records
-    thread_info = measure.limit_threads(args.threads, args.workers,
-                                        tune_allocator=args.impl == "minivit")
+    thread_info, runtime = measure.limit_threads(args.threads, args.workers,
+                                                 tune_allocator=args.impl == "minivit")
     rss_base = measure.rss_now_mb()                       # after the imports, before the model
     try:
-        impl = make_bench(args, cfg)
+        impl = make_bench(args, cfg, runtime)
     except onnx_ref.Unavailable as e:                     # the export child could not import
         skipped(str(e))
         return records
@@ -307,7 +310,7 @@ def child_command(args, impl: str, what: str) -> list:
         cmd += ["--workers", str(args.workers)]
     if args.image_size is not None:
         cmd += ["--image-size", str(args.image_size)]
-    return cmd + ["--smoke"] * args.smoke + ["--tf32"] * args.tf32
+    return cmd + ["--load"] * args.load + ["--smoke"] * args.smoke + ["--tf32"] * args.tf32
 
 
 class ChildFailed(Exception):
@@ -562,6 +565,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="images of S x S (any size the patch divides; default the config's): "
                          "more tokens, the same weights' shapes but the position table's")
     ap.add_argument("--batch", type=int, default=None, help="images per step (default 128)")
+    ap.add_argument("--load", action="store_true",
+                    help="minivit's model as a user loads a download: written in transformers' "
+                         "layout by a child process and read with minivit.io.load_pretrained, "
+                         "so its peak memory includes loading (as transformers' always does)")
     ap.add_argument("--threads", type=int, default=2,
                     help="BLAS/OpenMP threads (torch.set_num_threads and ONNX Runtime's "
                          "intra-op threads too) (default 2)")

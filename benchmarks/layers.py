@@ -45,7 +45,7 @@ from minivit.kernels.norm import (affine_into_linear_backward, affine_into_linea
 from minivit.layers import (cross_entropy_backward, cross_entropy_forward, head_backward,
                             head_forward, patch_embed_backward, patch_embed_forward)
 from minivit.optim import AdamW
-from minivit.parallel import threads
+from minivit.parallel.threads import Runtime
 
 
 class Layer(NamedTuple):
@@ -143,11 +143,12 @@ def step_layers(model: ViT) -> list:
     ]
 
 
-def time_layer(layer: Layer, sizes: list, reps: int, sync) -> tuple:
+def time_layer(layer: Layer, sizes: list, reps: int, sync, runtime: Runtime) -> tuple:
     """(forward ms, backward ms) per call. Like the model, each batch piece runs on its own worker
-    thread and times its own calls there (no per-call thread hand-off); the slower piece's
-    medians count. Each repetition copies the inputs and the upstream gradient (untimed: a pair
-    may work in place or consume them), times the forward, then the backward on its cache."""
+    thread of the model's runtime and times its own calls there (no per-call thread hand-off);
+    the slower piece's medians count. Each repetition copies the inputs and the upstream
+    gradient (untimed: a pair may work in place or consume them), times the forward, then the
+    backward on its cache."""
     def piece(b: int) -> tuple:
         inputs = layer.inputs(b)
         out = layer.forward(*(a.copy() for a in inputs))[0]
@@ -172,7 +173,7 @@ def time_layer(layer: Layer, sizes: list, reps: int, sync) -> tuple:
                 t_b.append((t2 - t1) * 1e3)
         return statistics.median(t_f), statistics.median(t_b)
 
-    res = threads.parallel_map(piece, sizes)
+    res = runtime.parallel_map(piece, sizes)
     return max(r[0] for r in res), max(r[1] for r in res)
 
 
@@ -181,10 +182,10 @@ def breakdown(bench: MinivitBench, batch: int, reps: int, steps: int, warmup: in
     sum), the AdamW step, then a 'layers_total' record with the sum and the measured train step
     (median of `steps`) for comparison."""
     model, sync = bench.model, bench.sync
-    sizes = batch_pieces(batch, bench.cfg)
+    sizes = batch_pieces(batch, bench.cfg, model.runtime)
     rows = []
     for layer in step_layers(model):
-        f, b = time_layer(layer, sizes, reps, sync)
+        f, b = time_layer(layer, sizes, reps, sync, model.runtime)
         rows.append({"what": "layers", "layer": layer.name, "calls": layer.calls,
                      "fwd_ms_call": f, "bwd_ms_call": b, "fwd_ms": f * layer.calls,
                      "bwd_ms": b * layer.calls, "ms": (f + b) * layer.calls,

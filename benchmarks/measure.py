@@ -92,13 +92,14 @@ _THREAD_LIMITS = None   # threadpoolctl's limiter, kept alive for the whole proc
 
 
 def limit_threads(blas_threads: int, workers: int | None = None,
-                  tune_allocator: bool = False) -> dict:
+                  tune_allocator: bool = False) -> tuple[dict, threads.Runtime]:
     """Pin BLAS/OpenMP pools to `blas_threads` (threadpoolctl when installed; otherwise the
-    *_NUM_THREADS variables that bench.py sets before NumPy loads did it) and apply minivit's
-    CPU runtime as its commands do (threads.Runtime: `blas_threads` cores, the batch split over
-    `workers` threads (default: blas_threads), glibc's allocator tuned when tune_allocator,
-    which minivit's processes ask for and the others do not, unless MINIVIT_NO_MALLOPT=1).
-    Returns what the pools report and whether the allocator was tuned."""
+    *_NUM_THREADS variables that bench.py sets before NumPy loads did it) and build and apply
+    minivit's CPU runtime as its commands do (threads.Runtime: `blas_threads` cores, the batch
+    split over `workers` threads (default: blas_threads), glibc's allocator tuned when
+    tune_allocator, which minivit's processes ask for and the others do not, unless
+    MINIVIT_NO_MALLOPT=1). Returns (what the pools report and whether the allocator was tuned,
+    the runtime: the one minivit's model is to run on)."""
     global _THREAD_LIMITS
     info = {"threads": blas_threads}
     try:
@@ -115,15 +116,17 @@ def limit_threads(blas_threads: int, workers: int | None = None,
         runtime = dataclasses.replace(runtime, tune_allocator=False)
     runtime.apply()
     info["allocator_tuned"] = runtime.tune_allocator
-    return info
+    return info, runtime
 
 
-def batch_pieces(batch: int, cfg: ViTConfig) -> list:
-    """The sizes of the batch pieces minivit's forward runs on its worker threads (ViT.forward:
-    split on NumPy, whole on the GPU)."""
+def batch_pieces(batch: int, cfg: ViTConfig, runtime: threads.Runtime | None = None) -> list:
+    """The sizes of the batch pieces minivit's forward runs on the worker threads of `runtime`
+    (the model's; None: the default a model gets, Runtime.from_env()) (ViT.forward: split on
+    NumPy, whole on the GPU)."""
     if backend.xp() is not np:
         return [batch]
-    return [len(range(batch)[s]) for s in threads.split_batch(batch, cfg.num_tokens * cfg.dim)]
+    runtime = runtime if runtime is not None else threads.Runtime.from_env()
+    return [len(range(batch)[s]) for s in runtime.split_batch(batch, cfg.num_tokens * cfg.dim)]
 
 
 def host_batch(cfg: ViTConfig, batch: int):
@@ -142,17 +145,22 @@ class MinivitBench:
     (minivit.training.loop.train_step)."""
     name = "minivit"
 
-    def __init__(self, cfg: ViTConfig, batch: int, gpu: bool = False, tf32: bool = False):
+    def __init__(self, cfg: ViTConfig, batch: int, gpu: bool = False, tf32: bool = False,
+                 load: bool = False, runtime: threads.Runtime | None = None):
         if gpu:
             backend.use("gpu", tf32=tf32)
         self.world = parallel.training_world("gpu" if gpu else "cpu")
         R, r = self.world.size, self.world.rank
         if batch % R:
             raise SystemExit(f"--batch {batch} is not divisible by --procs {R}")
-        self.cfg, self.gpu = cfg, gpu
-        self.model = ViT(cfg, seed=0)
+        self.cfg, self.gpu, self.loaded = cfg, gpu, load
+        self.model = load_written(cfg) if load else ViT(cfg, seed=0)
+        if runtime is not None:                  # limit_threads', as a command gives its own
+            self.model.runtime = runtime
+        hx, hy = (host_batch if cfg.num_classes else host_batch_headless)(cfg, batch)
+        if not cfg.num_classes:                  # a backbone: trained through a linear head
+            with_random_head(self.model, TransformersBench.HEADLESS_CLASSES)
         b = batch // R
-        hx, hy = host_batch(cfg, batch)
         self.rows = (r * b, batch)                                   # this process's rows
         self.x = backend.asarray(hx[r * b:(r + 1) * b])              # (B / R, C, S, S)
         self.y = backend.asarray(hy[r * b:(r + 1) * b])              # (B / R,)
@@ -162,8 +170,8 @@ class MinivitBench:
 
     def info(self) -> dict:
         return {"numpy": np.__version__, "backend": backend.name(),
-                "params": self.model.num_params(),
-                "batch_pieces": len(batch_pieces(len(self.x), self.cfg)),
+                "params": self.model.num_params(), "loaded": self.loaded,
+                "batch_pieces": len(batch_pieces(len(self.x), self.cfg, self.model.runtime)),
                 "procs": self.world.size}
 
     def train_step(self):
@@ -381,6 +389,47 @@ def prepare_hf_folder(cfg_dict: dict, hx: np.ndarray, folder: str) -> None:
     save_pretrained(ref, folder, format="hf")
     np.save(os.path.join(folder, "minivit_out.npy"),
             backend.to_numpy(ref.forward(backend.asarray(hx), train=False)))
+
+
+def write_hf_folder(cfg_dict: dict, folder: str) -> None:
+    """(In a child process) minivit's model of the config, ViT(cfg, seed=0), written to folder
+    as a transformers checkpoint."""
+    from minivit.io import save_pretrained
+    save_pretrained(ViT(ViTConfig.from_dict(cfg_dict), seed=0), folder, format="hf")
+
+
+def load_written(cfg: ViTConfig) -> ViT:
+    """MinivitBench's model as a user gets a download into minivit: ViT(cfg, seed=0) written
+    with save_pretrained(format="hf") by a child process (so this process never holds the
+    writer's copy), then read with minivit.io.load_pretrained: the peak memory measured
+    includes loading. The loaded parameters are checked equal to the written ones' shapes."""
+    import multiprocessing
+    import tempfile
+
+    from minivit.io import load_pretrained
+    with tempfile.TemporaryDirectory(prefix="minivit-load-") as d:
+        child = multiprocessing.get_context("spawn").Process(target=write_hf_folder,
+                                                             args=(cfg.to_dict(), d))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit(f"writing the transformers folder failed (exit {child.exitcode})")
+        model = load_pretrained(d, dtype=cfg.dtype)
+    if model.config.param_shapes() != cfg.param_shapes():
+        raise SystemExit(f"load_pretrained read another model than the one written: "
+                         f"{model.config} against {cfg}")
+    return model
+
+
+def with_random_head(model: ViT, classes: int) -> ViT:
+    """A backbone (num_classes=0) given a linear head of `classes` outputs on its pooled
+    features, random like TransformersBench's head (reset_head's zeros would stop every
+    gradient below the head)."""
+    model.reset_head(classes)
+    rng = np.random.default_rng(0)
+    w = model.params["head.w"]
+    model.params["head.w"] = rng.uniform(-1, 1, w.shape) / np.sqrt(w.shape[0])
+    return model
 
 
 class TransformersBench(TorchBench):

@@ -129,7 +129,7 @@ def main(argv=None) -> None:
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     from minivit.parallel import threads                  # NumPy loads after the variables
-    threads.current().apply()                             # the allocator as the commands run it
+    threads.Runtime.from_env().apply()                    # the allocator as the commands run it
     impls = kernels(args)
     print(f"one attention core, D={args.dim}, H={args.heads}, float32, {args.threads} BLAS "
           f"thread(s), {args.clock} clock; median of {args.rounds} alternating rounds of "

@@ -205,6 +205,8 @@ def render(records: list) -> str:
                        f"{r.get('bytes', 0):,}", num(r.get("ms")), num(r.get("bus_GBps")),
                        r.get("mpi_library", ""), commit(r), date(r)] for r in reduces])
 
+    out += scale_table(rows, rat)
+
     machines = {}
     for r in rows.values():
         machines.setdefault(tag(r), r.get("machine") or {})
@@ -218,6 +220,60 @@ def render(records: list) -> str:
         body.append([t, m.get("cpu", "?"), m.get("cores", "?"), blas_text, m.get("gpu") or ""])
     out += table(["machine", "CPU", "cores", "NumPy's BLAS", "GPU"], body)
     return "\n".join(out + [""])
+
+
+# The scale table: the models people load, as the image (and the token count) grows; what
+# benchmarks/scale.sh measures. (config label, tokens) in row order, and the (what, batch) cases.
+SCALE_CONFIGS = (("vit-b16", 197), ("vit-b16@384", 577), ("dinov2-b14", 257),
+                 ("dinov2-b14@336", 577), ("dinov2-b14@448", 1025), ("dinov2-b14@518", 1370))
+SCALE_CASES = (("infer", 1), ("infer", 4), ("train", 2))
+SCALE_IMPLS = ("minivit", "transformers", "torch")
+
+
+def scale_table(rows: dict, rat: dict) -> list:
+    """The scale table's lines (none without its records): per machine, model and case, each
+    implementation's ms/step, images/s and peak RSS, and minivit's time and memory ratios to
+    transformers from the same run. minivit's rows count only where it loaded its model with
+    load_pretrained (bench.py --load), as transformers loads its own."""
+    cells = {}
+    for r in rows.values():
+        if (r["what"] not in ("train", "infer") or r.get("device") != "cpu"
+                or setup(r, "procs", 1) != 1 or r.get("impl") not in SCALE_IMPLS
+                or (r.get("impl") == "minivit" and not setup(r, "loaded", False))):
+            continue
+        cells[(tag(r), r.get("config"), r["what"], r.get("batch"), r["impl"])] = r
+    body = []
+    for t in sorted({k[0] for k in cells}):
+        for config, tokens in SCALE_CONFIGS:
+            for what, batch in SCALE_CASES:
+                got = {impl: cells.get((t, config, what, batch, impl)) for impl in SCALE_IMPLS}
+                mv, tf = got["minivit"], got["transformers"]
+                if mv is None:
+                    continue
+                rr = rat.get((mv.get("run"), config, batch, "cpu", what)) or {}
+                time_ratio = rr.get("minivit_over_transformers") if tf else None
+                mem_ratio = (mv["peak_rss_mb"] / tf["peak_rss_mb"]
+                             if tf and mv.get("peak_rss_mb") and tf.get("peak_rss_mb") else None)
+                row = [t, config, tokens, f"{what} b{batch}"]
+                for impl in SCALE_IMPLS:
+                    r = got[impl]
+                    row += ([num(r.get("ms")), num(r.get("images_per_s")),
+                             num(r.get("peak_rss_mb"))] if r else ["", "", ""])
+                row += [f"{time_ratio:.2f}x" if time_ratio else "",
+                        f"{mem_ratio:.2f}x" if mem_ratio else "", commit(mv), date(mv)]
+                body.append(row)
+    if not body:
+        return []
+    head = ["machine", "model", "tokens", "case"]
+    for impl in SCALE_IMPLS:
+        head += [f"{impl} ms", f"{impl} img/s", f"{impl} RSS MB"]
+    head += ["minivit speed / transformers", "minivit RSS / transformers", "commit", "date"]
+    return ["", "**Scale with tokens** (`bash benchmarks/scale.sh`: the models people load, "
+            "each implementation in its own processes, alternating; minivit reads its model with "
+            "`load_pretrained`, transformers with `from_pretrained(attn_implementation=\"sdpa\")`"
+            ", torch is the PyTorch reference built in memory; speed is the ratio of images/s, "
+            "RSS the ratio of the processes' peak resident memory, both from the same run)",
+            ""] + table(head, body)
 
 
 def update_readme(path: str, text: str) -> None:

@@ -12,7 +12,8 @@ the class rows (timm's no_embed_class), LayerScale in each block, the norm after
 `params` and `grads` are ParamDicts: named views into one flat vector each (params.py). The
 pairs come from layers/ (the reference) or, where kernels.plan() picks them, from kernels/ (the
 same functions, faster; on NumPy a large batch also runs as pieces on worker threads, whose
-gradients add up to the whole batch's, summed in piece order: threads.OrderedSum).
+gradients add up to the whole batch's, summed in piece order: threads.OrderedSum). How it uses
+the CPU is the model's runtime (threads.Runtime), which it passes down to the plan.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from .layers import (BatchRows, dropout_backward, dropout_forward, head_backward
                      insert_tokens_backward, insert_tokens_forward, patch_embed_backward,
                      patch_embed_forward, pos_embed_backward, pos_embed_forward, sincos_2d)
 from .parallel import threads
+from .parallel.threads import Runtime
 from .params import ParamDict
 
 __all__ = ["ViT", "ViTConfig", "init_params", "trunc_normal"]
@@ -91,15 +93,26 @@ class ViT:
     model = ViT(ViTConfig(...), seed=0)
     logits = model.forward(x, train=True)    # x (B, C, S, S) float -> (B, K)
     dx = model.backward(dlogits)             # fills model.grads (same keys as model.params)
+
+    runtime: how it uses the CPU (threads.Runtime: the cores, the worker threads a NumPy batch is
+    split over), passed down to every forward and backward; default Runtime.from_env(), read
+    when the model is built. The commands give every model they build or load theirs.
     """
 
     def __init__(self, config: ViTConfig, seed: int = 0,
-                 preprocessing: Optional[Preprocessing] = None):
+                 preprocessing: Optional[Preprocessing] = None, init: bool = True,
+                 runtime: Optional[Runtime] = None):
         if not isinstance(config, ViTConfig):
             raise UserTypeError(f"config must be a ViTConfig, got {type(config).__name__}")
         self.config = config
         self.preprocessing = preprocessing                # how raw images become x, or None
-        self.params = init_params(config, seed)
+        if runtime is not None and not isinstance(runtime, Runtime):
+            raise UserTypeError(f"runtime must be a threads.Runtime, got {type(runtime).__name__}")
+        self.runtime = runtime if runtime is not None else Runtime.from_env()   # CPU split
+        if init:
+            self.params = init_params(config, seed)
+        else:                                             # zeros, for a loader that writes all
+            self.params = ParamDict.zeros(config.param_shapes(), config.dtype, backend.xp())
         self.grads = ParamDict.zeros(config.param_shapes(), config.dtype,
                                      backend.xp_of(self.params.flat))
         self.frozen: set = set()                          # parameters kept fixed (freeze())
@@ -124,18 +137,19 @@ class ViT:
         whose images are finite by construction (the trainer's normalized uint8 batches)."""
         x = self.check_input(x, check_finite)
         xp, B = backend.xp_of(x), x.shape[0]
-        plan = kernels.plan(self.config, B, xp, train=train, maps=return_attention)
+        plan = kernels.plan(self.config, B, xp, train=train, maps=return_attention,
+                            runtime=self.runtime)
         if train and masks is None:
             masks = BatchRows(int(self.rng.integers(2 ** 63)), 0, B, B)
         keep = train and self.backbone_trainable()
         if plan.one_piece_cores:
-            threads.share_cores(1)                        # every core's BLAS threads for it
+            self.runtime.share_cores(1)                   # every core's BLAS threads for it
 
         def run(rows: slice):
             return self.forward_piece(x[rows], plan, masks.rows(rows) if train else None,
                                       keep, return_attention)
 
-        out = threads.parallel_map(run, plan.pieces)
+        out = self.runtime.parallel_map(run, plan.pieces)
         self._saved = (B, plan, [o[1] for o in out]) if train else None
         logits = out[0][0] if len(out) == 1 else xp.concatenate([o[0] for o in out])
         if not return_attention:
@@ -162,7 +176,8 @@ class ViT:
     def forward_features(self, x):
         """Tokens after the last block (B, N, D), before the final LayerNorm (inference)."""
         x = self.check_input(x)
-        plan = kernels.plan(self.config, x.shape[0], backend.xp_of(x), train=False, maps=True)
+        plan = kernels.plan(self.config, x.shape[0], backend.xp_of(x), train=False, maps=True,
+                            runtime=self.runtime)
         t, _ = self.embed_forward(x)
         for p in self.block_params():
             t, _ = plan.block_forward(t, p, self.config)
@@ -225,7 +240,7 @@ class ViT:
             self.grads.flat[...] = 0                      # a frozen backbone: only the head's grads
         total = threads.OrderedSum(len(pieces))           # grads = piece 0's + piece 1's + ...
         if plan.one_piece_cores:
-            threads.share_cores(1)
+            self.runtime.share_cores(1)
 
         def run(i: int):
             def put(g: dict):
@@ -237,7 +252,7 @@ class ViT:
                 total.fail()
                 raise
 
-        dx = threads.parallel_map(run, list(range(len(pieces))))
+        dx = self.runtime.parallel_map(run, list(range(len(pieces))))
         if dx[0] is None or len(dx) == 1:
             return dx[0]
         return backend.xp_of(dlogits).concatenate(dx)

@@ -296,16 +296,14 @@ def test_dropout_masks_do_not_depend_on_the_split(monkeypatch):
     x, dl = randn(np, 6, 2, 8, 8), randn(np, 6, 3, seed=2)
     whole, halves = ViT(cfg, seed=1), [ViT(cfg, seed=1), ViT(cfg, seed=1)]
     for workers in (1, 2):
-        threads.set_workers(workers)
-        try:
-            logits = whole.forward(x, train=True, masks=BatchRows(77, 0, 6, 6))
-            whole.backward(dl)
-            parts = [m.forward(x[3 * r:3 * r + 3], train=True, masks=BatchRows(77, 3 * r, 3 * r + 3, 6))
-                     for r, m in enumerate(halves)]
-            for r, m in enumerate(halves):
-                m.backward(dl[3 * r:3 * r + 3])
-        finally:
-            threads.set_workers(None)
+        for m in [whole] + halves:
+            m.runtime = threads.Runtime(workers=workers)
+        logits = whole.forward(x, train=True, masks=BatchRows(77, 0, 6, 6))
+        whole.backward(dl)
+        parts = [m.forward(x[3 * r:3 * r + 3], train=True, masks=BatchRows(77, 3 * r, 3 * r + 3, 6))
+                 for r, m in enumerate(halves)]
+        for r, m in enumerate(halves):
+            m.backward(dl[3 * r:3 * r + 3])
         np.testing.assert_allclose(np.concatenate(parts), logits, rtol=1e-13)
         np.testing.assert_allclose(halves[0].grads.flat + halves[1].grads.flat, whole.grads.flat,
                                    rtol=1e-11, atol=1e-14)

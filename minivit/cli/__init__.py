@@ -24,6 +24,7 @@ import os
 import sys
 
 from ..errors import MinivitError, UserError
+from ..parallel.threads import Runtime
 from .flags import count
 
 # What a user can fix: minivit's own errors (errors.MinivitError: bad values, files, writes,
@@ -132,19 +133,19 @@ def add_device_args(ap: argparse.ArgumentParser, workers: bool = True) -> None:
                         help="CPU worker threads the batch is split over (default: one per core)")
 
 
-def use_device(args) -> None:
+def use_device(args, world=None) -> Runtime:
     """A command's --device, --tf32 and --workers: the backend, TF32 (only when asked;
-    otherwise CuPy's default), and the process's CPU runtime (threads.Runtime: the worker
-    threads, and the allocator tuned unless MINIVIT_NO_MALLOPT=1), applied once here."""
-    import dataclasses
-
+    otherwise CuPy's default), and the command's CPU runtime, returned for it to give to every
+    model it builds or loads (threads.Runtime: the environment's, MINIVIT_WORKERS and
+    MINIVIT_NO_MALLOPT, with --workers over it, and under a multi-process `world` each process's
+    share of this host's cores, parallel.cores_per_process), applied once here: the allocator
+    tuned unless MINIVIT_NO_MALLOPT=1, the main thread's BLAS threads set to its cores."""
     from .. import backend
-    from ..parallel import threads
+    from ..parallel import cores_per_process
     backend.use(args.device, tf32=True if getattr(args, "tf32", False) else None)
-    runtime = threads.current()
-    if getattr(args, "workers", None) is not None:
-        runtime = dataclasses.replace(runtime, workers=args.workers)
-    runtime.apply()
+    asked = {"workers": getattr(args, "workers", None),
+             "cores": cores_per_process(world) if world is not None else None}
+    return Runtime.from_env(**{k: v for k, v in asked.items() if v is not None}).apply()
 
 
 def training_folder(args, world, default: str) -> str:
@@ -239,10 +240,12 @@ def add_model_arg(ap: argparse.ArgumentParser, required: bool = True, help: str 
                          "(minivit.io.load_pretrained)" + help)
 
 
-def load_model(path: str, gelu: str | None = None, dtype: str | None = None, **overrides):
+def load_model(path: str, gelu: str | None = None, dtype: str | None = None, *,
+               runtime: Runtime, **overrides):
     """(model, format) of --model: format 'minivit', 'google', 'hf' or 'timm'. gelu and dtype
     apply to foreign files; a minivit checkpoint records its GELU (gelu is refused) and keeps
-    its dtype. overrides: load_pretrained's (image_size=, seed=, ...)."""
+    its dtype. runtime: the command's (use_device), given to the model. overrides:
+    load_pretrained's (image_size=, seed=, ...)."""
     from ..io.pretrained import find_source, load_pretrained
     fmt = find_source(path).format
     if fmt == "minivit" and gelu:
@@ -251,4 +254,6 @@ def load_model(path: str, gelu: str | None = None, dtype: str | None = None, **o
                         f"checkpoint, which records its own: leave --gelu out")
     if fmt != "minivit":
         overrides.update({k: v for k, v in (("gelu", gelu), ("dtype", dtype)) if v})
-    return load_pretrained(path, **overrides), fmt
+    model = load_pretrained(path, **overrides)
+    model.runtime = runtime
+    return model, fmt

@@ -47,6 +47,7 @@ from ..data.batches import normalize
 from ..data.mnist import PREPROCESSING
 from ..errors import UserError
 from ..model import ViT
+from ..parallel.threads import Runtime
 from . import Parser, add_device_args, add_model_arg, command_name, load_model, run, use_device
 from .flags import add_overwrite_arg, count, folder, new_output
 
@@ -104,13 +105,14 @@ def synthetic_digits(n: int, seed: int = 0) -> tuple:
     return x, y
 
 
-def load(args) -> tuple:
-    """MNIST: (model, uint8 images (M, C, S, S), labels (M,), mean, std, class names or None)."""
+def load(args, runtime: Runtime) -> tuple:
+    """MNIST: (model, uint8 images (M, C, S, S), labels (M,), mean, std, class names or None);
+    the model runs on the command's runtime."""
     if args.model:
-        model, _ = load_model(args.model)
+        model, _ = load_model(args.model, runtime=runtime)
     elif args.quick:
         model = ViT(ViTConfig(image_size=28, patch_size=7, dim=16, depth=2, heads=2), seed=0,
-                    preprocessing=PREPROCESSING)
+                    preprocessing=PREPROCESSING, runtime=runtime)
     else:
         raise UserError("pass --model PATH (or its alias --checkpoint PATH): a model trained "
                         "on MNIST, e.g. runs/mnist/best.npz; or --quick for a tiny random "
@@ -141,8 +143,7 @@ def main(argv=None) -> dict:
         return photos(ap, args)
     out = args.out or DEFAULT_OUT
     new_output(out, args.overwrite)
-    use_device(args)
-    model, x, y, mean, std, names = load(args)
+    model, x, y, mean, std, names = load(args, use_device(args))
     res = attention_maps(model, normalize(backend.asarray(x), model.config.dtype, mean, std))
     print_numbers(res, y, names)
     wrote = render(x, y, res, out, names)
@@ -188,8 +189,7 @@ def photos(ap, args) -> dict:
                                             resize=args.resize, batch_size=args.batch_size),
                       "attention")
     mode, targets = output_paths(args.out or DEFAULT_OUT, images.paths, args.overwrite)
-    use_device(args)
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, runtime=use_device(args))
     mean, std = normalization(model, args, args.model)
     pre = model.preprocessing
     names = pre.class_names if pre is not None else None

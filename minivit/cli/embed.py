@@ -57,8 +57,7 @@ def main(argv=None) -> Results:
     check_images_arg(ap, args)
     output_file("--out", args.out, args.overwrite)
     images = ImageRun(args, "embed")
-    use_device(args)
-    model, _ = load_model(args.model, args.gelu)
+    model, _ = load_model(args.model, args.gelu, runtime=use_device(args))
     mean, std = normalization(model, args, args.model)
     paths, feats, toks = [], [], []
     for batch_paths, batch in images.batches(model):

@@ -129,8 +129,7 @@ def main(argv=None) -> dict:
                                                         if missing else ""))
         return evaluate_mnist(args)
     plan = knn_plan(args) if args.knn is not None else folder_plan(args)
-    use_device(args)
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, runtime=use_device(args))
     return evaluate_knn(model, args, plan) if args.knn is not None else \
         evaluate_folder(model, args, plan)
 
@@ -138,8 +137,7 @@ def main(argv=None) -> dict:
 # ---- MNIST --------------------------------------------------------------------------------------
 def evaluate_mnist(args) -> dict:
     """The MNIST test set, as minivit-evaluate always did."""
-    use_device(args)
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, runtime=use_device(args))
     missing = args.data is not None and not os.path.exists(args.data)
     hint = (f"; --data {args.data} does not exist: for your own images give an existing folder "
             f"of class sub-folders" if missing else

@@ -99,10 +99,12 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if ran_as_processes(args, argv, "minivit.cli.finetune"):   # --procs N: the job is done
         return {}
-    use_device(args)
-    world, job = parallel.training_world(args.device), parallel.world()
+    job = parallel.world()
+    runtime = use_device(args, job)
+    world = parallel.training_world(args.device)
     model, fmt = together(job, lambda: load_model(args.model, args.gelu, args.dtype,
-                                                  image_size=args.image_size, seed=args.seed))
+                                                  runtime=runtime, image_size=args.image_size,
+                                                  seed=args.seed))
     mean, std, pre = args.mean, args.std, model.preprocessing
     if fmt in ("hf", "timm") and pre is not None:        # the source's own normalization
         mean = pre.mean if mean is None else mean

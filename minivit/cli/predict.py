@@ -53,6 +53,7 @@ import numpy as np
 
 from ..data.photos import find_images, fit_image, needs_pillow, read_batches
 from ..errors import UserError
+from ..parallel.threads import Runtime
 from . import Parser, add_device_args, add_model_arg, command_name, load_model, run, use_device
 from .flags import add_overwrite_arg, count, new_output
 
@@ -247,9 +248,10 @@ def build_parser() -> Parser:
     return ap
 
 
-def classifier(args) -> tuple:
-    """(model, class names or None, mean, std) from --model, --gelu, --mean and --std."""
-    model, _ = load_model(args.model, args.gelu)
+def classifier(args, runtime: Runtime) -> tuple:
+    """(model, class names or None, mean, std) from --model, --gelu, --mean and --std; the
+    model runs on the command's runtime."""
+    model, _ = load_model(args.model, args.gelu, runtime=runtime)
     if not model.config.num_classes:
         raise UserError(f"{args.model} has no classifier head (a feature extractor: forward "
                         f"returns its pooled features); get its features with minivit-embed, "
@@ -300,8 +302,7 @@ def main(argv=None) -> Results:
     if args.csv is not None:
         output_file("--csv", args.csv, args.overwrite)
     images = ImageRun(args, "predict")
-    use_device(args)
-    model, names, mean, std = classifier(args)
+    model, names, mean, std = classifier(args, use_device(args))
     K = model.config.num_classes
     k = min(args.top_k or 5, K)
     if args.top_k is not None and args.top_k > K and not args.quiet:

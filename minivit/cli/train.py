@@ -21,7 +21,6 @@ import sys
 from .. import backend, parallel
 from ..data.mnist import mnist_dataset
 from ..model import ViT
-from ..parallel import threads
 from ..parallel.mpi import together
 from ..training.loop import TrainOptions, check_data, fit
 from ..training.recipes import MODELS, PRESETS, mnist_config
@@ -79,7 +78,8 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if ran_as_processes(args, argv, "minivit.train"):   # --procs N: the job is done
         return {}
-    use_device(args)
+    job = parallel.world()
+    runtime = use_device(args, job)
     preset = PRESETS[args.preset]
     cfg = mnist_config(args.model or preset["model"], dropout=args.dropout,
                        drop_path=args.drop_path, dtype=args.dtype)
@@ -93,18 +93,18 @@ def main(argv=None) -> dict:
                         weight_decay=args.weight_decay, warmup_epochs=warmup,
                         smoothing=args.smoothing, clip=args.clip, augment=args.augment,
                         seed=args.seed, stop_after_epochs=args.stop_after_epochs)
-    world, job = parallel.training_world(args.device), parallel.world()
+    world = parallel.training_world(args.device)
     if args.resume:
         together(job, lambda: check_resumable(args.resume))
     out = together(job, lambda: training_folder(args, job, OUT))
     data = together(job, lambda: mnist_dataset(args.data, args.limit_train, args.limit_test),
                     root_first=True)                      # a download happens once
-    model = ViT(cfg, seed=args.seed)
+    model = ViT(cfg, seed=args.seed, runtime=runtime)
     if world.is_root:
         procs = f"{world.size} processes x " if world.size > 1 else ""
         print(f"minivit: ViT patch {cfg.patch_size}, dim {cfg.dim}, depth {cfg.depth}, heads "
               f"{cfg.heads}, {model.num_params():,} parameters, on {backend.name()} ({procs}"
-              f"{threads.workers() if backend.name() == 'numpy' else 1} worker(s)); "
+              f"{runtime.worker_count() if backend.name() == 'numpy' else 1} worker(s)); "
               f"{len(data.x_train)} training / {len(data.x_test)} test images")
     run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(opts),
                   "argv": sys.argv[1:] if argv is None else list(argv)}

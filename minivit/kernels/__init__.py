@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from ..layers import block as reference
-from ..parallel import threads
+from ..parallel.threads import Runtime
 from . import block as fast
 from .split import token_split_block_forward
 
@@ -103,10 +103,11 @@ class Plan(NamedTuple):
     one_piece_cores: bool       # give a one-piece pass every core's BLAS threads first
 
 
-def plan(cfg, batch: int, xp, *, train: bool, maps: bool) -> Plan:
+def plan(cfg, batch: int, xp, *, train: bool, maps: bool, runtime: Runtime) -> Plan:
     """The kernels for a forward of `batch` images on array module xp: the reference pairs when
-    kernels are off; otherwise the fast block, and on NumPy the batch split over worker threads
-    (threads.split_batch), or for a one-piece inference the tokens (threads.split_tokens).
+    kernels are off; otherwise the fast block, and on NumPy the batch split over the runtime's
+    worker threads (the model's: runtime.split_batch), or for a one-piece inference the tokens
+    (runtime.split_tokens, the token split bound to run on that runtime's workers).
     The last block computes only the class rows when CLS pooling reads nothing else and no
     attention maps are asked for (maps); on CuPy every block computes every row.
     Attention runs streamed (streamed.py) where streamed_attention() says so: on NumPy, from
@@ -121,14 +122,14 @@ def plan(cfg, batch: int, xp, *, train: bool, maps: bool) -> Plan:
         return Plan(reference.block_forward, reference.block_forward, reference.block_backward,
                     whole, False)
     numpy = xp is np
-    pieces = threads.split_batch(batch, cfg.num_tokens * cfg.dim) if numpy else whole
+    pieces = runtime.split_batch(batch, cfg.num_tokens * cfg.dim) if numpy else whole
     block, all_cores = fast.block_forward, numpy and len(pieces) == 1
-    parts = threads.split_tokens(batch, cfg.num_tokens, cfg.dim) \
+    parts = runtime.split_tokens(batch, cfg.num_tokens, cfg.dim) \
         if all_cores and not train and not maps else []
     streamed = streamed_attention(cfg, batch, xp, train=train)
     if parts:                                             # the workers share the cores out
         block, all_cores = functools.partial(token_split_block_forward, parts=parts,
-                                             streamed=streamed), False
+                                             streamed=streamed, runtime=runtime), False
     elif streamed:
         block = functools.partial(fast.block_forward, streamed=True)
     last = block

@@ -1,12 +1,12 @@
 """Running one model over more than one core, process or machine.
 
-    threads.py   one process: the batch split over worker threads (each with its share of the
-                 cores as BLAS threads)
+    threads.py   one process: its CPU runtime (threads.Runtime, held by each model), the batch
+                 split over worker threads (each with its share of the cores as BLAS threads)
     mpi.py       many processes (mpiexec, or `--procs N`): data-parallel training over MPI
     nccl.py      many GPUs: the all-reduce on the device, bootstrapped over MPI
     launch.py    `--procs N`: start N local processes under mpiexec, as torchrun does
 """
-from .mpi import Single, launched_size, world
+from .mpi import Single, cores_per_process, launched_size, world
 
 
 def training_world(device: str = "cpu"):
@@ -20,4 +20,4 @@ def training_world(device: str = "cpu"):
     return w
 
 
-__all__ = ["Single", "launched_size", "world", "training_world"]
+__all__ = ["Single", "cores_per_process", "launched_size", "world", "training_world"]

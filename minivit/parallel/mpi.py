@@ -4,6 +4,7 @@ NCCL between GPUs (nccl.py), bootstrapped over MPI.
     world = parallel.world()          # Single() outside mpiexec, else an MPIWorld
     world.rank, world.size            # this process, how many
     world.allreduce_(array)           # in place, summed over the processes
+    cores_per_process(world)          # this host's cores / its processes (None: one process)
 
 Every process runs the same program on its share of each global batch; after the backward pass
 the gradients are summed by one in-place all-reduce (and the step's loss and hit counts by a
@@ -95,7 +96,8 @@ _world = None
 
 def world():
     """The processes of this job: Single() unless started by mpiexec with more than one process.
-    Under MPI each process gets its share of the cores (threads.set_cores)."""
+    Building it changes nothing else: the commands give each process its share of the cores
+    (cores_per_process) in the runtime they build."""
     global _world
     if _world is not None:
         return _world
@@ -108,9 +110,17 @@ def world():
         raise Unavailable(f"this program was started by mpiexec with {launched_size()} "
                           f"processes, but mpi4py is not installed; {INSTALL}") from e
     _world = MPIWorld(MPI)
-    from . import threads
-    threads.set_cores(max(1, (os.cpu_count() or 1) // _world.local_size))
     return _world
+
+
+def cores_per_process(world) -> int | None:
+    """The cores each process of `world` should use: an equal share of this host's cores among
+    its processes on the host (world.local_size), at least 1, since processes that each use
+    every core run several times slower; None for a one-process world, which keeps the
+    runtime's default (threads.Runtime: the cores its BLAS started with)."""
+    if world.size <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // world.local_size)
 
 
 def together(world, fn, root_first: bool = False):

@@ -1,16 +1,21 @@
 """The CPU runtime and the batch split: cores, worker threads, their BLAS threads, the allocator.
 
-How this process uses the CPU is one object, a Runtime: the cores it may use, the worker threads
-a large batch is split over, NumPy's OpenBLAS thread control, and whether glibc's allocator is
-tuned. It is built once, from explicit values or from the environment (Runtime.from_env), and
-installed with use(); the commands build one from their flags. Without one, the first use builds
-Runtime.from_env() (which leaves the allocator alone: only Runtime.apply() changes it).
+How minivit uses the CPU is one object, a Runtime: the cores it may use, the worker threads a
+large batch is split over (and the pool that runs them), NumPy's OpenBLAS thread control, and
+whether glibc's allocator is tuned. Nothing here is process-wide configuration: each model holds
+its runtime (ViT(..., runtime=...); by default Runtime.from_env(), read when the model is built)
+and passes it down to kernels.plan() and the token split. The commands build one from their
+flags and the environment, apply() it once (the allocator, the main thread's BLAS threads) and
+give it to every model they build or load. What stays module-level are facts about the loaded
+library: OpenBLAS's thread-count functions (blas_threads, set_blas_threads) and the count it
+started with.
 
 NumPy runs elementwise work on one core, so the fast kernels split a large batch into pieces
-(split_batch) run by worker threads (parallel_map; NumPy releases the GIL inside large
-operations), each limited to its share of the cores as BLAS threads (share_cores); a batch too
-small to split has its tokens split for inference (split_tokens). The backward sums the pieces'
-gradients in piece order as they are made (OrderedSum). On CuPy the batch is never split.
+(Runtime.split_batch) run by worker threads (Runtime.parallel_map; NumPy releases the GIL inside
+large operations), each limited to its share of the cores as BLAS threads (Runtime.share_cores);
+a batch too small to split has its tokens split for inference (Runtime.split_tokens). The
+backward sums the pieces' gradients in piece order as they are made (OrderedSum). On CuPy the
+batch is never split.
 """
 from __future__ import annotations
 
@@ -32,10 +37,12 @@ MIN_TOKEN_PIECE = 32 * 768  # smallest token piece worth a worker thread, in row
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
-    """cores: the cores this process may use (None: as many as its BLAS was started with, from
+    """cores: the cores it may use (None: as many as NumPy's BLAS was started with, from
     OPENBLAS_NUM_THREADS / OMP_NUM_THREADS or threadpoolctl, else every core); workers: threads
     a large NumPy batch is split over (None: one per core, at most 8; 1 disables the split);
-    tune_allocator: let apply() tune glibc's allocator (tune_host_allocator)."""
+    tune_allocator: let apply() tune glibc's allocator (tune_host_allocator). Runtime() reads
+    no MINIVIT_ variable; Runtime.from_env() does. Its worker pool is made on first use and
+    shared by every model that holds this runtime (a copy or a pickle starts without one)."""
     cores: Optional[int] = None
     workers: Optional[int] = None
     tune_allocator: bool = True
@@ -45,6 +52,15 @@ class Runtime:
             n = getattr(self, name)
             if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
                 raise UserError(f"{name} must be a positive integer or None, got {n!r}")
+        object.__setattr__(self, "_pool", None)           # not a field: no part of the value
+
+    def __getstate__(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_pool", None)
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Runtime":
@@ -60,6 +76,7 @@ class Runtime:
         return cls(**{**fields, **overrides})
 
     def core_count(self) -> int:
+        """The cores this runtime uses: `cores` (at most the machine's), else BLAS's start."""
         machine = os.cpu_count() or 1
         if self.cores:
             return min(self.cores, machine)
@@ -74,36 +91,59 @@ class Runtime:
         return self.workers if self.workers is not None else min(self.core_count(), 8)
 
     def apply(self) -> "Runtime":
-        """Make this the process's runtime (use()), tune the allocator if asked, and set the
-        main thread's BLAS threads to this runtime's cores. Returns self."""
-        use(self)
+        """What the commands do once at start: tune the allocator if asked (process-wide) and
+        set the main thread's BLAS threads to this runtime's cores. Returns self."""
         if self.tune_allocator:
             tune_host_allocator()
         set_blas_threads(self.core_count())
         return self
 
+    def split_batch(self, batch_size: int, image_work: int = 1) -> list:
+        """Batch slices for the worker threads: at most worker_count(), each of at least
+        MIN_PIECE in work (image_work = tokens x width of one image), since what a piece saves
+        is the elementwise work over its rows (benchmarks/layers.py measures the pieces)."""
+        n = max(1, min(self.worker_count(), batch_size, batch_size * image_work // MIN_PIECE))
+        return _even(batch_size, n)
 
-_current: Optional[Runtime] = None
-_pool: Optional[ThreadPoolExecutor] = None
+    def split_tokens(self, batch_size: int, tokens: int, dim: int) -> list:
+        """Token slices for the worker threads when the batch itself is too small to split (one
+        piece): the inference of one ViT-B/16 image runs its row-wise work (LayerNorm, the
+        linear layers, GELU) and its attention by query rows on the workers, each over a share
+        of the tokens. At most worker_count() pieces, each of at least MIN_TOKEN_PIECE rows x
+        width; [] when fewer than two would be worth it (MIN_TOKEN_PIECE is where it stopped
+        paying)."""
+        n = min(self.worker_count(), tokens, batch_size * tokens * dim // MIN_TOKEN_PIECE)
+        return _even(tokens, n) if n > 1 else []
 
+    def share_cores(self, parts: int) -> None:
+        """Give each of `parts` concurrent pieces an equal share of the cores as BLAS threads
+        (one piece: all of them). parallel_map calls it for its pieces, the model before a
+        forward or backward that runs as one piece.
 
-def current() -> Runtime:
-    """The process's runtime: the one installed by use(), else Runtime.from_env() (built once)."""
-    global _current
-    if _current is None:
-        _current = Runtime.from_env()
-    return _current
+        OpenBLAS's thread count is one number for the whole process (its "per-thread" setter
+        too changes it for every thread), so the share stays set after the call, and NumPy code
+        run later in the process gets it as well. It is changed only when the share changes,
+        because raising it wakes OpenBLAS's own threads, which then spin on the cores for a
+        while."""
+        want = max(1, self.core_count() // max(1, parts))
+        if blas_threads() not in (None, want):
+            set_blas_threads(want)
 
-
-def use(runtime: Runtime) -> None:
-    """Install a runtime for this process (its worker pool is rebuilt on next use)."""
-    global _current, _pool
-    if not isinstance(runtime, Runtime):
-        raise TypeError(f"expected a Runtime, got {type(runtime).__name__}")
-    _current = runtime
-    if _pool is not None:
-        _pool.shutdown()
-        _pool = None
+    def parallel_map(self, fn, items: list) -> list:
+        """[fn(item) for item in items], on this runtime's worker threads, each with its share
+        of the cores as BLAS threads (share_cores); a single item runs in the calling thread
+        with the BLAS threads as they are. A piece's exception is raised here once every piece
+        is done."""
+        if len(items) == 1:
+            return [fn(items[0])]
+        pool = self._pool
+        if pool is None or pool._max_workers < len(items):
+            pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="minivit")
+            object.__setattr__(self, "_pool", pool)
+        self.share_cores(len(items))
+        futures = [pool.submit(fn, item) for item in items]
+        wait(futures)
+        return [f.result() for f in futures]
 
 
 _allocator_tuned = False
@@ -188,76 +228,6 @@ def _openblas(name: str):
     except OSError:
         pass
     return None
-
-
-def cores() -> int:
-    """The cores this process may use (the current runtime's)."""
-    return current().core_count()
-
-
-def set_cores(n: int) -> None:
-    """Use n cores in this process (e.g. cores // local ranks under MPI): the current runtime
-    with cores=n, installed, and the main thread's BLAS threads set to n."""
-    use(dataclasses.replace(current(), cores=n))
-    set_blas_threads(n)
-
-
-def set_workers(n) -> None:
-    """Worker threads for the NumPy batch split (1 disables it; None: automatic): the current
-    runtime with workers=n, installed."""
-    use(dataclasses.replace(current(), workers=n))
-
-
-def workers() -> int:
-    """How many pieces a large NumPy batch is split into (the current runtime's)."""
-    return current().worker_count()
-
-
-def share_cores(parts: int) -> None:
-    """Give each of `parts` concurrent pieces an equal share of the cores as BLAS threads (one
-    piece: all of them). parallel_map calls it for its pieces, the model before a forward or
-    backward that runs as one piece.
-
-    OpenBLAS's thread count is one number for the whole process (its "per-thread" setter too
-    changes it for every thread), so the share stays set after the call, and NumPy code run
-    later in the process gets it as well. It is changed only when the share changes, because
-    raising it wakes OpenBLAS's own threads, which then spin on the cores for a while."""
-    want = max(1, cores() // max(1, parts))
-    if blas_threads() not in (None, want):
-        set_blas_threads(want)
-
-
-def parallel_map(fn, items: list) -> list:
-    """[fn(item) for item in items], on the worker threads, each with its share of the cores as
-    BLAS threads (share_cores); a single item runs in the calling thread with the BLAS threads
-    as they are. A piece's exception is raised here once every piece is done."""
-    global _pool
-    if len(items) == 1:
-        return [fn(items[0])]
-    if _pool is None or _pool._max_workers < len(items):
-        _pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="minivit")
-    share_cores(len(items))
-    futures = [_pool.submit(fn, item) for item in items]
-    wait(futures)
-    return [f.result() for f in futures]
-
-
-def split_batch(batch_size: int, image_work: int = 1) -> list:
-    """Batch slices for the worker threads: at most workers(), each of at least MIN_PIECE in
-    work (image_work = tokens x width of one image), since what a piece saves is the
-    elementwise work over its rows (benchmarks/layers.py measures the pieces)."""
-    n = max(1, min(workers(), batch_size, batch_size * image_work // MIN_PIECE))
-    return _even(batch_size, n)
-
-
-def split_tokens(batch_size: int, tokens: int, dim: int) -> list:
-    """Token slices for the worker threads when the batch itself is too small to split (one
-    piece): the inference of one ViT-B/16 image runs its row-wise work (LayerNorm, the linear
-    layers, GELU) and its attention by query rows on the workers, each over a share of the
-    tokens. At most workers() pieces, each of at least MIN_TOKEN_PIECE rows x width; [] when
-    fewer than two would be worth it (MIN_TOKEN_PIECE is where it stopped paying)."""
-    n = min(workers(), tokens, batch_size * tokens * dim // MIN_TOKEN_PIECE)
-    return _even(tokens, n) if n > 1 else []
 
 
 def _even(size: int, n: int) -> list:

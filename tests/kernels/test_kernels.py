@@ -34,23 +34,22 @@ def _is_reference_plan(plan, batch):
 @pytest.mark.parametrize("train, maps", [(True, False), (False, False), (False, True)])
 def test_off_plans_the_reference_in_one_piece(kernels_on, monkeypatch, train, maps):
     monkeypatch.setattr(threads, "MIN_PIECE", 1)          # on, this batch would be split
-    threads.set_workers(2)
-    try:
-        assert kernels.enabled()
-        kernels.off()
-        assert not kernels.enabled()
-        assert _is_reference_plan(kernels.plan(CFG, 6, np, train=train, maps=maps), 6)
-        kernels.on()
-        assert kernels.enabled()
-        assert not _is_reference_plan(kernels.plan(CFG, 6, np, train=train, maps=maps), 6)
-    finally:
-        threads.set_workers(None)
+    rt = threads.Runtime(workers=2)
+    assert kernels.enabled()
+    kernels.off()
+    assert not kernels.enabled()
+    assert _is_reference_plan(kernels.plan(CFG, 6, np, train=train, maps=maps, runtime=rt), 6)
+    kernels.on()
+    assert kernels.enabled()
+    on = kernels.plan(CFG, 6, np, train=train, maps=maps, runtime=rt)
+    assert not _is_reference_plan(on, 6)
 
 
 def test_disabled_is_a_context(kernels_on):
+    rt = threads.Runtime()
     with kernels.disabled():
         assert not kernels.enabled()
-        assert _is_reference_plan(kernels.plan(CFG, 3, np, train=True, maps=False), 3)
+        assert _is_reference_plan(kernels.plan(CFG, 3, np, train=True, maps=False, runtime=rt), 3)
         with kernels.disabled():
             assert not kernels.enabled()
         assert not kernels.enabled()                      # the inner one restores "off"
@@ -66,55 +65,51 @@ def test_disabled_is_a_context(kernels_on):
 
 
 def test_on_plans_the_fast_block(kernels_on, monkeypatch):
-    """NumPy: the fast block and backward, the batch split by threads.split_batch; under CLS
-    pooling without maps the last block computes the class rows alone (queries)."""
+    """NumPy: the fast block and backward, the batch split by the runtime's split_batch; under
+    CLS pooling without maps the last block computes the class rows alone (queries)."""
     monkeypatch.setattr(threads, "MIN_PIECE", 1)
-    threads.set_workers(2)
-    try:
-        plan = kernels.plan(CFG, 6, np, train=True, maps=False)
-        assert plan.block_forward is fast.block_forward
-        assert plan.block_backward is fast.block_backward
-        assert plan.pieces == threads.split_batch(6, CFG.num_tokens * CFG.dim)
-        assert len(plan.pieces) == 2 and plan.one_piece_cores is False
-        last = plan.last_block_forward
-        assert isinstance(last, functools.partial) and last.func is fast.block_forward
-        assert last.keywords == {"queries": CFG.num_class_tokens}
-        with_maps = kernels.plan(CFG, 6, np, train=True, maps=True)
-        assert with_maps.last_block_forward is fast.block_forward
-        mean = ViTConfig(**{**CFG.to_dict(), "pool": "mean"})
-        mean_plan = kernels.plan(mean, 6, np, train=True, maps=False)
-        assert mean_plan.last_block_forward is fast.block_forward
-        distilled = ViTConfig(**{**CFG.to_dict(), "distilled": True})
-        last = kernels.plan(distilled, 6, np, train=False, maps=False).last_block_forward
-        assert last.keywords["queries"] == 2
-        threads.set_workers(1)                            # one piece: every core's BLAS threads
-        plan = kernels.plan(CFG, 6, np, train=True, maps=False)
-        assert plan.pieces == [slice(0, 6)] and plan.one_piece_cores is True
-    finally:
-        threads.set_workers(None)
+    rt = threads.Runtime(workers=2)
+    plan = kernels.plan(CFG, 6, np, train=True, maps=False, runtime=rt)
+    assert plan.block_forward is fast.block_forward
+    assert plan.block_backward is fast.block_backward
+    assert plan.pieces == rt.split_batch(6, CFG.num_tokens * CFG.dim)
+    assert len(plan.pieces) == 2 and plan.one_piece_cores is False
+    last = plan.last_block_forward
+    assert isinstance(last, functools.partial) and last.func is fast.block_forward
+    assert last.keywords == {"queries": CFG.num_class_tokens}
+    with_maps = kernels.plan(CFG, 6, np, train=True, maps=True, runtime=rt)
+    assert with_maps.last_block_forward is fast.block_forward
+    mean = ViTConfig(**{**CFG.to_dict(), "pool": "mean"})
+    mean_plan = kernels.plan(mean, 6, np, train=True, maps=False, runtime=rt)
+    assert mean_plan.last_block_forward is fast.block_forward
+    distilled = ViTConfig(**{**CFG.to_dict(), "distilled": True})
+    last = kernels.plan(distilled, 6, np, train=False, maps=False, runtime=rt).last_block_forward
+    assert last.keywords["queries"] == 2
+    rt = threads.Runtime(workers=1)                       # one piece: every core's BLAS threads
+    plan = kernels.plan(CFG, 6, np, train=True, maps=False, runtime=rt)
+    assert plan.pieces == [slice(0, 6)] and plan.one_piece_cores is True
 
 
 def test_on_plans_the_token_split_for_a_one_piece_inference(kernels_on, monkeypatch):
     if threads.blas_threads() is None:
         pytest.skip("per-thread BLAS control unavailable: nothing is split")
     monkeypatch.setattr(threads, "MIN_TOKEN_PIECE", 1)
-    threads.set_workers(2)
-    try:
-        plan = kernels.plan(CFG, 1, np, train=False, maps=False)
-        assert isinstance(plan.block_forward, functools.partial)
-        assert plan.block_forward.func is token_split_block_forward
-        parts = threads.split_tokens(1, CFG.num_tokens, CFG.dim)
-        assert plan.block_forward.keywords["parts"] == parts
-        last = plan.last_block_forward
-        assert last.func is token_split_block_forward and last.keywords["queries"] == 1
-        assert plan.block_forward.keywords["streamed"] is False
-        monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", CFG.num_tokens)
-        streamed = kernels.plan(CFG, 1, np, train=False, maps=False)
-        assert streamed.block_forward.func is token_split_block_forward
-        assert streamed.block_forward.keywords["streamed"] is True       # each part streams
-        assert kernels.plan(CFG, 1, np, train=True, maps=False).block_forward is fast.block_forward
-    finally:
-        threads.set_workers(None)
+    rt = threads.Runtime(workers=2)
+    plan = kernels.plan(CFG, 1, np, train=False, maps=False, runtime=rt)
+    assert isinstance(plan.block_forward, functools.partial)
+    assert plan.block_forward.func is token_split_block_forward
+    parts = rt.split_tokens(1, CFG.num_tokens, CFG.dim)
+    assert plan.block_forward.keywords["parts"] == parts
+    assert plan.block_forward.keywords["runtime"] is rt   # its parts on rt's workers
+    last = plan.last_block_forward
+    assert last.func is token_split_block_forward and last.keywords["queries"] == 1
+    assert plan.block_forward.keywords["streamed"] is False
+    monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", CFG.num_tokens)
+    streamed = kernels.plan(CFG, 1, np, train=False, maps=False, runtime=rt)
+    assert streamed.block_forward.func is token_split_block_forward
+    assert streamed.block_forward.keywords["streamed"] is True       # each part streams
+    trained = kernels.plan(CFG, 1, np, train=True, maps=False, runtime=rt)
+    assert trained.block_forward is fast.block_forward
 
 
 @pytest.mark.parametrize("value, enabled", [("off", False), ("OFF", False), ("0", False),
@@ -127,7 +122,8 @@ def test_environment_variable(value, enabled):
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     code = ("import numpy as np; from minivit import ViTConfig, backend, kernels; "
             "from minivit.layers import block; "
-            "plan = kernels.plan(ViTConfig(), 4, np, train=True, maps=False); "
+            "from minivit.parallel.threads import Runtime; "
+            "plan = kernels.plan(ViTConfig(), 4, np, train=True, maps=False, runtime=Runtime()); "
             "print(kernels.enabled(), plan.block_forward is block.block_forward)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60)

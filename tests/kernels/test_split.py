@@ -24,25 +24,24 @@ pytestmark = pytest.mark.usefixtures("kernels_on")     # every test with the ker
 
 @pytest.fixture
 def chunked(monkeypatch):
-    """Force the NumPy batch split into worker threads even for tiny batches."""
+    """A runtime of two workers that splits the NumPy batch even for tiny batches (no smallest
+    piece): the tests give it to their model."""
     monkeypatch.setattr(threads, "MIN_PIECE", 1)
-    threads.set_workers(2)
-    yield
-    threads.set_workers(None)
+    return threads.Runtime(workers=2)
 
 
 def test_chunked_equals_whole_batch(chunked):
-    if threads.workers() < 2:
+    if chunked.worker_count() < 2:
         pytest.skip("per-thread BLAS control unavailable: the batch is never split")
     cfg = ViTConfig(**SMALL, pool="mean")
     x, dl = randn(np, 5, 2, 8, 8), randn(np, 5, 3, seed=2)
-    m = ViT(cfg)
+    m = ViT(cfg, runtime=chunked)
     randomize(m)
-    assert len(threads.split_batch(5)) == 2
+    assert len(chunked.split_batch(5)) == 2
     logits, attn = m.forward(x, train=True, return_attention=True)
     dx = m.backward(dl)
     grads = {k: v.copy() for k, v in m.grads.items()}
-    threads.set_workers(1)
+    m.runtime = threads.Runtime(workers=1)
     logits1, attn1 = m.forward(x, train=True, return_attention=True)
     dx1 = m.backward(dl)
     np.testing.assert_allclose(logits, logits1, rtol=1e-13)
@@ -56,7 +55,7 @@ def test_chunked_with_dropout_equals_one_piece(chunked):
     """With dropout, attention dropout and drop path on, the batch split over two workers gives
     the one-piece pass's logits, dx and every gradient (the same masks: each piece draws its
     rows of the batch's masks), so the one-piece gradchecks (test_model.py) cover it."""
-    if threads.workers() < 2:
+    if chunked.worker_count() < 2:
         pytest.skip("per-thread BLAS control unavailable: the batch is never split")
     cfg = ViTConfig(**SMALL, dropout=0.2, attn_dropout=0.1, drop_path=0.2)
     x, dl = randn(np, 4, 2, 8, 8), randn(np, 4, 3, seed=2)
@@ -64,8 +63,8 @@ def test_chunked_with_dropout_equals_one_piece(chunked):
     randomize(m)
     runs = []
     for workers in (2, 1):
-        threads.set_workers(workers)
-        assert len(threads.split_batch(4)) == workers
+        m.runtime = threads.Runtime(workers=workers)
+        assert len(m.runtime.split_batch(4)) == workers
         m.rng = np.random.default_rng(3)                  # the same mask seed both times
         logits = m.forward(x, train=True)
         dx = m.backward(dl)
@@ -98,18 +97,15 @@ def test_token_split_inference_equals_one_pass(monkeypatch, variant):
     m = ViT(cfg, seed=3)
     randomize(m)
     x = randn(np, 1, 2, 8, 8)
-    threads.set_workers(3)
-    try:
-        calls = []
-        real = threads.parallel_map
-        monkeypatch.setattr(threads, "parallel_map", lambda fn, items: calls.append(len(items))
-                            or real(fn, items))
-        split = m.forward(x)
-        assert 3 in calls                                 # the tokens did go to three workers
-        threads.set_workers(1)
-        whole = m.forward(x)
-    finally:
-        threads.set_workers(None)
+    m.runtime = threads.Runtime(workers=3)
+    calls = []
+    real = threads.Runtime.parallel_map
+    monkeypatch.setattr(threads.Runtime, "parallel_map", lambda self, fn, items:
+                        calls.append(len(items)) or real(self, fn, items))
+    split = m.forward(x)
+    assert 3 in calls                                     # the tokens did go to three workers
+    m.runtime = threads.Runtime(workers=1)
+    whole = m.forward(x)
     np.testing.assert_allclose(split, whole, rtol=1e-13, atol=1e-15)
     assert not np.array_equal(whole, m.forward(x[:, ::-1].copy()))   # the input matters
 
@@ -125,8 +121,8 @@ def test_token_split_block_equals_one_pass(parts, queries, streamed):
     B, N, D, F = 2, 5, 6, 9
     cfg = ViTConfig(dim=D, heads=2, gelu="erf", layer_scale=0.1)
     p, x = block_params(np, cfg, D, F), randn(np, B, N, D)
-    y, cache = token_split_block_forward(x, p, cfg, parts=parts, queries=queries,
-                                         streamed=streamed)
+    y, cache = token_split_block_forward(x, p, cfg, parts=parts, runtime=threads.Runtime(),
+                                         queries=queries, streamed=streamed)
     assert cache is None and y.shape == (B, queries or N, D)
     rows = slice(0, queries or N)
     one = fast.block_forward(x, p, cfg, queries=queries, streamed=streamed)[0]
@@ -138,7 +134,8 @@ def test_token_split_takes_no_masks():
     cfg = ViTConfig(dim=6, heads=2)
     p, x = block_params(np, cfg, 6, 9), randn(np, 2, 5, 6)
     with pytest.raises(ValueError, match="inference"):
-        token_split_block_forward(x, p, cfg, parts=[slice(0, 5)], rng=BatchRows(0, 0, 2, 2))
+        token_split_block_forward(x, p, cfg, parts=[slice(0, 5)], runtime=threads.Runtime(),
+                                  rng=BatchRows(0, 0, 2, 2))
 
 
 def test_part_queries():

@@ -14,6 +14,7 @@ from minivit.kernels import block as fast_block
 from minivit.kernels import streamed
 from minivit.layers import BatchRows, cross_entropy_backward, cross_entropy_forward
 from minivit.layers import attention as reference
+from minivit.parallel.threads import Runtime
 
 from conftest import randn, randomize_params
 from kernel_testing import TOL, assert_close, kernels_on  # noqa: F401 (a fixture)
@@ -127,6 +128,7 @@ def test_streamed_has_no_attention_dropout():
 # ---- the plan and the whole model --------------------------------------------------------------
 CFG = dict(image_size=8, patch_size=2, in_channels=2, num_classes=3, dim=12, depth=2, heads=3,
            mlp_ratio=1.5, dtype="float64")            # 17 tokens
+RUNTIME = Runtime()                                   # plan()'s split: the default a model gets
 
 
 @pytest.fixture
@@ -134,6 +136,11 @@ def streamed_always(monkeypatch, kernels_on):
     """Kernels on, the streamed path from one token on."""
     monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", 0)
     monkeypatch.setattr(kernels, "STREAMED_TRAIN_MIN_BYTES", 0)
+
+
+def _plan(*args, **mode):
+    """kernels.plan on RUNTIME (its split is not what these tests look at)."""
+    return kernels.plan(*args, runtime=RUNTIME, **mode)
 
 
 def _streams(block) -> bool:
@@ -144,21 +151,21 @@ def test_plan_picks_streamed_by_the_rule(streamed_always, monkeypatch):
     cfg = ViTConfig(**CFG)
     for train in (False, True):
         for maps in (False, True):
-            p = kernels.plan(cfg, 2, np, train=train, maps=maps)
+            p = _plan(cfg, 2, np, train=train, maps=maps)
             assert _streams(p.block_forward) and _streams(p.last_block_forward)
             assert p.block_backward is fast_block.block_backward
     dropped = ViTConfig(**{**CFG, "attn_dropout": 0.1})
-    assert not _streams(kernels.plan(dropped, 2, np, train=True, maps=False).block_forward)
-    assert _streams(kernels.plan(dropped, 2, np, train=False, maps=False).block_forward)
-    assert not _streams(kernels.plan(cfg, 2, object(), train=False, maps=False).block_forward)
+    assert not _streams(_plan(dropped, 2, np, train=True, maps=False).block_forward)
+    assert _streams(_plan(dropped, 2, np, train=False, maps=False).block_forward)
+    assert not _streams(_plan(cfg, 2, object(), train=False, maps=False).block_forward)
     monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", cfg.num_tokens + 1)
     for train in (False, True):
-        assert not _streams(kernels.plan(cfg, 2, np, train=train, maps=False).block_forward)
+        assert not _streams(_plan(cfg, 2, np, train=train, maps=False).block_forward)
     monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", cfg.num_tokens)
     kept = cfg.depth * 2 * cfg.heads * cfg.num_tokens ** 2 * 8   # float64 probabilities, batch 2
     monkeypatch.setattr(kernels, "STREAMED_TRAIN_MIN_BYTES", kept + 1)
-    assert not _streams(kernels.plan(cfg, 2, np, train=True, maps=False).block_forward)
-    assert _streams(kernels.plan(cfg, 3, np, train=True, maps=False).block_forward)
+    assert not _streams(_plan(cfg, 2, np, train=True, maps=False).block_forward)
+    assert _streams(_plan(cfg, 3, np, train=True, maps=False).block_forward)
 
 
 def test_plan_defaults_stream_long_sequences(kernels_on):
@@ -168,14 +175,14 @@ def test_plan_defaults_stream_long_sequences(kernels_on):
     streams."""
     from minivit.config import model_config
     b224, b448 = model_config("vit-b16"), model_config("vit-b16", image_size=448)
-    assert not _streams(kernels.plan(b224, 4, np, train=False, maps=False).block_forward)
-    assert not _streams(kernels.plan(b224, 64, np, train=True, maps=False).block_forward)
-    assert _streams(kernels.plan(b448, 4, np, train=False, maps=False).block_forward)
-    assert _streams(kernels.plan(b448, 64, np, train=True, maps=False).block_forward)
-    assert not _streams(kernels.plan(b448, 1, np, train=True, maps=False).block_forward)
+    assert not _streams(_plan(b224, 4, np, train=False, maps=False).block_forward)
+    assert not _streams(_plan(b224, 64, np, train=True, maps=False).block_forward)
+    assert _streams(_plan(b448, 4, np, train=False, maps=False).block_forward)
+    assert _streams(_plan(b448, 64, np, train=True, maps=False).block_forward)
+    assert not _streams(_plan(b448, 1, np, train=True, maps=False).block_forward)
     dropped = model_config("vit-b16", image_size=448, attn_dropout=0.1)
-    assert not _streams(kernels.plan(dropped, 64, np, train=True, maps=False).block_forward)
-    assert not _streams(kernels.plan(b448, 4, object(), train=False, maps=False).block_forward)
+    assert not _streams(_plan(dropped, 64, np, train=True, maps=False).block_forward)
+    assert not _streams(_plan(b448, 4, object(), train=False, maps=False).block_forward)
 
 
 def _run(model, x, labels, train: bool, maps: bool = False):
@@ -230,4 +237,4 @@ def test_model_with_attention_dropout_is_not_streamed(streamed_always):
     x = randn(np, 2, 2, 8, 8, seed=4)
     caches = model_blocks_of_last_step(model, x, np.arange(2))
     assert not any(isinstance(c.attn.core, streamed.StreamedCache) for c in caches)
-    assert _streams(kernels.plan(cfg, 2, np, train=False, maps=False).block_forward)
+    assert _streams(_plan(cfg, 2, np, train=False, maps=False).block_forward)

@@ -1,4 +1,7 @@
-"""The worker-thread helpers of parallel/threads.py that the model's batch split relies on."""
+"""The CPU runtime of parallel/threads.py and the worker-thread helpers the model's batch split
+relies on."""
+import copy
+import pickle
 import threading
 import time
 
@@ -70,33 +73,76 @@ def test_split_by_work(monkeypatch):
     """Batch pieces hold at least MIN_PIECE of work (tokens x width): 16 MNIST images (17 x 64)
     or a third of a ViT-B/16 image (197 x 768); a batch that gives one piece may have its
     tokens split instead, in near-equal runs of at least MIN_TOKEN_PIECE."""
-    monkeypatch.setattr(threads, "workers", lambda: 2)
-    mnist, b16 = 17 * 64, 197 * 768
-    assert threads.split_batch(31, mnist) == [slice(0, 31)]
-    assert threads.split_batch(32, mnist) == [slice(0, 16), slice(16, 32)]
-    assert threads.split_batch(8, b16) == [slice(0, 4), slice(4, 8)]
-    assert threads.split_batch(1, b16) == [slice(0, 1)]
-    assert threads.split_tokens(1, 197, 768) == [slice(0, 98), slice(98, 197)]
-    assert threads.split_tokens(1, 197, 384) == [slice(0, 98), slice(98, 197)]
-    assert threads.split_tokens(1, 197, 192) == []        # ViT-Ti/16: not worth it (measured)
-    assert threads.split_tokens(1, 17, 64) == []
+    monkeypatch.setattr(threads.Runtime, "worker_count", lambda self: 2)
+    rt, mnist, b16 = threads.Runtime(), 17 * 64, 197 * 768
+    assert rt.split_batch(31, mnist) == [slice(0, 31)]
+    assert rt.split_batch(32, mnist) == [slice(0, 16), slice(16, 32)]
+    assert rt.split_batch(8, b16) == [slice(0, 4), slice(4, 8)]
+    assert rt.split_batch(1, b16) == [slice(0, 1)]
+    assert rt.split_tokens(1, 197, 768) == [slice(0, 98), slice(98, 197)]
+    assert rt.split_tokens(1, 197, 384) == [slice(0, 98), slice(98, 197)]
+    assert rt.split_tokens(1, 197, 192) == []             # ViT-Ti/16: not worth it (measured)
+    assert rt.split_tokens(1, 17, 64) == []
 
 
 def test_parallel_map_waits_for_every_piece_before_raising():
-    threads.set_workers(2)
-    try:
-        finished = []
+    finished = []
 
-        def piece(i):
-            if i == 0:
-                raise ValueError("piece 0 broke")
-            time.sleep(0.05)
-            finished.append(i)
-        with pytest.raises(ValueError, match="piece 0 broke"):
-            threads.parallel_map(piece, [0, 1])
-        assert finished == [1]
-    finally:
-        threads.set_workers(None)
+    def piece(i):
+        if i == 0:
+            raise ValueError("piece 0 broke")
+        time.sleep(0.05)
+        finished.append(i)
+    with pytest.raises(ValueError, match="piece 0 broke"):
+        threads.Runtime(workers=2).parallel_map(piece, [0, 1])
+    assert finished == [1]
+
+
+def test_a_runtime_is_a_value_with_its_own_pool():
+    """Runtimes compare by their settings alone; each makes its worker pool on first use and
+    keeps it; a copy or a pickle (of a model holding one) starts without a pool."""
+    a, b = threads.Runtime(workers=2), threads.Runtime(workers=2)
+    assert a == b and hash(a) == hash(b) and a != threads.Runtime(workers=3)
+    assert a.parallel_map(lambda i: i * i, [1, 2, 3]) == [1, 4, 9]
+    pool = a._pool
+    assert pool is not None and b._pool is None
+    assert a.parallel_map(lambda i: -i, [1, 2]) == [-1, -2] and a._pool is pool
+    for twin in (copy.deepcopy(a), pickle.loads(pickle.dumps(a))):
+        assert twin == a and twin._pool is None
+        assert twin.parallel_map(lambda i: i + 1, [1, 2]) == [2, 3]
+
+
+def test_from_env_reads_the_variables_now():
+    env = {"MINIVIT_WORKERS": "3", "MINIVIT_NO_MALLOPT": "1"}
+    assert threads.Runtime.from_env(env) == threads.Runtime(workers=3, tune_allocator=False)
+    assert threads.Runtime.from_env({}, workers=2) == threads.Runtime(workers=2)
+    with pytest.raises(ValueError, match="MINIVIT_WORKERS must be a positive integer"):
+        threads.Runtime.from_env({"MINIVIT_WORKERS": "many"})
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        threads.Runtime(workers=0)
+
+
+def test_each_model_splits_by_its_own_runtime(monkeypatch):
+    """Two models in one process, one split over two workers and one not: nothing is shared
+    between them but the process's BLAS thread count."""
+    if threads.blas_threads() is None:
+        pytest.skip("NumPy's OpenBLAS not found: the batch is never split")
+    from minivit import ViT, ViTConfig, kernels
+    monkeypatch.setattr(threads, "MIN_PIECE", 1)
+    cfg = ViTConfig(image_size=8, patch_size=4, in_channels=1, num_classes=3, dim=8, depth=1,
+                    heads=2)
+    split, whole = ViT(cfg, runtime=threads.Runtime(workers=2)), ViT(cfg)
+    whole.runtime = threads.Runtime(workers=1)
+    calls = []
+    real = threads.Runtime.parallel_map
+    monkeypatch.setattr(threads.Runtime, "parallel_map", lambda self, fn, items:
+                        calls.append((self.workers, len(items))) or real(self, fn, items))
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    split.forward(x)
+    whole.forward(x)
+    assert calls == [(2, 2 if kernels.enabled() else 1), (1, 1)]
+    with pytest.raises(TypeError, match="runtime must be a threads.Runtime"):
+        ViT(cfg, runtime=2)
 
 
 def test_the_model_shares_the_cores_out_as_blas_threads(monkeypatch):
@@ -106,8 +152,8 @@ def test_the_model_shares_the_cores_out_as_blas_threads(monkeypatch):
     if threads.blas_threads() is None:
         pytest.skip("NumPy's OpenBLAS not found: BLAS threads are not controlled")
     from minivit import ViT, ViTConfig
-    monkeypatch.setattr(threads, "cores", lambda: 4)
-    monkeypatch.setattr(threads, "workers", lambda: 2)
+    monkeypatch.setattr(threads.Runtime, "core_count", lambda self: 4)
+    monkeypatch.setattr(threads.Runtime, "worker_count", lambda self: 2)
     monkeypatch.setattr(threads, "MIN_PIECE", 1)
     sets = []
     real = threads.set_blas_threads
@@ -119,8 +165,8 @@ def test_the_model_shares_the_cores_out_as_blas_threads(monkeypatch):
     try:
         seen = []
         model.forward(x)
-        monkeypatch.setattr(threads, "parallel_map",
-                            lambda fn, items: seen.append(threads.blas_threads()) or
+        monkeypatch.setattr(threads.Runtime, "parallel_map",
+                            lambda self, fn, items: seen.append(threads.blas_threads()) or
                             [fn(i) for i in items])
         model.forward(x)
         model.forward(x[:1])
@@ -141,7 +187,7 @@ def test_a_blas_thread_limit_set_before_start_is_kept():
             "m = ViT(ViTConfig(image_size=8, patch_size=4, in_channels=1, num_classes=3, dim=8,"
             " depth=1, heads=2))\n"
             "m.forward(np.zeros((40, 1, 8, 8), np.float32))\n"
-            "print(threads.cores(), threads.workers(), threads.blas_threads())\n")
+            "print(m.runtime.core_count(), m.runtime.worker_count(), threads.blas_threads())\n")
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     env.pop("MINIVIT_WORKERS", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
