@@ -46,7 +46,7 @@ def build_parser() -> Parser:
     ap = Parser(prog=command_name("minivit-finetune"),
                                  description="Fine-tune a pretrained ViT on an image folder "
                                              "(one sub-folder per class).")
-    add_model_arg(ap, help="; transformers and timm need pip install -e .[hub]")
+    add_model_arg(ap)
     ap.add_argument("--data", type=existing_folder, required=True, metavar="DIR",
                     help="DIR/<class>/<image> (split by --test-fraction) or DIR/train/<class> "
                          "and DIR/test/<class>; .png/.jpg need Pillow, .npy always works")

@@ -121,10 +121,11 @@ def hf_family(conf: dict, arrays: dict) -> tuple[str, str]:
     return family, "pooler" if "pooler.dense.weight" in arrays else "none"
 
 
-def strip_base_prefix(arrays: dict, family: str) -> dict:
-    """Keys of the base model without the 'vit.'/'deit.'/'dinov2.' prefix a classifier adds."""
+def base_names(keys, family: str) -> dict:
+    """{key of the base model without the 'vit.'/'deit.'/'dinov2.' prefix a classifier adds:
+    the key in the file}."""
     prefix = BASE[family]
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in arrays.items()}
+    return {k[len(prefix):] if k.startswith(prefix) else k: k for k in keys}
 
 
 def hf_table(cfg: ViTConfig, family: str, head: str, prefixed: bool = True) -> dict:
@@ -253,7 +254,8 @@ def hf_layout(arrays: dict, conf: dict, pre_conf: dict | None = None, **override
     if pre_conf is not None:
         check_json(pre_conf, PREPROCESSOR_SCHEMA, "preprocessor_config.json")
     family, head = hf_family(conf, arrays)
-    arrays = strip_base_prefix(arrays, family)
+    names = base_names(arrays, family)
+    arrays = {k: arrays[name] for k, name in names.items()}
     cfg = hf_config(conf, arrays, family, head, **overrides)
     pre = hf_preprocessing(pre_conf, cfg, family, class_names_of(conf, cfg.num_classes))
     run_size = pre.image_size if family.startswith("dinov2") else None
@@ -264,7 +266,8 @@ def hf_layout(arrays: dict, conf: dict, pre_conf: dict | None = None, **override
                         f"with at most {MAX_PATCHES} patches is needed; fix its crop_size")
     return Layout(cfg, hf_table(cfg, family, head, prefixed=False), arrays, pre,
                   f"transformers' {family} layout", (conf.get("architectures") or [family])[0],
-                  hf_pos_resample(family), image_size=run_size, ignored=(MASK_TOKEN,))
+                  hf_pos_resample(family), image_size=run_size, ignored=(MASK_TOKEN,),
+                  names=names)
 
 
 # ---- writing ------------------------------------------------------------------------------------

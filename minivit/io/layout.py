@@ -23,6 +23,13 @@ Loading, for every layout: check_overrides (what a caller may set), then the lay
 function reads the config from the file's shapes and JSON and returns a Layout
 (make_config builds its ViTConfig), layout_of checks the tensors against its table, and
 build_model fills a ViT and resamples the position table the way the source does.
+
+The layout functions read shapes and dtypes only, so a loader hands them stand-ins (arrays that
+hold no data) and build_model a source that reads the file's tensors one at a time
+(safetensors_file.SafetensorsReader, google.GoogleNpzReader): each parameter is read,
+transformed and copied into the flat vector, and its tensors are released before the next, so
+the weights are held once, in the model. The model starts as zeros (ViT(init=False): no random
+init to overwrite) when the table sets every parameter.
 """
 from __future__ import annotations
 
@@ -97,6 +104,7 @@ class Layout(NamedTuple):
     resample: dict                # set_image_size keywords: how the source resamples its table
     image_size: Optional[int] = None   # the size the source runs at, when not its table's
     ignored: tuple = ()           # file keys that may be present and are not read
+    names: Optional[dict] = None  # {key of arrays: the file's tensor name}, where they differ
 
 
 # ---- key tables ---------------------------------------------------------------------------------
@@ -333,14 +341,28 @@ def layout_of(path: str, error: type, make, arrays: dict, *args, **overrides) ->
 
 
 def build_model(lay: Layout, seed: int = 0, image_size: Optional[int] = None,
-                **resample) -> ViT:
+                source=None, **resample) -> ViT:
     """A ViT of lay.config with the file's weights (copied and cast into the flat vector), at
     image_size (default: the size the source runs at), the position table resampled the way
-    the source does it (resample= keywords of set_image_size change that)."""
-    model = ViT(lay.config, seed=seed, preprocessing=lay.preprocessing)
-    for k, v in from_layout(lay.arrays, lay.table, lay.config).items():
-        model.params[k] = v
+    the source does it (resample= keywords of set_image_size change that). source: where the
+    tensors come from, one at a time (module docstring): tensor(file name) -> host array and
+    release() once it is copied; None reads lay.arrays, which then hold the data."""
+    cfg = lay.config
+    every = set(lay.table) == set(cfg.param_shapes())     # key_table makes it so
+    model = ViT(cfg, seed=seed, preprocessing=lay.preprocessing, init=not every)
+    names = lay.names or {}
+    if source is None:
+        read = lay.arrays.__getitem__
+    else:
+        def read(key):
+            return source.tensor(names.get(key, key))
+    for k, (kind, key) in lay.table.items():
+        a = tuple(map(read, key)) if isinstance(key, tuple) else read(key)
+        model.params[k] = TRANSFORMS[kind][0](a, cfg)     # cast into the flat vector
+        del a                                             # gone before the next one is read
+        if source is not None:
+            source.release()
     size = image_size or lay.image_size
-    if size is not None and size != lay.config.image_size:
+    if size is not None and size != cfg.image_size:
         model.set_image_size(size, **{**lay.resample, **resample})
     return model

@@ -13,8 +13,14 @@ with a 'meta' entry, minivit's own. Pickle checkpoints are refused by name befor
 read (safetensors_file.refuse_pickle). Then one path for every foreign layout (layout.py): the
 format's function (google_layout, hf_layout, timm_layout) reads the config, key table and
 preprocessing (resize, crop, mean, std, class names) from the files; layout_of checks the
-tensors against the table; build_model fills the ViT. describe_pretrained runs the same
-functions on the safetensors headers alone.
+tensors against the table; build_model fills the ViT.
+
+The weights are streamed, never read whole: the files are opened first (every safetensors
+header, or every .npz member header, checked), the layout is found from the tensors' shapes
+and dtypes alone, and build_model reads each parameter's tensors (memory-mapped safetensors,
+one .npz member at a time), checks they are finite, copies them into the model's flat
+parameter vector and releases them before the next: the process holds one copy of the
+weights. describe_pretrained runs the same functions on the headers alone.
 """
 from __future__ import annotations
 
@@ -30,11 +36,11 @@ from .. import backend
 from ..errors import UserError
 from ..files import FileFormatError, atomic_write, check_finite
 from ..model import ViT
-from .google import (GoogleNpzError, google_layout, google_target, read_google_npz, read_sidecar,
+from .google import (GoogleNpzError, GoogleNpzReader, google_layout, google_target, read_sidecar,
                      save_google_npz)
 from .hf import hf_layout, to_hf
 from .layout import Layout, build_model, check_overrides, layout_of
-from .safetensors_file import (DTYPES, PICKLE_SUFFIXES, SafetensorsError, read_safetensors,
+from .safetensors_file import (PICKLE_SUFFIXES, SafetensorsError, SafetensorsReader,
                                read_safetensors_header, refuse_pickle, write_safetensors)
 from .timm import timm_layout, to_timm
 
@@ -168,32 +174,51 @@ def _npz_format(path: str) -> str:
         return "google"                                   # its reader names what is wrong
 
 
-def _read_arrays(src: Source, allow_nonfinite: bool) -> dict:
-    if src.format == "google":
-        return read_google_npz(src.path, allow_nonfinite)
-    arrays = {}
-    for w in src.weights:
-        a, _ = read_safetensors(w)
-        arrays.update(a)
-        if not allow_nonfinite:
-            check_finite(a, w, SafetensorsError, NONFINITE_FIX)
-    return arrays
+class SafetensorsFiles:
+    """The safetensors files of a checkpoint (one, or an index's shards) as build_model's source
+    (layout.py): every header is checked when they open; stand_ins holds each tensor's shape and
+    dtype; tensor(name) reads it from its file (of two files that hold a name, the later one)
+    and, unless allow_nonfinite, checks that it is finite."""
+
+    def __init__(self, paths: list, allow_nonfinite: bool = False):
+        self.allow_nonfinite = allow_nonfinite
+        self.readers = []
+        try:
+            for p in paths:
+                self.readers.append(SafetensorsReader(p))
+        except BaseException:
+            self.close()
+            raise
+        self.where = {k: r for r in self.readers for k in r.tensors}
+        self.stand_ins = {k: v for r in self.readers for k, v in r.stand_ins().items()}
+
+    def tensor(self, name: str) -> np.ndarray:
+        reader = self.where[name]
+        a = reader.tensor(name)
+        if not self.allow_nonfinite:
+            check_finite({name: a}, reader.path, SafetensorsError, NONFINITE_FIX)
+        return a
+
+    def release(self) -> None:
+        for r in self.readers:
+            r.release()
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.close()
+
+    def __enter__(self) -> "SafetensorsFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def _header_arrays(src: Source) -> tuple[dict, dict]:
-    """({name: stand-in with the tensor's shape and dtype, no data}, {dtype: count}) from the
-    safetensors headers; a Google .npz is read."""
+def _open(src: Source, allow_nonfinite: bool = False):
+    """The weight files of src opened for streaming: a SafetensorsFiles or a GoogleNpzReader."""
     if src.format == "google":
-        arrays = read_google_npz(src.path, allow_nonfinite=True)
-        dtypes = [a.dtype.name for a in arrays.values()]
-    else:
-        arrays, dtypes = {}, []
-        for w in src.weights:
-            for k, (code, shape, _, _) in read_safetensors_header(w)[0].items():
-                dt = np.float32 if code in ("BF16", "F16") else np.dtype(DTYPES[code])
-                arrays[k] = np.broadcast_to(np.zeros((), dt), shape)
-                dtypes.append(code)
-    return arrays, {d: dtypes.count(d) for d in sorted(set(dtypes))}
+        return GoogleNpzReader(src.path, allow_nonfinite)
+    return SafetensorsFiles(src.weights, allow_nonfinite)
 
 
 def _layout(src: Source, arrays: dict, overrides: dict) -> Layout:
@@ -212,8 +237,9 @@ def load_pretrained(path, *, seed: int = 0, allow_nonfinite: bool = False, **ove
     image_size = overrides.pop("image_size", None)
     if src.format == "minivit":
         return _load_minivit(src.path, image_size, allow_nonfinite, overrides)
-    lay = _layout(src, _read_arrays(src, allow_nonfinite), overrides)
-    return build_model(lay, seed, image_size)
+    with _open(src, allow_nonfinite) as files:
+        lay = _layout(src, files.stand_ins, overrides)
+        return build_model(lay, seed, image_size, source=files)
 
 
 def _load_minivit(path: str, image_size, allow_nonfinite: bool, overrides: dict) -> ViT:
@@ -222,7 +248,8 @@ def _load_minivit(path: str, image_size, allow_nonfinite: bool, overrides: dict)
     overrides.pop("heads", None)                          # recorded in the checkpoint
     if overrides:
         cfg = dataclasses.replace(model.config, **overrides)
-        new = ViT(cfg, preprocessing=model.preprocessing)
+        every = set(cfg.param_shapes()) == set(model.params)   # all copied: no random init
+        new = ViT(cfg, preprocessing=model.preprocessing, init=not every)
         for k, v in model.params.items():
             new.params[k] = backend.to_numpy(v)
         model = new
@@ -243,12 +270,17 @@ def describe_pretrained(path, **overrides) -> dict:
         return {"format": src.format, "config": model.config.to_dict(),
                 "preprocessing": None if pre is None else pre.to_dict(),
                 "parameters": model.num_params()}
-    arrays, dtypes = _header_arrays(src)
+    with _open(src) as files:
+        arrays = files.stand_ins
+        if src.format == "google":
+            dtypes = [a.dtype.name for a in arrays.values()]
+        else:
+            dtypes = [code for r in files.readers for code, *_ in r.tensors.values()]
     lay = _layout(src, arrays, overrides)
     return {"format": src.format, "architecture": lay.architecture,
             "config": lay.config.to_dict(), "preprocessing": lay.preprocessing.to_dict(),
             "parameters": sum(int(np.prod(s)) for s in lay.config.param_shapes().values()),
-            "tensors": len(arrays), "dtypes": dtypes}
+            "tensors": len(arrays), "dtypes": {d: dtypes.count(d) for d in sorted(set(dtypes))}}
 
 
 # ---- saving -------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""safetensors files, read and written through the `safetensors` package (pip install -e .[hub]),
-with the header checked here first, so that a bad file is an error that names it, the tensor
-and the fix rather than a panic inside the reader:
+"""safetensors files: read here, memory-mapped, one tensor at a time; written through the
+`safetensors` package (pip install -e .[hub]). The header is checked first, so that a bad file
+is an error that names it, the tensor and the fix rather than a crash inside a reader:
 
     8 bytes       N, the header's length (unsigned little-endian)
     N bytes       JSON: {name: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]},
@@ -9,9 +9,15 @@ and the fix rather than a panic inside the reader:
 
 Checked: the length fits the file; the header is a JSON object; every dtype is known; every
 shape is a list of non-negative integers whose size times the item size is end - begin; every
-range lies inside the data and no two overlap. bf16 and f16 tensors are widened to float32
-(bf16 by a 16-bit shift of its bits: the NumPy side of `safetensors` has no bfloat16); the
-model's dtype is applied when the parameters are copied in.
+range lies inside the data and no two overlap.
+
+SafetensorsReader then maps the file read-only and gives one tensor at a time: an array over
+its checked byte range (no copy), or, for bf16 and f16, that range widened to float32 (bf16 by
+a 16-bit shift of its bits). release() hands the pages read so far back to the OS (madvise),
+so that a loader copying each tensor into the model's flat parameter vector holds one copy
+of the weights, not two. A file system that cannot map a file is read with plain reads, one
+tensor at a time. Reading needs no package: the format is a JSON header and raw bytes.
+read_safetensors reads every tensor at once (copies), for callers that want them all.
 
 Pickle checkpoints (pytorch_model.bin, .pth, .pt, .ckpt, .pkl) are refused by name, before a
 byte is read: unpickling runs arbitrary code.
@@ -19,6 +25,7 @@ byte is read: unpickling runs arbitrary code.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 
@@ -27,9 +34,9 @@ import numpy as np
 from ..errors import MissingExtra, UserError
 from ..files import FileFormatError, atomic_write, check_file, check_header
 
-__all__ = ["SafetensorsError", "MissingExtra", "read_safetensors", "read_safetensors_header",
-           "write_safetensors",
-           "refuse_pickle", "PICKLE_SUFFIXES", "require_safetensors"]
+__all__ = ["SafetensorsError", "MissingExtra", "SafetensorsReader", "read_safetensors",
+           "read_safetensors_header", "write_safetensors", "refuse_pickle", "PICKLE_SUFFIXES",
+           "require_safetensors"]
 
 DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
           "I16": "<i2", "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1",
@@ -52,8 +59,8 @@ def require_safetensors():
         import safetensors
         import safetensors.numpy
     except ImportError as e:
-        raise MissingExtra(f"reading and writing .safetensors checkpoints needs the safetensors "
-                           f"package: {INSTALL}") from e
+        raise MissingExtra(f"writing .safetensors checkpoints needs the safetensors package: "
+                           f"{INSTALL}") from e
     return safetensors
 
 
@@ -140,35 +147,106 @@ def _check_overlap(path: str, tensors: dict) -> None:
                                    f"{FIX}")
 
 
+class SafetensorsReader:
+    """A checked safetensors file (read_safetensors_header), mapped read-only:
+
+        with SafetensorsReader(path) as f:
+            w = f.tensor("head.weight")        # over the mapped bytes; bf16/f16 -> float32
+            ...                                # copy it where it goes
+            f.release()                        # the pages read so far leave this process
+
+    Arrays from tensor() are read-only views of the file (a view still alive at close() keeps
+    the map until it is freed); copy what must be written to."""
+
+    def __init__(self, path):
+        self.tensors, self.meta, self.size = read_safetensors_header(path)
+        self.path = os.fspath(path)
+        self._spans = []                                  # (begin, end) read since release()
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as e:
+            raise SafetensorsError(f"cannot read {self.path}: {e.strerror or e}; check that "
+                                   f"it is readable") from e
+        try:
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):                     # cannot be mapped: plain reads
+            self._map = None
+        now = len(self._map) if self._map is not None else os.fstat(self._file.fileno()).st_size
+        if now != self.size:
+            self.close()
+            raise SafetensorsError(f"{self.path} changed while it was read ({self.size} bytes, "
+                                   f"now {now}); read it again once it is complete")
+
+    def stand_ins(self) -> dict:
+        """{name: an array of the tensor's shape and (widened) dtype that holds no data}."""
+        out = {}
+        for k, (code, shape, _, _) in self.tensors.items():
+            dt = np.float32 if code in ("BF16", "F16") else np.dtype(DTYPES[code])
+            out[k] = np.broadcast_to(np.zeros((), dt), shape)
+        return out
+
+    def tensor(self, name: str) -> np.ndarray:
+        """Tensor `name` as a read-only host array: over the mapped file, or float32 for bf16
+        and f16."""
+        code, shape, begin, end = self.tensors[name]
+        dt = np.dtype(DTYPES[code])
+        if end == begin:
+            return np.zeros(shape, np.float32 if code in ("BF16", "F16") else dt.newbyteorder("="))
+        if self._map is not None:
+            a = np.frombuffer(self._map, dt, count=(end - begin) // dt.itemsize, offset=begin)
+            self._spans.append((begin, end))
+        else:
+            self._file.seek(begin)
+            data = self._file.read(end - begin)
+            if len(data) != end - begin:
+                raise SafetensorsError(f"{self.path}: tensor {name!r} is cut short: the file "
+                                       f"changed while it was read; {FIX}")
+            a = np.frombuffer(data, dt)
+        a = a.reshape(shape)
+        if code == "BF16":
+            return bf16_to_float32(a)
+        if code == "F16":
+            return a.astype(np.float32)
+        return a if dt.isnative else a.astype(dt.newbyteorder("="))
+
+    def release(self) -> None:
+        """Drop the mapped pages of the tensors read since the last release from this process
+        (where the OS can; they are read from the file again if touched)."""
+        if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
+            page = mmap.PAGESIZE
+            for begin, end in self._spans:
+                start = begin // page * page              # madvise takes whole pages
+                try:
+                    self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+                except OSError:                           # only a hint: the pages stay mapped
+                    break
+        self._spans = []
+
+    def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:                           # an array still views it: the map
+                pass                                      # is unmapped with the last such view
+            self._map = None
+        self._file.close()
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def read_safetensors(path) -> tuple[dict, dict]:
     """({name: float32/float64/int host array}, metadata) of a checked safetensors file; f16 and
-    bf16 become float32. The package reads every tensor NumPy knows; bf16 tensors are read from
-    their checked byte range."""
-    tensors, meta, _ = read_safetensors_header(path)
-    path = os.fspath(path)
-    st = require_safetensors()
-    plain = [k for k, (code, *_rest) in tensors.items() if code != "BF16"]
-    out = {}
-    try:
-        if plain:
-            with st.safe_open(path, framework="numpy") as f:
-                for k in plain:
-                    out[k] = f.get_tensor(k)
-    except Exception as e:                                # the package's own SafetensorError
-        raise SafetensorsError(f"{path}: the safetensors package cannot read it ({e}); "
-                               f"{FIX}") from e
-    with open(path, "rb") as f:
-        for k, (code, shape, begin, end) in tensors.items():
-            if code == "BF16":
-                f.seek(begin)
-                bits = np.frombuffer(f.read(end - begin), dtype="<u2")
-                if bits.size * 2 != end - begin:
-                    raise SafetensorsError(f"{path}: tensor {k!r} is cut short; {FIX}")
-                out[k] = bf16_to_float32(bits).reshape(shape)
-    for k, v in out.items():
-        if v.dtype == np.float16:
-            out[k] = v.astype(np.float32)
-    return {k: out[k] for k in tensors}, meta
+    bf16 become float32. Every tensor is read (a writable copy), one at a time."""
+    with SafetensorsReader(path) as f:
+        out = {}
+        for k in f.tensors:
+            out[k] = np.array(f.tensor(k))
+            f.release()
+        return out, f.meta
 
 
 def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
