@@ -29,7 +29,9 @@ if TESTS not in sys.path:
     sys.path.append(TESTS)
 
 from minivit import ViT, ViTConfig, backend, parallel  # noqa: E402
-from minivit.layers import BatchRows, cross_entropy_backward, cross_entropy_forward  # noqa: E402
+from minivit.layers import (BatchRows, cross_entropy_backward, cross_entropy_forward,  # noqa: E402
+                            linear_backward, linear_forward)
+from minivit.params import ParamDict  # noqa: E402
 from minivit.optim import AdamW  # noqa: E402
 from minivit.parallel import threads  # noqa: E402
 
@@ -142,7 +144,9 @@ class MinivitBench:
     """minivit on NumPy (CPU) or CuPy (GPU): the model, a batch, and its step functions.
     Under mpiexec (world.size R > 1) each process runs its B / R rows of the batch, and a
     training step adds the in-place all-reduce of the gradients that data-parallel training runs
-    (minivit.training.loop.train_step)."""
+    (minivit.training.loop.train_step). A backbone (num_classes=0, as DINOv2) runs through a
+    linear head of its own, as TransformersBench's does: the model's pooled features, then
+    layers.linear (kept outside the model, so that no parameter vector is rebuilt for it)."""
     name = "minivit"
 
     def __init__(self, cfg: ViTConfig, batch: int, gpu: bool = False, tf32: bool = False,
@@ -158,8 +162,7 @@ class MinivitBench:
         if runtime is not None:                  # limit_threads', as a command gives its own
             self.model.runtime = runtime
         hx, hy = (host_batch if cfg.num_classes else host_batch_headless)(cfg, batch)
-        if not cfg.num_classes:                  # a backbone: trained through a linear head
-            with_random_head(self.model, TransformersBench.HEADLESS_CLASSES)
+        self.head = None if cfg.num_classes else random_head(cfg, TransformersBench.HEADLESS_CLASSES)
         b = batch // R
         self.rows = (r * b, batch)                                   # this process's rows
         self.x = backend.asarray(hx[r * b:(r + 1) * b])              # (B / R, C, S, S)
@@ -183,20 +186,35 @@ class MinivitBench:
         def step():
             start, total = self.rows              # this process's rows of the global batch
             masks = BatchRows(int(model.rng.integers(2 ** 63)), start, start + len(y), total)
-            logits = model.forward(x, train=True, masks=masks)   # (B / R, K)
+            out = model.forward(x, train=True, masks=masks)      # (B / R, K) or features (B / R, D)
+            logits, c_head = (out, None) if head is None else linear_forward(out, head["w"],
+                                                                             head["b"])
             _, cache = cross_entropy_forward(logits, y)
             dlogits = cross_entropy_backward(cache)
             if world.size > 1:
                 dlogits *= share
+            if head is not None:
+                dlogits, head_grads["w"], head_grads["b"] = linear_backward(dlogits, c_head)
             model.backward(dlogits)
             world.allreduce_(model.grads.flat)
             opt.step(model.grads)
+            if head is not None:
+                world.allreduce_(head_grads.flat)
+                head_opt.step(head_grads)
             self._track()
+
+        head = self.head
+        if head is not None:
+            head_grads = ParamDict.zeros({k: v.shape for k, v in head.items()}, head.flat.dtype,
+                                         self.xp)
+            head_opt = AdamW(head, lr=LR, weight_decay=WEIGHT_DECAY, decay={"w"})
         return step
 
     def infer_step(self):
         def step():
-            self.model.forward(self.x, train=False)          # (B / R, K)
+            out = self.model.forward(self.x, train=False)    # (B / R, K) or features (B / R, D)
+            if self.head is not None:
+                linear_forward(out, self.head["w"], self.head["b"])   # (B / R, K)
             self.world.barrier()                              # the batch is done when all are
             self._track()
         return step
@@ -421,15 +439,13 @@ def load_written(cfg: ViTConfig) -> ViT:
     return model
 
 
-def with_random_head(model: ViT, classes: int) -> ViT:
-    """A backbone (num_classes=0) given a linear head of `classes` outputs on its pooled
-    features, random like TransformersBench's head (reset_head's zeros would stop every
-    gradient below the head)."""
-    model.reset_head(classes)
+def random_head(cfg: ViTConfig, classes: int) -> ParamDict:
+    """MinivitBench's linear head for a backbone: w (D, classes) uniform in +-1/sqrt(D) as
+    torch.nn.Linear draws TransformersBench's, b (classes,) zero."""
     rng = np.random.default_rng(0)
-    w = model.params["head.w"]
-    model.params["head.w"] = rng.uniform(-1, 1, w.shape) / np.sqrt(w.shape[0])
-    return model
+    head = ParamDict.zeros({"w": (cfg.dim, classes), "b": (classes,)}, cfg.dtype, backend.xp())
+    head["w"] = rng.uniform(-1, 1, (cfg.dim, classes)) / np.sqrt(cfg.dim)
+    return head
 
 
 class TransformersBench(TorchBench):
