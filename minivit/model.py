@@ -169,6 +169,7 @@ class ViT:
             c_blocks.append(c if keep else None)
             if maps:
                 attn.append(c.attn.core.maps())                               # (B, H, N, N)
+            del c                       # not kept: gone before the next block runs
         logits, c_head = head_forward(t, self.params, cfg)                    # (B, K)
         piece = Piece((c_embed, m_emb) if keep else None, c_blocks if keep else None, c_head)
         return logits, piece, attn

@@ -116,7 +116,9 @@ def plan(cfg, batch: int, xp, *, train: bool, maps: bool, runtime: Runtime) -> P
     (attn_dropout > 0: the keys-first kernel, which draws the reference's masks).
     Attention maps (maps) do not change the choice: a streamed block remakes its probabilities
     for the maps alone from each row's saved log-sum-exp (StreamedCache.maps). Where the token
-    split runs a one-piece inference, each part streams its query rows by the same rule."""
+    split runs a one-piece inference, each part streams its query rows by the same rule.
+    Inference without maps keeps nothing: the blocks run with keep=False (no cache; each
+    activation let go once read), as the token split's parts do."""
     whole = [slice(0, batch)]
     if not _enabled:
         return Plan(reference.block_forward, reference.block_forward, reference.block_backward,
@@ -130,8 +132,8 @@ def plan(cfg, batch: int, xp, *, train: bool, maps: bool, runtime: Runtime) -> P
     if parts:                                             # the workers share the cores out
         block, all_cores = functools.partial(token_split_block_forward, parts=parts,
                                              streamed=streamed, runtime=runtime), False
-    elif streamed:
-        block = functools.partial(fast.block_forward, streamed=True)
+    elif streamed or not (train or maps):
+        block = functools.partial(fast.block_forward, streamed=streamed, keep=train or maps)
     last = block
     if numpy and cfg.pool == "cls" and not maps:
         last = functools.partial(block, queries=cfg.num_class_tokens)

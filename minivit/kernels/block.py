@@ -28,7 +28,7 @@ from ..layers.scale import layer_scale_backward, layer_scale_forward
 from . import streamed as streamed_attention
 from .attention import (AttentionCache, attention_backward, attention_backward_gpu,
                         attention_forward, attention_forward_gpu)
-from .gelu import GELU, gelu_output, gelu_remake
+from .gelu import GELU, gelu_in_place, gelu_output, gelu_remake
 from .linear import linear_backward, linear_forward
 from .norm import (AffineCache, affine_into_linear_backward, affine_into_linear_forward,
                    affine_linear_inputs, normalize_backward, normalize_forward)
@@ -60,13 +60,21 @@ class BlockCache(NamedTuple):
 
 
 def mlp_forward(x, w1, b1, w2, b2, gelu: str = "tanh", dropout: float = 0.0, rng=None,
-                rows: tuple | None = None):
+                rows: tuple | None = None, keep: bool = True):
     """y = drop(drop(gelu(x @ w1 + b1)) @ w2 + b2), w1 (D, F), w2 (F, D).
     d: the linear, dropout and GELU pairs in reverse. The cache does not keep fc2's input
     drop(gelu(h)) (B, N, F), the largest activation of a block: backward remakes it from the
     GELU's cache with the forward's own multiplications (the same bits, one cheap pass).
     rows=(rows, N): x holds those rows of N tokens; the dropout masks are those rows of the
-    masks all N would draw (_dropout_rows)."""
+    masks all N would draw (_dropout_rows). keep=False (inference: no masks): no cache, and
+    the GELU overwrites its input, so one (B, N, F) activation is held instead of three."""
+    if not keep:
+        if rng is not None:
+            raise ValueError("keep=False is for inference: it takes no dropout masks")
+        h, _ = linear_forward(x, w1, b1)                  # (B, N, F)
+        gelu_in_place(h, gelu)                            # the same bits as act_forward's y
+        y, _ = linear_forward(h, w2, b2)                  # (B, N, D)
+        return y, None
     act_forward, _ = GELU[gelu]
     h, c_fc1 = linear_forward(x, w1, b1)                  # (B, N, F)
     h, c_act = act_forward(h)                             # (B, N, F)
@@ -105,15 +113,16 @@ def mlp_backward(dy, cache: MLPCache):
 
 
 def block_forward(x, p: dict, cfg, *, drop_path: float = 0.0, rng=None,
-                  queries: int | None = None, streamed: bool = False):
+                  queries: int | None = None, streamed: bool = False, keep: bool = True):
     """layers.block.block_forward (same arguments, same function), fast. queries=Q returns only
     the first Q rows (B, Q, D), exactly those of the whole output. streamed=True: the streamed
-    attention kernel (no attention dropout: kernels.plan's rule).
+    attention kernel (no attention dropout: kernels.plan's rule). keep=False (inference, no
+    masks): the same output and no cache; each activation is let go once it is read.
     d: block_backward, the reference's steps with the remade inputs."""
-    qkv, c_qkv = block_qkv_forward(x, p, cfg, queries=queries)                 # (B, N, 3D)
     rows = None if queries is None else slice(0, queries)
-    return block_rows_forward(x, qkv, c_qkv, p, cfg, rows=rows, drop_path=drop_path, rng=rng,
-                              streamed=streamed)
+    return block_rows_forward(x, *block_qkv_forward(x, p, cfg, queries=queries),  # (B, N, 3D)
+                              p, cfg, rows=rows, drop_path=drop_path, rng=rng, streamed=streamed,
+                              keep=keep)
 
 
 def block_qkv_forward(x, p: dict, cfg, queries: int | None = None) -> tuple:
@@ -150,11 +159,17 @@ def _linear_some_q(h, w, b, queries: int) -> tuple:
 
 
 def block_rows_forward(x, qkv, c_qkv: tuple, p: dict, cfg, *, rows: slice | None = None,
-                       drop_path: float = 0.0, rng=None, streamed: bool = False) -> tuple:
+                       drop_path: float = 0.0, rng=None, streamed: bool = False,
+                       keep: bool = True) -> tuple:
     """The block's second half for the token rows `rows` (None: all) of x (B, N, D), given every
     token's qkv (B, N, 3D): their attention (all keys), projection, residual and MLP branch.
     Returns those rows of the block's output (B, R, D) and the BlockCache (backward supports
-    rows=None or slice(0, Q): what block_forward passes). streamed=True: streamed attention."""
+    rows=None or slice(0, Q): what block_forward passes). streamed=True: streamed attention.
+    keep=False (inference): the cache is None, and qkv, the attention's output and the MLP's
+    hidden activation are let go as soon as they are read (the caller holds no other
+    reference to qkv when it wants it freed: block_forward passes it straight in)."""
+    if not keep and rng is not None:
+        raise ValueError("keep=False is for inference: it takes no dropout masks")
     scaled = cfg.layer_scale is not None
     c_n1, c_a1, c_lin = c_qkv
     if streamed:                                          # no (B, H, N, N) scores
@@ -166,8 +181,12 @@ def block_rows_forward(x, qkv, c_qkv: tuple, p: dict, cfg, *, rows: slice | None
         o, c_core = attention_forward_gpu(qkv, cfg.heads, cfg.attn_dropout, rng)     # (B, N, D)
     else:
         raise ValueError("the GPU block computes every row: call it without queries/rows")
+    if not keep:                                          # keys and values read: let them go
+        qkv = c_qkv = c_n1 = c_a1 = c_lin = c_core = None
     a, c_proj = linear_forward(o, p["attn.proj.w"], p["attn.proj.b"])         # (B, R, D)
-    c_att = MHSACache(c_lin, c_core, c_proj)
+    if not keep:
+        o = c_proj = None                                 # (its cache holds o)
+    c_att = MHSACache(c_lin, c_core, c_proj) if keep else None
     some = None if rows is None else (rows, x.shape[1])   # masks: these rows of all N's
     a, m_a = _dropout_rows(a, cfg.dropout, rng, some)
     a, c_s1 = layer_scale_forward(a, p["ls1.g"]) if scaled else (a, None)     # (B, R, D)
@@ -176,14 +195,20 @@ def block_rows_forward(x, qkv, c_qkv: tuple, p: dict, cfg, *, rows: slice | None
     h, c_n2 = normalize_forward(x, cfg.eps)                                    # (B, R, D)
     h, fc1_w, fc1_b, c_a2 = affine_into_linear_forward(h, p["norm2.w"], p["norm2.b"],
                                                        p["mlp.fc1.w"], p["mlp.fc1.b"])
+    if not keep:
+        c_n2 = c_a2 = a = c_s1 = None                     # read: let them go before the MLP
     m, c_mlp = mlp_forward(h, fc1_w, fc1_b, p["mlp.fc2.w"], p["mlp.fc2.b"], cfg.gelu,
-                           cfg.dropout, rng, some)
+                           cfg.dropout, rng, some, keep)
+    h = None
     m, c_s2 = layer_scale_forward(m, p["ls2.g"]) if scaled else (m, None)     # (B, R, D)
     m, m_pm = drop_path_forward(m, drop_path, rng)
     x = x + m                                                                  # (B, R, D)
+    if not keep:
+        return x, None
     c_mlp = c_mlp._replace(fc1=_linear_cache(c_mlp.fc1))                      # remade in backward
     Q = None if rows is None else rows.stop
     return x, BlockCache(c_n1, c_a1, c_att, m_a, c_s1, m_pa, c_n2, c_a2, c_mlp, c_s2, m_pm, Q)
+
 
 
 CORE_BACKWARD = {                                         # attention's backward by its cache

@@ -96,6 +96,27 @@ def _chunks(n: int) -> list:
     return [(a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)]
 
 
+def gelu_in_place(x, gelu: str) -> None:
+    """x = gelu(x), overwriting x (inference: no cache): the same bits as GELU[gelu]'s forward
+    output, since every number gets the same operations (x s, its s computed a chunk at a time
+    into a scratch chunk). Where no chunked form applies (CuPy, a strided x, float64 erf) the
+    forward runs and its output is copied back."""
+    if (backend.xp_of(x) is not np or not x.flags.c_contiguous
+            or (gelu == "erf" and x.dtype != np.float32)):
+        x[...] = GELU[gelu][0](x)[0]
+        return
+    xf = x.reshape(-1)                                    # (n,) view
+    chunks = _chunks(xf.size)
+    s = np.empty(chunks[0][1], dtype=xf.dtype)            # scratch: one chunk's s
+    for a, b in chunks:
+        xc, sc = xf[a:b], s[:b - a]
+        if gelu == "tanh":
+            _tanh_gelu_s(xc, sc)
+        else:
+            sc[...] = normal_cdf_float32(xc)
+        xc *= sc                                          # y = x s
+
+
 def gelu_erf_forward(x):
     """y = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2)) (normal_cdf).
     d: dy/dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""

@@ -32,7 +32,7 @@ def token_split_block_forward(x, p: dict, cfg, *, parts: list, runtime: Runtime,
     rows = [slice(0, queries)] if queries else parts
     y = xp.concatenate(runtime.parallel_map(
         lambda r: block_rows_forward(x, qkv, (None, None, None), p, cfg, rows=r,
-                                     streamed=streamed)[0],
+                                     streamed=streamed, keep=False)[0],
         rows), axis=1)                                                        # (B, N|Q, D)
     return y, None
 

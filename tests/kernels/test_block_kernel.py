@@ -247,3 +247,51 @@ def test_block_rows_forward_is_those_rows(rows):
     qkv, c_qkv = fast.block_qkv_forward(x, p, cfg)
     y, _ = fast.block_rows_forward(x, qkv, c_qkv, p, cfg, rows=rows)
     assert_close(y, reference.block_forward(x, p, cfg)[0][:, rows], RTOL["float64"], "rows")
+
+
+# ---- inference: keep=False ---------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("queries", [None, 1, 3])
+@pytest.mark.parametrize("variant", [dict(gelu="tanh"), dict(gelu="erf", layer_scale=0.1)])
+def test_fast_block_keeping_nothing_is_the_same_output(variant, queries, streamed, dtype):
+    """keep=False (inference): no cache, and the output bit for bit the one keep=True gives
+    (the same operations; the GELU overwrites its input instead of writing a new array)."""
+    cfg = _cfg(**variant, dtype=dtype)
+    p = {k: v.astype(dtype) for k, v in block_params(np, cfg, D, F).items()}
+    x = randn(np, 3, 5, D).astype(dtype)
+    kept, cache = fast.block_forward(x, p, cfg, queries=queries, streamed=streamed)
+    lean, none = fast.block_forward(x, p, cfg, queries=queries, streamed=streamed, keep=False)
+    assert none is None and cache is not None
+    assert lean.dtype == kept.dtype and np.array_equal(lean, kept)
+    other = fast.block_forward(x + 1, p, cfg, queries=queries, streamed=streamed, keep=False)
+    assert not np.array_equal(lean, other[0])             # the input matters
+
+
+def test_fast_block_keeping_nothing_takes_no_masks():
+    cfg = _cfg("tanh")
+    p, x = block_params(np, cfg, D, F), randn(np, 2, 5, D)
+    with pytest.raises(ValueError, match="inference"):
+        fast.block_forward(x, p, cfg, rng=BatchRows(0, 0, 2, 2), keep=False)
+
+
+@pytest.mark.parametrize("gelu", ["tanh", "erf"])
+def test_fast_block_keeping_nothing_holds_less(gelu):
+    """What keep=False is for: the block's peak of allocated memory (tracemalloc sees NumPy's
+    arrays) well below the cached block's, which holds qkv, the attention output and three
+    activations of the MLP's width at once (a wide MLP and few tokens, so that the attention's
+    scores are small beside them)."""
+    import tracemalloc
+    cfg = ViTConfig(dim=64, heads=4, mlp_ratio=16.0, gelu=gelu, dtype="float32")
+    p = {k: v.astype("float32") for k, v in block_params(np, cfg, 64, 1024).items()}
+    x = randn(np, 32, 64, 64).astype("float32")
+
+    def peak(keep: bool) -> int:
+        tracemalloc.start()
+        try:
+            y, c = fast.block_forward(x, p, cfg, keep=keep)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    hidden = x.size * 16 * 4                              # one (B, N, F) float32 activation
+    assert peak(False) < 2 * hidden < 2.5 * hidden < peak(True)

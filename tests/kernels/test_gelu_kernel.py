@@ -228,3 +228,18 @@ def test_gelu_erf_float32_uses_the_float32_cdf(xp):
     np.testing.assert_allclose(backend.to_numpy(y32), backend.to_numpy(y64), rtol=4e-7, atol=4e-7)
     np.testing.assert_array_equal(backend.to_numpy(normal_cdf(x64)),
                                   backend.to_numpy(reference.normal_cdf(x64)))   # float64: reference
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1000, 5 * gelu.CHUNK + 17])    # one pass; chunks, a short last
+@pytest.mark.parametrize("name", ["tanh", "erf"])
+def test_gelu_in_place_is_the_forward_output(name, n, dtype):
+    """gelu_in_place overwrites x with the forward's output, bit for bit."""
+    x = (randn(np, n) * 4).astype(dtype)
+    want = GELU[name][0](x)[0]
+    y = x.copy()
+    gelu.gelu_in_place(y, name)
+    assert np.array_equal(y, want) and not np.array_equal(y, x)
+    strided = np.repeat(x, 2)[::2]                        # not contiguous: the forward's copy
+    gelu.gelu_in_place(strided, name)
+    assert np.array_equal(strided, want)
