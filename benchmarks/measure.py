@@ -259,7 +259,9 @@ def torch_device(torch, gpu: bool, tf32: bool, num_threads: int):
 
 
 class TorchBench:
-    """The eager PyTorch reference ViT (tests/torch_vit.py) on the CPU or CUDA, float32."""
+    """The eager PyTorch reference ViT (tests/torch_vit.py) on the CPU or CUDA, float32. A
+    backbone (num_classes=0) gets the 1000-class head the other implementations train it
+    through (TransformersBench.HEADLESS_CLASSES), on its pooled features."""
     name = "torch"
 
     def __init__(self, cfg: ViTConfig, batch: int, gpu: bool = False, tf32: bool = False,
@@ -269,8 +271,10 @@ class TorchBench:
         self.torch, self.cfg, self.gpu, self.sdpa = torch, cfg, gpu, sdpa
         self.dev = torch_device(torch, gpu, tf32, num_threads)
         torch.manual_seed(0)
-        self.model = TorchViT(cfg, dtype=torch.float32, sdpa=sdpa).to(self.dev)
-        hx, hy = host_batch(cfg, batch)
+        headed = cfg if cfg.num_classes else dataclasses.replace(
+            cfg, num_classes=TransformersBench.HEADLESS_CLASSES)
+        self.model = TorchViT(headed, dtype=torch.float32, sdpa=sdpa).to(self.dev)
+        hx, hy = host_batch(headed, batch)
         self.x = torch.from_numpy(hx).to(self.dev)                      # (B, C, S, S)
         self.y = torch.from_numpy(hy).to(self.dev)                      # (B,)
         self.sync = torch.cuda.synchronize if gpu else (lambda: None)

@@ -8,8 +8,9 @@
 #   bash benchmarks/scale.sh                 # the whole table
 #   bash benchmarks/scale.sh --rounds 1      # extra flags go to every bench.py call
 #   SCALE_ONLY="dinov2-b14:518" bash benchmarks/scale.sh    # some models only
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
+status=0
 PY=${PYTHON:-python}
 MODELS=${SCALE_ONLY:-"vit-b16:224 vit-b16:384 dinov2-b14:224 dinov2-b14:336 dinov2-b14:448 dinov2-b14:518"}
 for model in $MODELS; do
@@ -18,8 +19,10 @@ for model in $MODELS; do
   if [ "$size" -ge 448 ]; then steps=3; fi
   for case in infer:1 infer:4 train:2; do
     what=${case%%:*} batch=${case##*:}
+    # a failed measurement is a record of its own ("failed"); the others go on
     "$PY" benchmarks/bench.py --config "$config" --image-size "$size" --what "$what" \
       --batch "$batch" --impl minivit,transformers,torch --load --rounds 2 --steps "$steps" \
-      --warmup 1 --wait-quiet 20 --json "$@"
+      --warmup 1 --wait-quiet 20 --json "$@" || status=1
   done
 done
+exit $status
