@@ -251,6 +251,10 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
                     print(f"stopped after epoch {epoch + 1} of {opts.epochs} as asked; continue "
                           f"with --resume {os.path.join(out_dir, 'last.npz')}", file=sys.stderr)
                 break
+        # inside the handler's reach: a Ctrl-C while the root plots (the others wait for it in
+        # on_root's collective) asks to stop and the run ends as it would have
+        return finish(model, data, opts, state, out_dir, cm, world, quiet,
+                      images_seen / max(train_time, 1e-9), time.perf_counter() - t_start)
     except KeyboardInterrupt:                             # a second Ctrl-C: stop mid-step
         if root:
             print(f"\nstopped mid-step without saving; {out_dir}/last.npz (if any) holds the end "
@@ -258,8 +262,6 @@ def fit(model: ViT, data: Dataset, opts: TrainOptions, out_dir: str, resume: Opt
         raise SystemExit(130)
     finally:
         stop.restore()
-    return finish(model, data, opts, state, out_dir, cm, world, quiet,
-                  images_seen / max(train_time, 1e-9), time.perf_counter() - t_start)
 
 
 def train_epoch(model: ViT, opt, data: Dataset, opts: TrainOptions, state: RunState, epoch: int,
