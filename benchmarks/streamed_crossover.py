@@ -1,8 +1,8 @@
 """Where streamed attention (minivit/kernels/streamed.py) overtakes the keys-first kernel
 (minivit/kernels/attention.py): one attention core (no qkv or output projection) at width D and
 H heads, forward alone and a training step (forward + backward), for each batch and token count.
-The measurement behind kernels.STREAMED_MIN_TOKENS (inference) and
-kernels.STREAMED_TRAIN_MIN_BYTES (training).
+The measurement behind kernels.STREAMED_MIN_TOKENS; its train rows list the bytes of
+probabilities the keys-first kernel keeps over the model's depth, the memory streaming saves.
 
     python benchmarks/streamed_crossover.py                        # D=768, H=12, B 1..4
     python benchmarks/streamed_crossover.py --batch 1 --tokens 577 1370 --rounds 7
@@ -116,7 +116,7 @@ def measure(args, impls: dict, what: str, B: int, N: int) -> str:
     per = args.depth if what == "train" else 1            # train: per layer
     a, b = (statistics.median(ms[name]) / per for name in impls)
     line = f"{what:8} {B:2d} {N:5d} {a:14.1f} {b:12.1f} {a / b:6.2f}"
-    if what == "train":                                   # kernels.STREAMED_TRAIN_MIN_BYTES
+    if what == "train":                                   # what the keys-first kernel keeps
         return line + f"  {args.depth * B * args.heads * N * N * 4 / 2 ** 20:.0f}"
     if args.memory:
         mb = [peak_bytes(step(name)) / 2 ** 20 for name in impls]

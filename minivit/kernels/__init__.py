@@ -71,26 +71,19 @@ def disabled():
 # keys-first softmax passes over the whole (N, B, H, N) scores in memory), and needs a small
 # fraction of the memory.
 STREAMED_MIN_TOKENS = 577
-# Training: the streamed backward remakes the probabilities (one more product per block pair),
-# so from STREAMED_MIN_TOKENS on what decides is the memory the keys-first kernel keeps for the
-# backward, every block's (B, H, N, N) probabilities at once: past this many bytes of them the
-# step spends more on fresh memory than the streamed kernel spends on remaking (the script's
-# train rows, timed over a model's depth of layers, list those bytes beside the times).
-STREAMED_TRAIN_MIN_BYTES = 896 << 20
+# Training streams from the same token count. The keys-first kernel keeps every block's
+# (B, H, N, N) probabilities for the backward, from STREAMED_MIN_TOKENS on the largest part of a
+# training step's memory; the streamed backward remakes them instead (one more product per block
+# pair), a small share of the step next to that memory (benchmarks/README.md, scale table).
 
 
 def streamed_attention(cfg, batch: int, xp, *, train: bool) -> bool:
     """Whether plan() runs attention streamed: on NumPy only (CuPy keeps its fused queries-first
-    kernel), from STREAMED_MIN_TOKENS tokens. In training, besides, only without attention
-    dropout (the streamed kernel never forms the probabilities a dropout mask would multiply)
-    and where the keys-first kernel would keep at least STREAMED_TRAIN_MIN_BYTES of
-    probabilities for the backward (depth x batch x H x N^2 numbers)."""
+    kernel), from STREAMED_MIN_TOKENS tokens; in training only without attention dropout (the
+    streamed kernel never forms the probabilities a dropout mask would multiply)."""
     if xp is not np or cfg.num_tokens < STREAMED_MIN_TOKENS:
         return False
-    if not train:
-        return True
-    kept = cfg.depth * batch * cfg.heads * cfg.num_tokens ** 2 * np.dtype(cfg.dtype).itemsize
-    return cfg.attn_dropout == 0 and kept >= STREAMED_TRAIN_MIN_BYTES
+    return not train or cfg.attn_dropout == 0
 
 
 class Plan(NamedTuple):
@@ -111,8 +104,7 @@ def plan(cfg, batch: int, xp, *, train: bool, maps: bool, runtime: Runtime) -> P
     The last block computes only the class rows when CLS pooling reads nothing else and no
     attention maps are asked for (maps); on CuPy every block computes every row.
     Attention runs streamed (streamed.py) where streamed_attention() says so: on NumPy, from
-    STREAMED_MIN_TOKENS tokens, in training only from STREAMED_TRAIN_MIN_BYTES of probabilities
-    the keys-first kernel would keep, and never in training with attention dropout
+    STREAMED_MIN_TOKENS tokens, and never in training with attention dropout
     (attn_dropout > 0: the keys-first kernel, which draws the reference's masks).
     Attention maps (maps) do not change the choice: a streamed block remakes its probabilities
     for the maps alone from each row's saved log-sum-exp (StreamedCache.maps). Where the token

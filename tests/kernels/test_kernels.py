@@ -108,8 +108,9 @@ def test_on_plans_the_token_split_for_a_one_piece_inference(kernels_on, monkeypa
     streamed = kernels.plan(CFG, 1, np, train=False, maps=False, runtime=rt)
     assert streamed.block_forward.func is token_split_block_forward
     assert streamed.block_forward.keywords["streamed"] is True       # each part streams
-    trained = kernels.plan(CFG, 1, np, train=True, maps=False, runtime=rt)
-    assert trained.block_forward is fast.block_forward
+    trained = kernels.plan(CFG, 1, np, train=True, maps=False, runtime=rt)   # never split
+    assert trained.block_forward.func is fast.block_forward
+    assert trained.block_forward.keywords == {"streamed": True, "keep": True}
 
 
 @pytest.mark.parametrize("value, enabled", [("off", False), ("OFF", False), ("0", False),

@@ -135,7 +135,6 @@ RUNTIME = Runtime()                                   # plan()'s split: the defa
 def streamed_always(monkeypatch, kernels_on):
     """Kernels on, the streamed path from one token on."""
     monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", 0)
-    monkeypatch.setattr(kernels, "STREAMED_TRAIN_MIN_BYTES", 0)
 
 
 def _plan(*args, **mode):
@@ -162,24 +161,25 @@ def test_plan_picks_streamed_by_the_rule(streamed_always, monkeypatch):
     for train in (False, True):
         assert not _streams(_plan(cfg, 2, np, train=train, maps=False).block_forward)
     monkeypatch.setattr(kernels, "STREAMED_MIN_TOKENS", cfg.num_tokens)
-    kept = cfg.depth * 2 * cfg.heads * cfg.num_tokens ** 2 * 8   # float64 probabilities, batch 2
-    monkeypatch.setattr(kernels, "STREAMED_TRAIN_MIN_BYTES", kept + 1)
-    assert not _streams(_plan(cfg, 2, np, train=True, maps=False).block_forward)
-    assert _streams(_plan(cfg, 3, np, train=True, maps=False).block_forward)
+    for train in (False, True):
+        assert _streams(_plan(cfg, 1, np, train=train, maps=False).block_forward)
 
 
 def test_plan_defaults_stream_long_sequences(kernels_on):
-    """The measured thresholds: ViT-B/16 at 224 (197 tokens) keeps the keys-first kernel even
-    where a large batch keeps much, at 448 (785 tokens) its inference streams, and a training
-    step once its batch keeps enough probabilities, never with attention dropout; CuPy never
-    streams."""
+    """The threshold: ViT-B/16 at 224 (197 tokens) keeps the keys-first kernel even where a large
+    batch keeps much, at 384 (577 tokens) and 448 (785 tokens) its inference and its training
+    step stream at every batch, never with attention dropout; CuPy never streams."""
     from minivit.config import model_config
     b224, b448 = model_config("vit-b16"), model_config("vit-b16", image_size=448)
     assert not _streams(_plan(b224, 4, np, train=False, maps=False).block_forward)
     assert not _streams(_plan(b224, 64, np, train=True, maps=False).block_forward)
     assert _streams(_plan(b448, 4, np, train=False, maps=False).block_forward)
     assert _streams(_plan(b448, 64, np, train=True, maps=False).block_forward)
-    assert not _streams(_plan(b448, 1, np, train=True, maps=False).block_forward)
+    assert _streams(_plan(b448, 1, np, train=True, maps=False).block_forward)
+    b384 = model_config("vit-b16", image_size=384)
+    assert _streams(_plan(b384, 1, np, train=True, maps=False).block_forward)
+    below = model_config("vit-b16", image_size=368)                  # 530 tokens
+    assert not _streams(_plan(below, 1, np, train=True, maps=False).block_forward)
     dropped = model_config("vit-b16", image_size=448, attn_dropout=0.1)
     assert not _streams(_plan(dropped, 64, np, train=True, maps=False).block_forward)
     assert not _streams(_plan(b448, 4, object(), train=False, maps=False).block_forward)
