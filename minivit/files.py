@@ -237,6 +237,19 @@ _PY2_LONG = re.compile(r"(?<=[0-9])L\b")                 # '(3L, 4L)': headers P
 def _read_array(fp, size: int, path: str, name: str, error: type, fix: str) -> np.ndarray:
     """One .npy stream of `size` bytes: magic, header (checked), then exactly the data."""
     where = _where(path, name)
+    shape, fortran, dtype, nbytes = _npy_start(fp, size, path, name, error, fix)
+    data = bytearray(fp.read(nbytes))                    # at most what the file holds
+    if len(data) != nbytes or fp.read(1):
+        raise error(f"{where} holds {len(data)} bytes of data, its header declares {nbytes}: "
+                    f"the file is truncated or damaged; {fix}")
+    arr = np.frombuffer(data, dtype)                      # writable: over a bytearray
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
+def _npy_start(fp, size: int, path: str, name: str, error: type, fix: str) -> tuple:
+    """(shape, fortran_order, dtype, data bytes) of the .npy stream of `size` bytes at fp: its
+    magic, version and header read and checked (check_header), fp left at the data."""
+    where = _where(path, name)
     try:
         version = np.lib.format.read_magic(fp)
     except ValueError as e:
@@ -245,13 +258,8 @@ def _read_array(fp, size: int, path: str, name: str, error: type, fix: str) -> n
         raise error(f"{where} uses .npy format version {version[0]}.{version[1]}; minivit "
                     f"reads versions 1.0 and 2.0: save it again with numpy.save/savez")
     shape, fortran, dtype = _read_npy_header(fp, version, size, where, error, fix)
-    nbytes = check_header(path, name, dtype, shape, size - fp.tell(), error, fix)
-    data = bytearray(fp.read(nbytes))                    # at most what the file holds
-    if len(data) != nbytes or fp.read(1):
-        raise error(f"{where} holds {len(data)} bytes of data, its header declares {nbytes}: "
-                    f"the file is truncated or damaged; {fix}")
-    arr = np.frombuffer(data, dtype)                      # writable: over a bytearray
-    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    return shape, fortran, dtype, check_header(path, name, dtype, shape, size - fp.tell(),
+                                               error, fix)
 
 
 def _read_npy_header(fp, version: tuple, size: int, where: str, error: type, fix: str) -> tuple:
@@ -326,59 +334,119 @@ def read_npy(path, error: type = FileFormatError, what: str = "a .npy array",
 
 def read_npz(path, error: type = FileFormatError, what: str = "an .npz archive",
              fix: str = "write or download it again") -> dict:
-    """{name: array} of an .npz file without np.load: every member's header is checked
-    (check_header) before its data is read, the zip's CRC-32 is verified, nothing is unpickled.
+    """{name: array} of an .npz file without np.load (NpzReader: every member's header is
+    checked before any data is read, the zip's CRC-32 is verified, nothing is unpickled).
     `what` names the format the caller expects ('a minivit checkpoint')."""
-    path = check_file(path, error, what, fix)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(len(NPY_MAGIC))
-            if head == NPY_MAGIC:
-                raise error(f"{path} holds a single array (.npy), not {what} (an .npz archive "
-                            f"of named arrays); pass the .npz file")
-            total = os.fstat(fh.fileno()).st_size
-            fh.seek(0)
-            try:
-                zf = zipfile.ZipFile(fh)
-            except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError,
-                    OSError) as e:                        # OSError: a seek to a bad offset
-                hint = (f"a zip archive whose directory is missing or damaged: {e}"
-                        if head.startswith(ZIP_MAGIC)
-                        else f"it starts with {head!r}, not a zip archive's PK")
-                raise error(f"cannot read {path}: it is truncated or not {what} ({hint}); "
-                            f"{fix}") from e
-            with zf:
-                return _read_members(zf, total, path, error, fix)
-    except OSError as e:                                  # an I/O error, not the contents
-        raise error(f"cannot read {path}: {e.strerror or e}; check that it is readable") from e
+    with NpzReader(path, error, what, fix) as npz:
+        return {name: npz.array(name) for name in npz.shapes}
 
 
-def _read_members(zf: zipfile.ZipFile, total: int, path: str, error: type, fix: str) -> dict:
-    infos = zf.infolist()
-    _check_spans(infos, getattr(zf, "start_dir", total), total, path, error, fix)
-    arrays = {}
-    for info in infos:
-        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-        if name in arrays:
-            raise error(f"{path} holds {name!r} twice; it was not written by numpy; {fix}")
-        if info.compress_type not in ZIP_METHODS:
-            raise error(f"{path}: array {name!r} is compressed with zip method "
-                        f"{info.compress_type}; numpy writes stored or deflated members only: "
-                        f"the file is damaged or was not written by numpy; {fix}")
-        limit = info.compress_size * (MAX_DEFLATE_RATIO if info.compress_type else 1)
-        if info.header_offset + info.compress_size > total or info.file_size > limit + 64:
-            raise error(f"{path}: array {name!r} claims {_size(info.file_size)}, more than the "
-                        f"file ({_size(total)}) can hold: it is truncated or damaged; {fix}")
+class NpzReader:
+    """An .npz file opened to be read one array at a time, without np.load:
+
+        with NpzReader(path, error, "a minivit checkpoint", fix) as npz:
+            npz.shapes                         # {name: (shape, dtype)}, every header checked
+            a = npz.array(name)                # that member's data, read and checked
+
+    Opening checks the zip's entries (no two members share bytes, stored or deflated, a size
+    the file can hold) and every member's .npy header (check_header); array() reads one
+    member's data (its CRC-32 verified by zipfile). Anything wrong raises `error` naming the
+    file, the array and `fix`; an I/O error raises it saying the file cannot be read."""
+
+    def __init__(self, path, error: type = FileFormatError, what: str = "an .npz archive",
+                 fix: str = "write or download it again"):
+        self.path = check_file(path, error, what, fix)
+        self.error, self.what, self.fix = error, what, fix
+        self._file = self._zip = None
         try:
-            with zf.open(info) as fp:
-                arrays[name] = _read_array(fp, info.file_size, path, name, error, fix)
+            self._file = open(self.path, "rb")
+            total = self._open_zip()
+            self._infos = self._check_entries(total)
+            self.shapes = {name: self._member(info, name, self._header)
+                           for name, info in self._infos.items()}
+        except OSError as e:                              # an I/O error, not the contents
+            self.close()
+            raise error(f"cannot read {self.path}: {e.strerror or e}; check that it is "
+                        f"readable") from e
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_zip(self) -> int:
+        path, what, fix = self.path, self.what, self.fix
+        head = self._file.read(len(NPY_MAGIC))
+        if head == NPY_MAGIC:
+            raise self.error(f"{path} holds a single array (.npy), not {what} (an .npz archive "
+                             f"of named arrays); pass the .npz file")
+        total = os.fstat(self._file.fileno()).st_size
+        self._file.seek(0)
+        try:
+            self._zip = zipfile.ZipFile(self._file)
+        except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError,
+                OSError) as e:                            # OSError: a seek to a bad offset
+            hint = (f"a zip archive whose directory is missing or damaged: {e}"
+                    if head.startswith(ZIP_MAGIC)
+                    else f"it starts with {head!r}, not a zip archive's PK")
+            raise self.error(f"cannot read {path}: it is truncated or not {what} ({hint}); "
+                             f"{fix}") from e
+        return total
+
+    def _check_entries(self, total: int) -> dict:
+        """{array name: ZipInfo}, each entry checked against the file."""
+        path, error, fix = self.path, self.error, self.fix
+        infos = self._zip.infolist()
+        _check_spans(infos, getattr(self._zip, "start_dir", total), total, path, error, fix)
+        out = {}
+        for info in infos:
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if name in out:
+                raise error(f"{path} holds {name!r} twice; it was not written by numpy; {fix}")
+            if info.compress_type not in ZIP_METHODS:
+                raise error(f"{path}: array {name!r} is compressed with zip method "
+                            f"{info.compress_type}; numpy writes stored or deflated members "
+                            f"only: the file is damaged or was not written by numpy; {fix}")
+            limit = info.compress_size * (MAX_DEFLATE_RATIO if info.compress_type else 1)
+            if info.header_offset + info.compress_size > total or info.file_size > limit + 64:
+                raise error(f"{path}: array {name!r} claims {_size(info.file_size)}, more than "
+                            f"the file ({_size(total)}) can hold: it is truncated or damaged; "
+                            f"{fix}")
+            out[name] = info
+        return out
+
+    @staticmethod
+    def _header(fp, size: int, path: str, name: str, error: type, fix: str) -> tuple:
+        shape, _, dtype, _ = _npy_start(fp, size, path, name, error, fix)
+        return shape, dtype
+
+    def _member(self, info, name: str, read):
+        """read(fp, size, path, name, error, fix) on the member; its zip and inflate errors
+        (CRC, inflate, encrypted, names, ...) become self.error."""
+        try:
+            with self._zip.open(info) as fp:
+                return read(fp, info.file_size, self.path, name, self.error, self.fix)
         except FileFormatError:
             raise
         except (zipfile.BadZipFile, EOFError, zlib.error, OSError, RuntimeError,
-                NotImplementedError, ValueError) as e:    # CRC, inflate, encrypted, names, ...
-            raise error(f"{path}: array {name!r} is corrupt ({type(e).__name__}: {e}); "
-                        f"{fix}") from e
-    return arrays
+                NotImplementedError, ValueError) as e:
+            raise self.error(f"{self.path}: array {name!r} is corrupt ({type(e).__name__}: "
+                             f"{e}); {self.fix}") from e
+
+    def array(self, name: str) -> np.ndarray:
+        """Array `name` (a key of shapes), its data read and checked."""
+        return self._member(self._infos[name], name, _read_array)
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+        if self._file is not None:
+            self._file.close()
+        self._zip = self._file = None
+
+    def __enter__(self) -> "NpzReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _check_spans(infos: list, start_dir: int, total: int, path: str, error: type,

@@ -46,17 +46,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import zipfile
-import zlib
 
 import numpy as np
 
 from .. import backend
 from ..config import Preprocessing, ViTConfig
 from ..errors import UserError
-from ..files import (MAX_DEFLATE_RATIO, NPY_MAGIC, ZIP_MAGIC, ZIP_METHODS, FileFormatError,
-                     atomic_write, check_file, check_finite, check_header, read_npz)
-from ..files import _check_spans, _read_array, _read_npy_header, _size   # read_npz's own steps
+from ..files import FileFormatError, NpzReader, atomic_write, check_finite, read_npz
 from ..model import ViT
 from .layout import (Layout, block_count, build_model, check_layout, check_overrides, dims,
                      from_layout, key_table, layout_of, layout_shapes, make_config, mlp_ratio_for,
@@ -148,93 +144,26 @@ class GoogleNpzReader:
             npz.stand_ins                      # {name: shape and dtype, no data}, prefix stripped
             w = npz.tensor("head/kernel")      # one member, checked (finite, unless allowed)
 
-    The zip entries and .npy headers are checked when it opens, each member's data when read."""
+    The zip entries and .npy headers are checked when it opens (files.NpzReader), each
+    member's data when read."""
 
     def __init__(self, path, allow_nonfinite: bool = False):
-        self.path = check_file(path, GoogleNpzError, FILE, FIX)
         self.allow_nonfinite = allow_nonfinite
-        self._file = self._zip = None
+        self._npz = NpzReader(path, GoogleNpzError, FILE, FIX)
+        self.path = self._npz.path
         try:
-            members = self._open()
-        except BaseException:
-            self.close()
-            raise
-        self._members = {k: info for k, (info, _) in members.items()}
-        self.stand_ins = {k: stand_in for k, (_, stand_in) in members.items()}
-
-    def _open(self) -> dict:
-        """{array name, its prefix stripped: (ZipInfo, stand-in)}."""
-        try:
-            self._file = open(self.path, "rb")
-            self._zip, total = self._open_zip()
-            members = self._headers(total)
-        except OSError as e:                              # an I/O error, not the contents
-            raise GoogleNpzError(f"cannot read {self.path}: {e.strerror or e}; check that it "
-                                 f"is readable") from e
-        try:
-            return _strip_prefix(members)
+            names = _strip_prefix({k: k for k in self._npz.shapes})    # stripped: the member's
         except ValueError as e:
+            self.close()
             raise GoogleNpzError(f"{self.path}: {e}") from e
-
-    def _open_zip(self) -> tuple:
-        head = self._file.read(len(NPY_MAGIC))
-        if head == NPY_MAGIC:
-            raise GoogleNpzError(f"{self.path} holds a single array (.npy), not {FILE} (an .npz "
-                                 f"archive of named arrays); pass the .npz file")
-        total = os.fstat(self._file.fileno()).st_size
-        self._file.seek(0)
-        try:
-            return zipfile.ZipFile(self._file), total
-        except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, OSError) as e:
-            hint = (f"a zip archive whose directory is missing or damaged: {e}"
-                    if head.startswith(ZIP_MAGIC)
-                    else f"it starts with {head!r}, not a zip archive's PK")
-            raise GoogleNpzError(f"cannot read {self.path}: it is truncated or not {FILE} "
-                                 f"({hint}); {FIX}") from e
-
-    def _headers(self, total: int) -> dict:
-        """{member name: (ZipInfo, stand-in)}: read_npz's checks of the entries, then each
-        member's .npy header read and checked, its data left unread."""
-        path, infos = self.path, self._zip.infolist()
-        _check_spans(infos, getattr(self._zip, "start_dir", total), total, path,
-                     GoogleNpzError, FIX)
-        out = {}
-        for info in infos:
-            name = _array_name(info)
-            if name in out:
-                raise GoogleNpzError(f"{path} holds {name!r} twice; it was not written by numpy; "
-                                     f"{FIX}")
-            if info.compress_type not in ZIP_METHODS:
-                raise GoogleNpzError(f"{path}: array {name!r} is compressed with zip method "
-                                     f"{info.compress_type}; numpy writes stored or deflated "
-                                     f"members only: the file is damaged or was not written by "
-                                     f"numpy; {FIX}")
-            limit = info.compress_size * (MAX_DEFLATE_RATIO if info.compress_type else 1)
-            if info.header_offset + info.compress_size > total or info.file_size > limit + 64:
-                raise GoogleNpzError(f"{path}: array {name!r} claims {_size(info.file_size)}, "
-                                     f"more than the file ({_size(total)}) can hold: it is "
-                                     f"truncated or damaged; {FIX}")
-            shape, dtype = self._member(info, name, _npy_header)
-            out[name] = (info, np.broadcast_to(np.zeros((), dtype), shape))
-        return out
-
-    def _member(self, info, name: str, read):
-        """read(fp, size, path, name, error, fix) on the member (files._read_array, or
-        _npy_header for the header alone); its zip and inflate errors a GoogleNpzError."""
-        try:
-            with self._zip.open(info) as fp:
-                return read(fp, info.file_size, self.path, name, GoogleNpzError, FIX)
-        except FileFormatError:
-            raise
-        except (zipfile.BadZipFile, EOFError, zlib.error, OSError, RuntimeError,
-                NotImplementedError, ValueError) as e:    # CRC, inflate, encrypted, names, ...
-            raise GoogleNpzError(f"{self.path}: array {name!r} is corrupt ({type(e).__name__}: "
-                                 f"{e}); {FIX}") from e
+        self._names = names
+        self.stand_ins = {k: np.broadcast_to(np.zeros((), dtype), shape)
+                          for k, (shape, dtype) in ((k, self._npz.shapes[m])
+                                                    for k, m in names.items())}
 
     def tensor(self, name: str) -> np.ndarray:
         """Array `name` (its prefix stripped) read from the file, its data checked."""
-        info = self._members[name]
-        a = self._member(info, _array_name(info), _read_array)
+        a = self._npz.array(self._names[name])
         if not self.allow_nonfinite:
             check_finite({name: a}, self.path, GoogleNpzError, NONFINITE_FIX)
         return a
@@ -243,36 +172,13 @@ class GoogleNpzReader:
         """Nothing to do: each array read is freed once the caller drops it."""
 
     def close(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
-        if self._file is not None:
-            self._file.close()
+        self._npz.close()
 
     def __enter__(self) -> "GoogleNpzReader":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _array_name(info: zipfile.ZipInfo) -> str:
-    return info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-
-
-def _npy_header(fp, size: int, path: str, name: str, error: type, fix: str) -> tuple:
-    """(shape, dtype) of the .npy stream of `size` bytes at fp, checked as files._read_array
-    checks it (version, header, check_header); the data is not read."""
-    where = f"{path}: array {name!r}"
-    try:
-        version = np.lib.format.read_magic(fp)
-    except ValueError as e:
-        raise error(f"{where} is not a NumPy .npy array ({e}); {fix}") from e
-    if version not in ((1, 0), (2, 0)):
-        raise error(f"{where} uses .npy format version {version[0]}.{version[1]}; minivit "
-                    f"reads versions 1.0 and 2.0: save it again with numpy.save/savez")
-    shape, _, dtype = _read_npy_header(fp, version, size, where, error, fix)
-    check_header(path, name, dtype, shape, size - fp.tell(), error, fix)
-    return shape, dtype
 
 
 def _strip_prefix(arrays: dict) -> dict:
