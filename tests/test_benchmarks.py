@@ -821,3 +821,22 @@ def test_gpu_run_plans_fit_the_lent_machine():
         assert "train" in cmd[cmd.index("--what") + 1] and "infer" in cmd[cmd.index("--what") + 1]
         assert impls[0] == "minivit" and ("torch" in impls) == (device == "gpu" and has("torch"))
     assert steps["train"].cmd[steps["train"].cmd.index("--device") + 1] == "gpu"
+
+
+def test_scale_table_rows_hold_each_implementation_and_the_ratios():
+    """The scale table: one row per model and case, minivit's only where it loaded its model
+    (--load), the speed ratio from the run's ratio record and the RSS ratio of the two rows."""
+    def scaled(impl, ms, rss, loaded=True, run="s1", **kw):
+        return record("infer", impl, "2026-02-01T00:00:00Z", ms=ms, run=run, batch=4,
+                      config="dinov2-b14@518", peak_rss_mb=rss, aggregate=True, rounds=2,
+                      setup={"procs": 1, "tf32": False, "loaded": loaded}, **kw)
+    rows = [scaled("minivit", 5000.0, 700.0), scaled("transformers", 6000.0, 1000.0),
+            scaled("torch", 9000.0, 2000.0),
+            {"what": "ratio", "of": "infer", "run": "s1", "config": "dinov2-b14@518", "batch": 4,
+             "device": "cpu", "minivit_over_transformers": 1.2, "time": "2026-02-01T00:00:01Z"}]
+    text = table.render(rows)
+    line = next(x for x in text.splitlines() if "| dinov2-b14@518 | 1370 | infer b4 |" in x)
+    assert "| 5,000 |" in line and "| 6,000 |" in line and "| 9,000 |" in line
+    assert "| 1.20x | 0.70x |" in line
+    unloaded = [scaled("minivit", 5000.0, 700.0, loaded=False), rows[1]]
+    assert "Scale with tokens" not in table.render(unloaded)       # minivit built in memory
