@@ -97,6 +97,8 @@ class ViT:
     runtime: how it uses the CPU (threads.Runtime: the cores, the worker threads a NumPy batch is
     split over), passed down to every forward and backward; default Runtime.from_env(), read
     when the model is built. The commands give every model they build or load theirs.
+    init=False: the parameters start as zeros instead of the random init, for a loader that
+    writes every one of them (io.layout.build_model).
     """
 
     def __init__(self, config: ViTConfig, seed: int = 0,
