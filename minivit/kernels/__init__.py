@@ -65,11 +65,11 @@ def disabled():
 
 
 # Where streamed attention (streamed.py) takes the keys-first kernel's place (streamed_attention):
-# where it is faster, as benchmarks/streamed_crossover.py measures it (one attention core at
-# D=768, H=12, batch 1..4). Inference: from this many tokens N on, the streamed forward is at
-# least as fast at every batch measured (its score blocks stay in the cache, where the
-# keys-first softmax passes over the whole (N, B, H, N) scores in memory), and needs a small
-# fraction of the memory.
+# from this many tokens N on. benchmarks/streamed_crossover.py times one attention core of each
+# (D=768, H=12, batch 1..4, with the model's thread counts); from here on the streamed one needs
+# a small fraction of the memory (no (N, B, H, N) scores) at about the keys-first kernel's time,
+# and the whole model, where the keys-first scores no longer stay in any cache, runs faster
+# with it (benchmarks/README.md, scale table).
 STREAMED_MIN_TOKENS = 577
 # Training streams from the same token count. The keys-first kernel keeps every block's
 # (B, H, N, N) probabilities for the backward, from STREAMED_MIN_TOKENS on the largest part of a
