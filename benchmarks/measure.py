@@ -182,6 +182,11 @@ class MinivitBench:
         model, x, y, world = self.model, self.x, self.y, self.world
         opt = AdamW(model.params, lr=LR, weight_decay=WEIGHT_DECAY, decay=model.decay_keys())
         share = len(y) / self.rows[1]
+        head = self.head                          # a backbone's linear head, or None
+        if head is not None:
+            head_grads = ParamDict.zeros({k: v.shape for k, v in head.items()}, head.flat.dtype,
+                                         self.xp)
+            head_opt = AdamW(head, lr=LR, weight_decay=WEIGHT_DECAY, decay={"w"})
 
         def step():
             start, total = self.rows              # this process's rows of the global batch
@@ -202,12 +207,6 @@ class MinivitBench:
                 world.allreduce_(head_grads.flat)
                 head_opt.step(head_grads)
             self._track()
-
-        head = self.head
-        if head is not None:
-            head_grads = ParamDict.zeros({k: v.shape for k, v in head.items()}, head.flat.dtype,
-                                         self.xp)
-            head_opt = AdamW(head, lr=LR, weight_decay=WEIGHT_DECAY, decay={"w"})
         return step
 
     def infer_step(self):

@@ -157,9 +157,10 @@ class GoogleNpzReader:
             self.close()
             raise GoogleNpzError(f"{self.path}: {e}") from e
         self._names = names
-        self.stand_ins = {k: np.broadcast_to(np.zeros((), dtype), shape)
-                          for k, (shape, dtype) in ((k, self._npz.shapes[m])
-                                                    for k, m in names.items())}
+        self.stand_ins = {}                               # shape and dtype, no data
+        for k, member in names.items():
+            shape, dtype = self._npz.shapes[member]
+            self.stand_ins[k] = np.broadcast_to(np.zeros((), dtype), shape)
 
     def tensor(self, name: str) -> np.ndarray:
         """Array `name` (its prefix stripped) read from the file, its data checked."""

@@ -98,8 +98,8 @@ def _chunks(n: int) -> list:
 
 def gelu_in_place(x, gelu: str) -> None:
     """x = gelu(x), overwriting x (inference: no cache): the same bits as GELU[gelu]'s forward
-    output, since every number gets the same operations (x s, its s computed a chunk at a time
-    into a scratch chunk). Where no chunked form applies (CuPy, a strided x, float64 erf) the
+    output, since every number gets the same operations (x s, its s computed a chunk at a time:
+    the tanh form's into a scratch chunk, the erf form's Phi(x) by normal_cdf_float32). Where no chunked form applies (CuPy, a strided x, float64 erf) the
     forward runs and its output is copied back."""
     if (backend.xp_of(x) is not np or not x.flags.c_contiguous
             or (gelu == "erf" and x.dtype != np.float32)):
@@ -107,14 +107,14 @@ def gelu_in_place(x, gelu: str) -> None:
         return
     xf = x.reshape(-1)                                    # (n,) view
     chunks = _chunks(xf.size)
-    s = np.empty(chunks[0][1], dtype=xf.dtype)            # scratch: one chunk's s
+    s = np.empty(chunks[0][1], dtype=xf.dtype) if gelu == "tanh" else None   # one chunk's s
     for a, b in chunks:
-        xc, sc = xf[a:b], s[:b - a]
+        xc = xf[a:b]
         if gelu == "tanh":
-            _tanh_gelu_s(xc, sc)
+            _tanh_gelu_s(xc, s[:b - a])
+            xc *= s[:b - a]                               # y = x s
         else:
-            sc[...] = normal_cdf_float32(xc)
-        xc *= sc                                          # y = x s
+            xc *= normal_cdf_float32(xc)                  # y = x Phi(x)
 
 
 def gelu_erf_forward(x):
