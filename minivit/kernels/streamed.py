@@ -8,9 +8,12 @@ softmax's row sum from D = rowsum(dO * O). Memory grows as N (times Dh) instead 
 token sequences (large images, small patches) fit where the whole score matrix would not, and
 each block's scores stay in the cache while they are used.
 
-Blocks run over the token axes only: batch and heads stay leading axes of every product (one
-batched matmul per block pair). Inside a block the scores are stored keys first, (bk, B, H, bq),
-as in attention.py: the running max and sum run down the first axis across rows B*H*bq long.
+A tile is one image's block of heads (as many as fit, down to one) by a block of queries by a
+block of keys: each head's products are then large (hundreds of rows each way) while the tile
+stays in the cache for the passes over it. Inside a tile the scores are stored keys first,
+(bk, h, bq), as in attention.py: the running max and sum run down the first axis across rows
+h*bq long. The loop over tiles is a loop over cache-sized pieces of work, each a few large
+products (benchmarks/streamed_crossover.py measured it against one tile of every head).
 No attention dropout: it would need the dropped probabilities, block by block, from one mask
 source; the plan (kernels.plan) runs this kernel only where attention dropout is off.
 """
@@ -23,12 +26,12 @@ import numpy as np
 from .. import backend
 from .reduce import col_sum, row_sum
 
-# Default block sizes (block_sizes): a score block (B, H, bq, bk) stays in the cache while its
-# max, exp, sum and products read it, yet its products are not so thin that BLAS slows down.
-TILE_BYTES = 4 << 20    # one score block at most this many bytes (the backward holds two)...
-BLOCK_K = 256           # ... of at most this many keys...
-MIN_BLOCK_Q = 128       # ... and this many query rows at least, even where a large batch's
-                        # block then passes TILE_BYTES
+# Default tile sizes (block_sizes): a tile's scores (h, bq, bk) stay in the cache while its max,
+# exp, sum and products read them, and each head's products are large enough for BLAS's rate.
+TILE_BYTES = 2 << 20    # one tile's scores at most this many bytes (the backward holds two)...
+BLOCK_K = 1024          # ... of at most this many keys...
+MIN_BLOCK_Q = 128       # ... and this many query rows at least (a tile of one head then may
+                        # pass TILE_BYTES)
 
 
 class StreamedCache(NamedTuple):
@@ -40,7 +43,7 @@ class StreamedCache(NamedTuple):
     lse: object         # (B, H, Q) L = log sum_j exp(S_ij), the softmax's normalizer
     scale: float        # 1 / sqrt(Dh)
     rows: slice         # the query rows computed (slice(0, N): all)
-    blocks: tuple       # (bq, bk) query and key rows per block
+    blocks: tuple       # (bh, bq, bk) heads, query rows and key rows per tile
 
     def maps(self):
         """The attention probabilities (B, H, Q, N), one row per query, remade from L:
@@ -51,14 +54,16 @@ class StreamedCache(NamedTuple):
         return xp.exp(a, out=a)                                # (B, H, Q, N)
 
 
-def block_sizes(batch_heads: int, Q: int, N: int, itemsize: int,
+def block_sizes(heads: int, Q: int, N: int, itemsize: int,
                 tile_bytes: int = TILE_BYTES) -> tuple:
-    """(bq, bk): at most BLOCK_K keys, and as many query rows as keep one (B*H, bq, bk) score
-    block within tile_bytes (raised to MIN_BLOCK_Q where that is fewer); each axis is then cut
-    into blocks of equal size no larger (257 keys: two blocks of 129, not 256 and 1)."""
+    """(bh, bq, bk): at most BLOCK_K keys, as many query rows as keep one head's (bq, bk) scores
+    within tile_bytes (at least MIN_BLOCK_Q), and as many of the image's heads as then fit
+    (at least one); each axis is cut into blocks of equal size no larger (257 keys: two blocks
+    of 129, not 256 and 1; 12 heads by 5: three tiles of 4)."""
     bk = _even(N, BLOCK_K)
-    bq = _even(Q, max(MIN_BLOCK_Q, tile_bytes // (batch_heads * bk * itemsize)))
-    return bq, bk
+    bq = _even(Q, max(MIN_BLOCK_Q, tile_bytes // (bk * itemsize)))
+    bh = _even(heads, tile_bytes // (bq * bk * itemsize))
+    return bh, bq, bk
 
 
 def _even(n: int, most: int) -> int:
@@ -78,14 +83,16 @@ def _scratch(buf, *shape):
 
 
 def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, queries=None,
-                      block_q: int | None = None, block_k: int | None = None):
+                      block_q: int | None = None, block_k: int | None = None,
+                      block_h: int | None = None):
     """out = softmax(q k^T / sqrt(Dh)) v per head, heads concatenated, from a fused qkv (B, N, 3D)
     laid out [q | k | v], streamed over key blocks (online softmax): for each block of keys,
         m' = max(m, max_j S_ij),  l' = e^(m - m') l + sum_j e^(S_ij - m'),
         acc' = e^(m - m') acc + sum_j e^(S_ij - m') v_j;   O = acc / l,  L = m + log l.
     queries=Q or slice(a, b): those query rows only, each over every key (as attention.py).
-    block_q, block_k: query and key rows per block (default block_sizes()); any sizes, the
-    last block of each axis may be shorter. Attention dropout is not supported (ValueError).
+    block_q, block_k, block_h: query rows, key rows and heads per tile (default block_sizes());
+    any sizes, the last block of each axis may be shorter. Attention dropout is not supported
+    (ValueError).
     d: attention_backward: P = exp(S - L) again per block, D = rowsum(dO * O),
        dS = P (dP - D), dP = dO v^T;  dq = dS k / sqrt(Dh), dk = dS^T q / sqrt(Dh), dv = P^T dO."""
     if attn_dropout and rng is not None:
@@ -99,62 +106,71 @@ def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, quer
     qkv5 = qkv.reshape(B, N, 3, H, Dh).transpose(2, 0, 3, 1, 4)      # (3, B, H, N, Dh) view
     q, k, v = qkv5[0, :, :, rows], qkv5[1], qkv5[2]                  # (B, H, Q|N, Dh)
     Q, scale = q.shape[2], Dh ** -0.5
-    bq, bk = _blocks(B * H, Q, N, qkv.dtype, block_q, block_k)
+    blocks = _blocks(H, Q, N, qkv.dtype, block_h, block_q, block_k)
+    bh, bq, bk = blocks
     out = xp.empty((B, Q, H, Dh), dtype=qkv.dtype)       # heads side by side
     o = out.transpose(0, 2, 1, 3)                         # (B, H, Q, Dh) view
     lse = xp.empty((B, H, Q), dtype=qkv.dtype)
-    buf = xp.empty(bk * B * H * bq, dtype=qkv.dtype)      # one score block, reused
-    for qs in _spans(Q, bq):
-        qi = q[:, :, qs] * scale                          # (B, H, bq, Dh)
-        lse[:, :, qs] = _query_block(qi, k, v, o[:, :, qs], buf, bk)
-    return out.reshape(B, Q, H * Dh), StreamedCache(q, k, v, out, lse, scale, rows, (bq, bk))
+    buf = xp.empty(bk * bh * bq, dtype=qkv.dtype)         # one tile's scores, reused
+    for b, hs in _head_tiles(B, H, bh):
+        for qs in _spans(Q, bq):
+            qi = q[b, hs, qs] * scale                     # (h, bq, Dh)
+            lse[b, hs, qs] = _query_block(qi, k[b, hs], v[b, hs], o[b, hs, qs], buf, bk)
+    return out.reshape(B, Q, H * Dh), StreamedCache(q, k, v, out, lse, scale, rows, blocks)
 
 
-def _blocks(batch_heads: int, Q: int, N: int, dtype, block_q, block_k) -> tuple:
-    """(bq, bk): the sizes asked for (block_sizes() where None), at most Q and N."""
-    bq, bk = block_sizes(batch_heads, Q, N, np.dtype(dtype).itemsize)
-    bq, bk = block_q or bq, block_k or bk
-    if bq < 1 or bk < 1:
-        raise ValueError(f"block sizes must be >= 1, got block_q={bq}, block_k={bk}")
-    return min(bq, max(Q, 1)), min(bk, N)
+def _blocks(heads: int, Q: int, N: int, dtype, block_h, block_q, block_k) -> tuple:
+    """(bh, bq, bk): the sizes asked for (block_sizes() where None), at most H, Q and N."""
+    bh, bq, bk = block_sizes(heads, Q, N, np.dtype(dtype).itemsize)
+    bh, bq, bk = block_h or bh, block_q or bq, block_k or bk
+    if bh < 1 or bq < 1 or bk < 1:
+        raise ValueError(f"block sizes must be >= 1, got block_h={bh}, block_q={bq}, "
+                         f"block_k={bk}")
+    return min(bh, heads), min(bq, max(Q, 1)), min(bk, N)
+
+
+def _head_tiles(B: int, H: int, bh: int) -> list:
+    """[(image, slice of heads), ...]: each image's heads bh at a time."""
+    return [(b, hs) for b in range(B) for hs in _spans(H, bh)]
 
 
 def _query_block(qi, k, v, oi, buf, bk: int):
-    """One block of query rows qi (B, H, bq, Dh), already scaled by 1/sqrt(Dh), over every key,
-    bk keys at a time: writes O into oi (B, H, bq, Dh) and returns L (B, H, bq)."""
+    """One block of query rows qi (h, bq, Dh) of h heads, already scaled by 1/sqrt(Dh), over
+    every key of k, v (h, N, Dh), bk keys at a time: writes O into oi (h, bq, Dh) and returns
+    L (h, bq)."""
     xp = backend.xp_of(qi)
-    B, H, nq, _ = qi.shape
-    m = l = None                                          # running max and sum (B, H, bq)
-    for ks in _spans(k.shape[2], bk):
+    h, nq, _ = qi.shape
+    m = l = None                                          # running max and sum (h, bq)
+    for ks in _spans(k.shape[1], bk):
         nk = ks.stop - ks.start
-        pt = _scratch(buf, nk, B, H, nq)                  # S^T block, keys first
-        xp.matmul(k[:, :, ks], qi.swapaxes(-1, -2), out=pt.transpose(1, 2, 0, 3))  # k q^T
-        m_blk = pt.max(0)                                 # (B, H, bq)
+        pt = _scratch(buf, nk, h, nq)                     # S^T block, keys first
+        xp.matmul(k[:, ks], qi.swapaxes(-1, -2), out=pt.transpose(1, 0, 2))   # k q^T
+        m_blk = pt.max(0)                                 # (h, bq)
         m_new = m_blk if m is None else xp.maximum(m, m_blk)
         pt -= m_new
-        xp.exp(pt, out=pt)                                # e^(S - m'), (bk, B, H, bq)
-        p2 = pt.reshape(nk, -1)                           # (bk, B H bq)
-        p_sum = col_sum(p2).reshape(B, H, nq)             # sum over the block's keys
+        xp.exp(pt, out=pt)                                # e^(S - m'), (bk, h, bq)
+        p_sum = col_sum(pt.reshape(nk, -1)).reshape(h, nq)   # sum over the block's keys
+        p = pt.transpose(1, 2, 0)                         # (h, bq, bk) view
         if m is None:                                     # first block: nothing to rescale
             l = p_sum
-            xp.matmul(pt.transpose(1, 2, 3, 0), v[:, :, ks], out=oi)    # (B, H, bq, Dh)
+            xp.matmul(p, v[:, ks], out=oi)                # (h, bq, Dh)
         else:
-            alpha = xp.exp(m - m_new)                     # e^(m - m') <= 1, (B, H, bq)
+            alpha = xp.exp(m - m_new)                     # e^(m - m') <= 1, (h, bq)
             l = l * alpha + p_sum
             oi *= alpha[..., None]
-            oi += pt.transpose(1, 2, 3, 0) @ v[:, :, ks]  # (B, H, bq, Dh)
+            oi += p @ v[:, ks]                            # (h, bq, Dh)
         m = m_new
     oi /= l[..., None]                                    # O = acc / l
-    return m + xp.log(l)                                  # L = m + log l, (B, H, bq)
+    return m + xp.log(l)                                  # L = m + log l, (h, bq)
 
 
 def attention_backward(dout, cache: StreamedCache):
-    """dqkv (B, N, 3D) from dout (B, Q, D): per (key block, query block) pair, remake
-    P = exp(q k^T / sqrt(Dh) - L) and
+    """dqkv (B, N, 3D) from dout (B, Q, D): per tile (image, heads, key block, query block),
+    remake P = exp(q k^T / sqrt(Dh) - L) and
         dv += P^T dO,  dP = dO v^T,  dS = P (dP - D),
         dq += dS k / sqrt(Dh),  dk += dS^T q / sqrt(Dh),
     with D = rowsum(dO * O) (B, H, Q) made once: softmax's sum_j P_ij dP_ij without a whole row."""
-    q, k, v, out, lse, scale, rows, (bq, bk) = cache
+    q, k, v, out, lse, scale, rows, (bh, bq, bk) = cache
     xp = backend.xp_of(dout)
     B, H, Q, Dh = q.shape
     N = k.shape[2]
@@ -164,37 +180,39 @@ def attention_backward(dout, cache: StreamedCache):
     dqkv = (xp.zeros if Q < N else xp.empty)((B, N, 3, H, Dh), dtype=dout.dtype)
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)            # (B, H, N, Dh) views into dqkv
     dq = dq[:, :, rows]                                   # (B, H, Q, Dh)
-    buf = xp.empty((2, bk * B * H * bq), dtype=dout.dtype)   # P^T and dS^T blocks, reused
+    buf = xp.empty((2, bk * bh * bq), dtype=dout.dtype)   # P^T and dS^T tiles, reused
     q_spans = _spans(Q, bq)
-    qs_scaled = [q[:, :, s] * scale for s in q_spans]     # (B, H, bq, Dh) each
-    for j, ks in enumerate(_spans(N, bk)):
-        for i, qs in enumerate(q_spans):
-            first = (i == 0, j == 0)                      # the first term of dk, dv / of dq
-            _block_grads(qs_scaled[i], k[:, :, ks], v[:, :, ks], do[:, :, qs], lse[:, :, qs],
-                         delta[:, :, qs], dq[:, :, qs], dk[:, :, ks], dv[:, :, ks], buf, first)
+    for b, hs in _head_tiles(B, H, bh):
+        qs_scaled = [q[b, hs, s] * scale for s in q_spans]    # (h, bq, Dh) each
+        for j, ks in enumerate(_spans(N, bk)):
+            for i, qs in enumerate(q_spans):
+                first = (i == 0, j == 0)                  # the first term of dk, dv / of dq
+                _block_grads(qs_scaled[i], k[b, hs, ks], v[b, hs, ks], do[b, hs, qs],
+                             lse[b, hs, qs], delta[b, hs, qs], dq[b, hs, qs], dk[b, hs, ks],
+                             dv[b, hs, ks], buf, first)
     dq *= scale
     return dqkv.reshape(B, N, 3 * H * Dh)                 # (B, N, 3D)
 
 
 def _block_grads(qi, kj, vj, doi, lse_i, delta_i, dqi, dkj, dvj, buf, first: tuple) -> None:
-    """One (query block i, key block j) term of dq_i, dk_j and dv_j (written, or added unless
-    this is the first term): qi (B, H, bq, Dh) scaled by 1/sqrt(Dh), kj, vj (B, H, bk, Dh),
-    doi (B, H, bq, Dh), lse_i and delta_i (B, H, bq). dqi gets dS k (its 1/sqrt(Dh) after all
-    blocks); dkj gets dS^T (q / sqrt(Dh))."""
+    """One (query block i, key block j) term of dq_i, dk_j and dv_j of h heads (written, or
+    added unless this is the first term): qi (h, bq, Dh) scaled by 1/sqrt(Dh), kj, vj
+    (h, bk, Dh), doi (h, bq, Dh), lse_i and delta_i (h, bq). dqi gets dS k (its 1/sqrt(Dh)
+    after all blocks); dkj gets dS^T (q / sqrt(Dh))."""
     xp = backend.xp_of(qi)
-    B, H, nq, _ = qi.shape
-    nk = kj.shape[2]
-    pt = _scratch(buf[0], nk, B, H, nq)                   # P^T, keys first
-    xp.matmul(kj, qi.swapaxes(-1, -2), out=pt.transpose(1, 2, 0, 3))   # S^T = k q^T
+    h, nq, _ = qi.shape
+    nk = kj.shape[1]
+    pt = _scratch(buf[0], nk, h, nq)                      # P^T, keys first
+    xp.matmul(kj, qi.swapaxes(-1, -2), out=pt.transpose(1, 0, 2))   # S^T = k q^T
     pt -= lse_i
     xp.exp(pt, out=pt)                                    # P^T = e^(S - L)^T
-    dst = _scratch(buf[1], nk, B, H, nq)                  # dP^T, then dS^T
-    xp.matmul(vj, doi.swapaxes(-1, -2), out=dst.transpose(1, 2, 0, 3))  # dP^T = v dO^T
+    dst = _scratch(buf[1], nk, h, nq)                     # dP^T, then dS^T
+    xp.matmul(vj, doi.swapaxes(-1, -2), out=dst.transpose(1, 0, 2))  # dP^T = v dO^T
     dst -= delta_i
     dst *= pt                                             # dS^T = P^T (dP^T - D)
-    _put(dvj, pt.transpose(1, 2, 0, 3), doi, first[0])    # dv += P^T dO
-    _put(dkj, dst.transpose(1, 2, 0, 3), qi, first[0])    # dk += dS^T q
-    _put(dqi, dst.transpose(1, 2, 3, 0), kj, first[1])    # dq += dS k
+    _put(dvj, pt.transpose(1, 0, 2), doi, first[0])       # dv += P^T dO
+    _put(dkj, dst.transpose(1, 0, 2), qi, first[0])       # dk += dS^T q
+    _put(dqi, dst.transpose(1, 2, 0), kj, first[1])       # dq += dS k
 
 
 def _put(target, a, b, first: bool) -> None:

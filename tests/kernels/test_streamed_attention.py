@@ -20,7 +20,8 @@ from conftest import randn, randomize_params
 from kernel_testing import TOL, assert_close, kernels_on  # noqa: F401 (a fixture)
 
 B, N, H, Dh = 2, 5, 2, 3                  # small: every coordinate of q, k, v is checked
-BLOCKS = [(None, None), (3, 2), (2, 3), (4, 5), (1, 1), (5, 5)]   # (block_q, block_k)
+BLOCKS = [(None, None, None), (1, 3, 2), (2, 2, 3), (1, 4, 5), (1, 1, 1),
+          (2, 5, 5)]                      # (block_h, block_q, block_k): heads, queries, keys
 RTOL64 = 1e-12
 RTOL32 = 5e-6          # float32: tens of roundings of 6e-8 (the reference pair run in float32
                        # is off by as much)
@@ -35,12 +36,12 @@ def forward_qkv(q, k, v, **kw):
     return streamed.attention_forward(np.concatenate([q, k, v], -1), H, **kw)
 
 
-@pytest.mark.parametrize("block_q, block_k", BLOCKS[:4])
-def test_streamed_grads_q_k_v(block_q, block_k):
-    """Central differences in float64 of sum(out * dout) in q, k and v, batch 2, 3 heads."""
+@pytest.mark.parametrize("block_h, block_q, block_k", BLOCKS[:4])
+def test_streamed_grads_q_k_v(block_h, block_q, block_k):
+    """Central differences in float64 of sum(out * dout) in q, k and v, batch 2, 2 heads."""
     q, k, v = split_qkv(randn(np, B, N, 3 * H * Dh, scale=1.5))
     dout = randn(np, B, N, H * Dh, seed=3)
-    fwd = functools.partial(forward_qkv, block_q=block_q, block_k=block_k)
+    fwd = functools.partial(forward_qkv, block_q=block_q, block_k=block_k, block_h=block_h)
     _, cache = fwd(q, k, v)
     grads = np.split(streamed.attention_backward(dout, cache), 3, axis=-1)
     errs = check_grads(lambda: float((fwd(q, k, v)[0] * dout).sum()), (q, k, v), grads,
@@ -51,7 +52,7 @@ def test_streamed_grads_q_k_v(block_q, block_k):
 @pytest.mark.parametrize("queries", [1, slice(2, 4)])
 def test_streamed_grads_some_query_rows(queries):
     q, k, v = split_qkv(randn(np, B, N, 3 * H * Dh, seed=5))
-    fwd = functools.partial(forward_qkv, queries=queries, block_q=2, block_k=3)
+    fwd = functools.partial(forward_qkv, queries=queries, block_q=2, block_k=3, block_h=1)
     out, cache = fwd(q, k, v)
     dout = randn(np, *out.shape, seed=6)
     grads = np.split(streamed.attention_backward(dout, cache), 3, axis=-1)
@@ -60,9 +61,9 @@ def test_streamed_grads_some_query_rows(queries):
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", RTOL64), ("float32", RTOL32)])
-@pytest.mark.parametrize("block_q, block_k", BLOCKS)
+@pytest.mark.parametrize("block_h, block_q, block_k", BLOCKS)
 @pytest.mark.parametrize("queries", [None, 1, slice(1, 4)])
-def test_streamed_equals_reference(dtype, rtol, block_q, block_k, queries):
+def test_streamed_equals_reference(dtype, rtol, block_h, block_q, block_k, queries):
     """Output, maps (remade from the log-sum-exp) and dqkv equal the reference pair's rows
     (the float64 reference on the same inputs: float32 within its rounding), in the input's
     dtype; the cache holds nothing N x N."""
@@ -74,7 +75,7 @@ def test_streamed_equals_reference(dtype, rtol, block_q, block_k, queries):
     d[:, rows] = dout[:, rows]
     dqkv_ref = reference.attention_backward(d, c_ref)
     out, c = streamed.attention_forward(qkv.astype(dtype), H, queries=queries, block_q=block_q,
-                                        block_k=block_k)
+                                        block_k=block_k, block_h=block_h)
     dqkv = streamed.attention_backward(dout[:, rows].astype(dtype), c)
     assert out.dtype == dqkv.dtype == c.lse.dtype == np.dtype(dtype)
     assert c.lse.shape == (B, H, rows.stop - rows.start) and np.shares_memory(c.out, out)
@@ -100,19 +101,37 @@ def test_streamed_large_scores_and_many_blocks():
                  RTOL64, "dqkv")
 
 
+@pytest.mark.parametrize("block_h", [1, 2, 3])
+def test_streamed_head_tiles_that_do_not_divide_the_heads(block_h):
+    """3 heads in tiles of 1, 2 (a last tile of one head) and 3: the same output and dqkv as
+    the reference pair."""
+    qkv = randn(np, B, 7, 3 * 3 * 2, seed=11, scale=2.0)
+    dout = randn(np, B, 7, 3 * 2, seed=12)
+    out_ref, c_ref = reference.attention_forward(qkv, 3)
+    out, c = streamed.attention_forward(qkv, 3, block_h=block_h, block_q=3, block_k=4)
+    assert c.blocks == (block_h, 3, 4)
+    assert_close(out, out_ref, RTOL64, "out")
+    assert_close(streamed.attention_backward(dout, c), reference.attention_backward(dout, c_ref),
+                 RTOL64, "dqkv")
+
+
 def test_block_sizes_bound_the_tile():
-    """Defaults: blocks of equal size covering each axis, one (B H, bq, bk) float32 block
-    within TILE_BYTES unless that would make bq thinner than MIN_BLOCK_Q allows."""
-    assert streamed.block_sizes(12, 197, 197, 4) == (197, 197)           # one block
-    bq, bk = streamed.block_sizes(12, 257, 257, 4)
-    assert bk == 129                                                     # 2 x 129, not 256 + 1
-    for bh in (12, 24, 48):
-        for n in (577, 1025, 1370):
-            bq, bk = streamed.block_sizes(bh, n, n, 4)
-            assert bk <= streamed.BLOCK_K and bq <= n
-            assert bh * bq * bk * 4 <= streamed.TILE_BYTES or bq <= streamed.MIN_BLOCK_Q
+    """Defaults: blocks of equal size covering each axis; one head's (bq, bk) float32 scores
+    within TILE_BYTES unless that would make bq thinner than MIN_BLOCK_Q allows, and as many
+    heads per tile as then fit."""
+    assert streamed.block_sizes(12, 197, 197, 4) == (12, 197, 197)      # one tile
+    bh, bq, bk = streamed.block_sizes(12, 257, 257, 4)
+    assert (bq, bk) == (257, 257) and bh * bq * bk * 4 <= streamed.TILE_BYTES
+    assert streamed.block_sizes(12, 3000, 3000, 4)[2] == 1000            # 3 x 1000, not 1024 +
+    for heads in (6, 12, 16):
+        for n in (577, 1025, 1370, 4097):
+            bh, bq, bk = streamed.block_sizes(heads, n, n, 4)
+            assert bk <= streamed.BLOCK_K and bq <= n and 1 <= bh <= heads
+            assert bh * bq * bk * 4 <= streamed.TILE_BYTES or (bh == 1 and bq <= streamed.MIN_BLOCK_Q)
     with pytest.raises(ValueError, match="block sizes"):
         streamed.attention_forward(randn(np, 1, 3, 6), 1, block_q=-1)
+    with pytest.raises(ValueError, match="block_h=-2"):
+        streamed.attention_forward(randn(np, 1, 3, 6), 1, block_h=-2)
 
 
 def test_streamed_has_no_attention_dropout():
