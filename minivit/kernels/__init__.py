@@ -66,15 +66,15 @@ def disabled():
 
 # Where streamed attention (streamed.py) takes the keys-first kernel's place (streamed_attention):
 # from this many tokens N on. benchmarks/streamed_crossover.py times one attention core of each
-# (D=768, H=12, batch 1..4, with the model's thread counts); from here on the streamed one needs
-# a small fraction of the memory (no (N, B, H, N) scores) at about the keys-first kernel's time,
-# and a whole model at 1,370 tokens (DINOv2-B/14 at 518 px, inference), where the keys-first
-# scores stay in no cache, measured faster with it.
+# (D=768, H=12, batch 1..4, with the model's thread counts): from here on the streamed one is
+# faster, forward and training step alike, and needs a small fraction of the memory (no
+# (N, B, H, N) scores). Below it the forward alone is about level and the training step slower
+# (the backward remakes the probabilities the keys-first kernel keeps).
 STREAMED_MIN_TOKENS = 577
 # Training streams from the same token count. The keys-first kernel keeps every block's
 # (B, H, N, N) probabilities for the backward, from STREAMED_MIN_TOKENS on the largest part of a
 # training step's memory; the streamed backward remakes them instead (one more product per block
-# pair), a small share of the step next to that memory (benchmarks/README.md, scale table).
+# pair) and is still no slower there (benchmarks/README.md, scale table).
 
 
 def streamed_attention(cfg, batch: int, xp, *, train: bool) -> bool:

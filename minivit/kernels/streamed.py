@@ -14,12 +14,17 @@ stays in the cache for the passes over it. Inside a tile the scores are stored k
 (bk, h, bq), as in attention.py: the running max and sum run down the first axis across rows
 h*bq long. The loop over tiles is a loop over cache-sized pieces of work, each a few large
 products (benchmarks/streamed_crossover.py measured it against one tile of every head).
+In base 2: e^S = 2^(S log2 e), so the queries' scale 1/sqrt(Dh) takes the factor log2 e and
+every exponential is NumPy's exp2, which is faster than its exp on float32 and as accurate
+(docs/derivations.md 8.5, step 7); the log-sum-exp is kept in base 2 as well.
 No attention dropout: it would need the dropped probabilities, block by block, from one mask
 source; the plan (kernels.plan) runs this kernel only where attention dropout is off.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
+
+import math
 
 import numpy as np
 
@@ -32,26 +37,29 @@ TILE_BYTES = 2 << 20    # one tile's scores at most this many bytes (the backwar
 BLOCK_K = 1024          # ... of at most this many keys...
 MIN_BLOCK_Q = 128       # ... and this many query rows at least (a tile of one head then may
                         # pass TILE_BYTES)
+LOG2E, LN2 = 1 / math.log(2), math.log(2)   # scores in base 2: e^S = 2^(S log2 e)
 
 
 class StreamedCache(NamedTuple):
-    """What attention_backward reads: no probabilities, one log-sum-exp per query row."""
+    """What attention_backward reads: no probabilities, one log-sum-exp per query row (base 2)."""
     q: object           # (B, H, Q, Dh) view into qkv
     k: object           # (B, H, N, Dh) view into qkv
     v: object           # (B, H, N, Dh) view into qkv
     out: object         # (B, Q, H, Dh) the output O (the projection's input: no extra memory)
-    lse: object         # (B, H, Q) L = log sum_j exp(S_ij), the softmax's normalizer
+    lse2: object        # (B, H, Q) L2 = log2 sum_j 2^(S2_ij), S2 = S log2 e: the softmax's
+                        # normalizer in base 2 (L = L2 ln 2)
     scale: float        # 1 / sqrt(Dh)
     rows: slice         # the query rows computed (slice(0, N): all)
     blocks: tuple       # (bh, bq, bk) heads, query rows and key rows per tile
 
     def maps(self):
         """The attention probabilities (B, H, Q, N), one row per query, remade from L:
-        A = exp(q k^T / sqrt(Dh) - L). O(N^2) memory: for the attention maps alone."""
+        A = exp(q k^T / sqrt(Dh) - L) = 2^(S2 - L2). O(N^2) memory: for the attention maps
+        alone."""
         xp = backend.xp_of(self.q)
-        a = (self.q * self.scale) @ self.k.swapaxes(-1, -2)   # (B, H, Q, N) scores
-        a -= self.lse[..., None]
-        return xp.exp(a, out=a)                                # (B, H, Q, N)
+        a = (self.q * (self.scale * LOG2E)) @ self.k.swapaxes(-1, -2)   # (B, H, Q, N) S2
+        a -= self.lse2[..., None]
+        return xp.exp2(a, out=a)                               # (B, H, Q, N)
 
 
 def block_sizes(heads: int, Q: int, N: int, itemsize: int,
@@ -86,14 +94,15 @@ def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, quer
                       block_q: int | None = None, block_k: int | None = None,
                       block_h: int | None = None):
     """out = softmax(q k^T / sqrt(Dh)) v per head, heads concatenated, from a fused qkv (B, N, 3D)
-    laid out [q | k | v], streamed over key blocks (online softmax): for each block of keys,
-        m' = max(m, max_j S_ij),  l' = e^(m - m') l + sum_j e^(S_ij - m'),
-        acc' = e^(m - m') acc + sum_j e^(S_ij - m') v_j;   O = acc / l,  L = m + log l.
+    laid out [q | k | v], streamed over key blocks (online softmax, in base 2: S2 = S log2 e,
+    2^S2 = e^S): for each block of keys,
+        m' = max(m, max_j S2_ij),  l' = 2^(m - m') l + sum_j 2^(S2_ij - m'),
+        acc' = 2^(m - m') acc + sum_j 2^(S2_ij - m') v_j;   O = acc / l,  L2 = m + log2 l.
     queries=Q or slice(a, b): those query rows only, each over every key (as attention.py).
     block_q, block_k, block_h: query rows, key rows and heads per tile (default block_sizes());
     any sizes, the last block of each axis may be shorter. Attention dropout is not supported
     (ValueError).
-    d: attention_backward: P = exp(S - L) again per block, D = rowsum(dO * O),
+    d: attention_backward: P = 2^(S2 - L2) again per block, D = rowsum(dO * O),
        dS = P (dP - D), dP = dO v^T;  dq = dS k / sqrt(Dh), dk = dS^T q / sqrt(Dh), dv = P^T dO."""
     if attn_dropout and rng is not None:
         raise ValueError(f"streamed attention has no attention dropout (attn_dropout="
@@ -110,13 +119,13 @@ def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, quer
     bh, bq, bk = blocks
     out = xp.empty((B, Q, H, Dh), dtype=qkv.dtype)       # heads side by side
     o = out.transpose(0, 2, 1, 3)                         # (B, H, Q, Dh) view
-    lse = xp.empty((B, H, Q), dtype=qkv.dtype)
+    lse2 = xp.empty((B, H, Q), dtype=qkv.dtype)
     buf = xp.empty(bk * bh * bq, dtype=qkv.dtype)         # one tile's scores, reused
     for b, hs in _head_tiles(B, H, bh):
         for qs in _spans(Q, bq):
-            qi = q[b, hs, qs] * scale                     # (h, bq, Dh)
-            lse[b, hs, qs] = _query_block(qi, k[b, hs], v[b, hs], o[b, hs, qs], buf, bk)
-    return out.reshape(B, Q, H * Dh), StreamedCache(q, k, v, out, lse, scale, rows, blocks)
+            qi = q[b, hs, qs] * (scale * LOG2E)           # (h, bq, Dh): scores in base 2
+            lse2[b, hs, qs] = _query_block(qi, k[b, hs], v[b, hs], o[b, hs, qs], buf, bk)
+    return out.reshape(B, Q, H * Dh), StreamedCache(q, k, v, out, lse2, scale, rows, blocks)
 
 
 def _blocks(heads: int, Q: int, N: int, dtype, block_h, block_q, block_k) -> tuple:
@@ -135,42 +144,44 @@ def _head_tiles(B: int, H: int, bh: int) -> list:
 
 
 def _query_block(qi, k, v, oi, buf, bk: int):
-    """One block of query rows qi (h, bq, Dh) of h heads, already scaled by 1/sqrt(Dh), over
-    every key of k, v (h, N, Dh), bk keys at a time: writes O into oi (h, bq, Dh) and returns
-    L (h, bq)."""
+    """One block of query rows qi (h, bq, Dh) of h heads, already scaled by log2(e) / sqrt(Dh)
+    (so that qi k^T = S2), over every key of k, v (h, N, Dh), bk keys at a time: writes O into
+    oi (h, bq, Dh) and returns L2 (h, bq)."""
     xp = backend.xp_of(qi)
     h, nq, _ = qi.shape
     m = l = None                                          # running max and sum (h, bq)
     for ks in _spans(k.shape[1], bk):
         nk = ks.stop - ks.start
-        pt = _scratch(buf, nk, h, nq)                     # S^T block, keys first
+        pt = _scratch(buf, nk, h, nq)                     # S2^T block, keys first
         xp.matmul(k[:, ks], qi.swapaxes(-1, -2), out=pt.transpose(1, 0, 2))   # k q^T
         m_blk = pt.max(0)                                 # (h, bq)
         m_new = m_blk if m is None else xp.maximum(m, m_blk)
         pt -= m_new
-        xp.exp(pt, out=pt)                                # e^(S - m'), (bk, h, bq)
+        xp.exp2(pt, out=pt)                               # 2^(S2 - m'), (bk, h, bq)
         p_sum = col_sum(pt.reshape(nk, -1)).reshape(h, nq)   # sum over the block's keys
         p = pt.transpose(1, 2, 0)                         # (h, bq, bk) view
         if m is None:                                     # first block: nothing to rescale
             l = p_sum
             xp.matmul(p, v[:, ks], out=oi)                # (h, bq, Dh)
         else:
-            alpha = xp.exp(m - m_new)                     # e^(m - m') <= 1, (h, bq)
+            alpha = xp.exp2(m - m_new)                    # 2^(m - m') <= 1, (h, bq)
             l = l * alpha + p_sum
             oi *= alpha[..., None]
             oi += p @ v[:, ks]                            # (h, bq, Dh)
         m = m_new
     oi /= l[..., None]                                    # O = acc / l
-    return m + xp.log(l)                                  # L = m + log l, (h, bq)
+    return m + xp.log2(l)                                 # L2 = m + log2 l, (h, bq)
 
 
 def attention_backward(dout, cache: StreamedCache):
     """dqkv (B, N, 3D) from dout (B, Q, D): per tile (image, heads, key block, query block),
-    remake P = exp(q k^T / sqrt(Dh) - L) and
+    remake P = 2^(S2 - L2) = exp(q k^T / sqrt(Dh) - L) and
         dv += P^T dO,  dP = dO v^T,  dS = P (dP - D),
         dq += dS k / sqrt(Dh),  dk += dS^T q / sqrt(Dh),
-    with D = rowsum(dO * O) (B, H, Q) made once: softmax's sum_j P_ij dP_ij without a whole row."""
-    q, k, v, out, lse, scale, rows, (bh, bq, bk) = cache
+    with D = rowsum(dO * O) (B, H, Q) made once: softmax's sum_j P_ij dP_ij without a whole row.
+    The queries that make S2 carry log2 e / sqrt(Dh), so dk's sum takes ln 2 at the end, as dq
+    takes 1 / sqrt(Dh)."""
+    q, k, v, out, lse2, scale, rows, (bh, bq, bk) = cache
     xp = backend.xp_of(dout)
     B, H, Q, Dh = q.shape
     N = k.shape[2]
@@ -183,29 +194,30 @@ def attention_backward(dout, cache: StreamedCache):
     buf = xp.empty((2, bk * bh * bq), dtype=dout.dtype)   # P^T and dS^T tiles, reused
     q_spans = _spans(Q, bq)
     for b, hs in _head_tiles(B, H, bh):
-        qs_scaled = [q[b, hs, s] * scale for s in q_spans]    # (h, bq, Dh) each
+        qs_scaled = [q[b, hs, s] * (scale * LOG2E) for s in q_spans]   # (h, bq, Dh) each
         for j, ks in enumerate(_spans(N, bk)):
             for i, qs in enumerate(q_spans):
                 first = (i == 0, j == 0)                  # the first term of dk, dv / of dq
                 _block_grads(qs_scaled[i], k[b, hs, ks], v[b, hs, ks], do[b, hs, qs],
-                             lse[b, hs, qs], delta[b, hs, qs], dq[b, hs, qs], dk[b, hs, ks],
+                             lse2[b, hs, qs], delta[b, hs, qs], dq[b, hs, qs], dk[b, hs, ks],
                              dv[b, hs, ks], buf, first)
     dq *= scale
+    dk *= LN2                                             # its sum read q log2(e) / sqrt(Dh)
     return dqkv.reshape(B, N, 3 * H * Dh)                 # (B, N, 3D)
 
 
-def _block_grads(qi, kj, vj, doi, lse_i, delta_i, dqi, dkj, dvj, buf, first: tuple) -> None:
+def _block_grads(qi, kj, vj, doi, lse2_i, delta_i, dqi, dkj, dvj, buf, first: tuple) -> None:
     """One (query block i, key block j) term of dq_i, dk_j and dv_j of h heads (written, or
-    added unless this is the first term): qi (h, bq, Dh) scaled by 1/sqrt(Dh), kj, vj
-    (h, bk, Dh), doi (h, bq, Dh), lse_i and delta_i (h, bq). dqi gets dS k (its 1/sqrt(Dh)
-    after all blocks); dkj gets dS^T (q / sqrt(Dh))."""
+    added unless this is the first term): qi (h, bq, Dh) scaled by log2(e) / sqrt(Dh), kj, vj
+    (h, bk, Dh), doi (h, bq, Dh), lse2_i and delta_i (h, bq). dqi gets dS k (its 1/sqrt(Dh)
+    after all blocks); dkj gets dS^T qi (its ln 2 after all blocks)."""
     xp = backend.xp_of(qi)
     h, nq, _ = qi.shape
     nk = kj.shape[1]
     pt = _scratch(buf[0], nk, h, nq)                      # P^T, keys first
-    xp.matmul(kj, qi.swapaxes(-1, -2), out=pt.transpose(1, 0, 2))   # S^T = k q^T
-    pt -= lse_i
-    xp.exp(pt, out=pt)                                    # P^T = e^(S - L)^T
+    xp.matmul(kj, qi.swapaxes(-1, -2), out=pt.transpose(1, 0, 2))   # S2^T = k q^T
+    pt -= lse2_i
+    xp.exp2(pt, out=pt)                                   # P^T = 2^(S2 - L2)^T
     dst = _scratch(buf[1], nk, h, nq)                     # dP^T, then dS^T
     xp.matmul(vj, doi.swapaxes(-1, -2), out=dst.transpose(1, 0, 2))  # dP^T = v dO^T
     dst -= delta_i

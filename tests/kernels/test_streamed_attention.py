@@ -77,9 +77,13 @@ def test_streamed_equals_reference(dtype, rtol, block_h, block_q, block_k, queri
     out, c = streamed.attention_forward(qkv.astype(dtype), H, queries=queries, block_q=block_q,
                                         block_k=block_k, block_h=block_h)
     dqkv = streamed.attention_backward(dout[:, rows].astype(dtype), c)
-    assert out.dtype == dqkv.dtype == c.lse.dtype == np.dtype(dtype)
-    assert c.lse.shape == (B, H, rows.stop - rows.start) and np.shares_memory(c.out, out)
+    assert out.dtype == dqkv.dtype == c.lse2.dtype == np.dtype(dtype)
+    assert c.lse2.shape == (B, H, rows.stop - rows.start) and np.shares_memory(c.out, out)
     assert_close(out, out_ref[:, rows], rtol, "out")
+    scores = (c_ref.q @ c_ref.k.swapaxes(-1, -2))[:, :, rows] * c_ref.scale   # (B, H, Q, N)
+    top = scores.max(-1)
+    lse = top + np.log(np.exp(scores - top[..., None]).sum(-1))        # log sum_j e^S_ij
+    assert_close(c.lse2 * streamed.LN2, lse, rtol, "lse2 ln 2")        # L2 = L / ln 2
     assert_close(c.maps(), c_ref.probs[:, :, rows], rtol, "maps")
     assert_close(dqkv, dqkv_ref, rtol, "dqkv")
     if queries is not None:                               # dq is zero outside the rows
@@ -94,7 +98,7 @@ def test_streamed_large_scores_and_many_blocks():
     out_ref, c_ref = reference.attention_forward(qkv, 2)
     assert np.abs(c_ref.q @ c_ref.k.swapaxes(-1, -2)).max() * c_ref.scale > 100
     out, c = streamed.attention_forward(qkv, 2, block_q=4, block_k=1)
-    assert np.isfinite(c.lse).all()
+    assert np.isfinite(c.lse2).all()
     assert_close(out, out_ref, RTOL64, "out")
     dout = randn(np, 1, 9, 8, seed=9)
     assert_close(streamed.attention_backward(dout, c), reference.attention_backward(dout, c_ref),
@@ -127,7 +131,8 @@ def test_block_sizes_bound_the_tile():
         for n in (577, 1025, 1370, 4097):
             bh, bq, bk = streamed.block_sizes(heads, n, n, 4)
             assert bk <= streamed.BLOCK_K and bq <= n and 1 <= bh <= heads
-            assert bh * bq * bk * 4 <= streamed.TILE_BYTES or (bh == 1 and bq <= streamed.MIN_BLOCK_Q)
+            assert (bh * bq * bk * 4 <= streamed.TILE_BYTES
+                    or (bh == 1 and bq <= streamed.MIN_BLOCK_Q))
     with pytest.raises(ValueError, match="block sizes"):
         streamed.attention_forward(randn(np, 1, 3, 6), 1, block_q=-1)
     with pytest.raises(ValueError, match="block_h=-2"):
