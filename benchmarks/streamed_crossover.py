@@ -7,6 +7,8 @@ probabilities the keys-first kernel keeps over the model's depth, the memory str
     python benchmarks/streamed_crossover.py                        # D=768, H=12, B 1..4
     python benchmarks/streamed_crossover.py --batch 1 --tokens 577 1370 --rounds 7
     python benchmarks/streamed_crossover.py --block-q 64 --block-k 512   # other block sizes
+    python benchmarks/streamed_crossover.py --block-h 12 --block-q 172 --block-k 229  # every head
+                                                                    # of an image in one tile
     python benchmarks/streamed_crossover.py --memory               # peak forward memory too
 
 Method: float32 random qkv; every round times keys-first, then streamed, then (the other way
@@ -50,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--block-q", type=int, default=None, help="streamed query block (default: "
                     "streamed.block_sizes)")
     ap.add_argument("--block-k", type=int, default=None, help="streamed key block")
+    ap.add_argument("--block-h", type=int, default=None, help="streamed heads per tile")
     ap.add_argument("--memory", action="store_true", help="peak forward memory (tracemalloc)")
     return ap.parse_args(argv)
 
@@ -79,7 +82,7 @@ def kernels(args) -> dict:
     """name -> (forward(qkv) -> (out, cache), backward(dout, cache)) of the two kernels."""
     from minivit.kernels import attention as keys_first
     from minivit.kernels import streamed
-    blocks = dict(block_q=args.block_q, block_k=args.block_k)
+    blocks = dict(block_q=args.block_q, block_k=args.block_k, block_h=args.block_h)
     return {"keys-first": (lambda qkv: keys_first.attention_forward(qkv, args.heads),
                            keys_first.attention_backward),
             "streamed": (lambda qkv: streamed.attention_forward(qkv, args.heads, **blocks),

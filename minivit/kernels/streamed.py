@@ -13,18 +13,19 @@ block of keys: each head's products are then large (hundreds of rows each way) w
 stays in the cache for the passes over it. Inside a tile the scores are stored keys first,
 (bk, h, bq), as in attention.py: the running max and sum run down the first axis across rows
 h*bq long. The loop over tiles is a loop over cache-sized pieces of work, each a few large
-products (benchmarks/streamed_crossover.py measured it against one tile of every head).
+products (benchmarks/streamed_crossover.py --block-h measures it against other tilings).
+
 In base 2: e^S = 2^(S log2 e), so the queries' scale 1/sqrt(Dh) takes the factor log2 e and
 every exponential is NumPy's exp2, which is faster than its exp on float32 and as accurate
 (docs/derivations.md 8.5, step 7); the log-sum-exp is kept in base 2 as well.
+
 No attention dropout: it would need the dropped probabilities, block by block, from one mask
 source; the plan (kernels.plan) runs this kernel only where attention dropout is off.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import math
+from typing import NamedTuple
 
 import numpy as np
 
