@@ -1,9 +1,10 @@
 """Streamed attention: layers/attention.py's attention pair (tests/kernels prove it equal) computed
 over blocks of queries and keys, never holding the (B, H, N, N) scores.
 
-The forward walks the keys block by block with a running maximum and a running sum (online
-softmax, docs/derivations.md section 8.5) and keeps only the output O and each query row's
-log-sum-exp L. The backward remakes each block's probabilities from L, P = exp(S - L), and takes
+The forward walks the keys block by block, summing each query row's exponentials shifted by the
+row's own score (the query against its own key; a running maximum, the online softmax, where
+that would leave float range: docs/derivations.md section 8.5), and keeps only the output O and
+each query row's log-sum-exp L. The backward remakes each block's probabilities from L, P = exp(S - L), and takes
 softmax's row sum from D = rowsum(dO * O). Memory grows as N (times Dh) instead of N^2: long
 token sequences (large images, small patches) fit where the whole score matrix would not, and
 each block's scores stay in the cache while they are used.
@@ -18,6 +19,10 @@ products (benchmarks/streamed_crossover.py --block-h measures it against other t
 In base 2: e^S = 2^(S log2 e), so the queries' scale 1/sqrt(Dh) takes the factor log2 e and
 every exponential is NumPy's exp2, which is faster than its exp on float32 and as accurate
 (docs/derivations.md 8.5, step 7); the log-sum-exp is kept in base 2 as well.
+
+Each row's shift rides in the products (8.5, step 8): [q | -c] [k | 1]^T = q k^T - c, so a
+score block comes out of its product already shifted, in the forward (c the row's own score) and
+in the backward (the saved log-sum-exp, and D beside dO): no pass over the scores for it.
 
 No attention dropout: it would need the dropped probabilities, block by block, from one mask
 source; the plan (kernels.plan) runs this kernel only where attention dropout is off.
@@ -95,8 +100,11 @@ def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, quer
                       block_q: int | None = None, block_k: int | None = None,
                       block_h: int | None = None):
     """out = softmax(q k^T / sqrt(Dh)) v per head, heads concatenated, from a fused qkv (B, N, 3D)
-    laid out [q | k | v], streamed over key blocks (online softmax, in base 2: S2 = S log2 e,
-    2^S2 = e^S): for each block of keys,
+    laid out [q | k | v], streamed over key blocks, in base 2 (S2 = S log2 e, 2^S2 = e^S), each
+    row shifted by its own score c_i = S2_ii:
+        l = sum_j 2^(S2_ij - c_i),  acc = sum_j 2^(S2_ij - c_i) v_j;  O = acc / l,  L2 = c + log2 l,
+    and a block of query rows whose sums leave float range again with the running max (online
+    softmax): for each block of keys,
         m' = max(m, max_j S2_ij),  l' = 2^(m - m') l + sum_j 2^(S2_ij - m'),
         acc' = 2^(m - m') acc + sum_j 2^(S2_ij - m') v_j;   O = acc / l,  L2 = m + log2 l.
     queries=Q or slice(a, b): those query rows only, each over every key (as attention.py).
@@ -123,9 +131,14 @@ def attention_forward(qkv, heads: int, attn_dropout: float = 0.0, rng=None, quer
     lse2 = xp.empty((B, H, Q), dtype=qkv.dtype)
     buf = xp.empty(bk * bh * bq, dtype=qkv.dtype)         # one tile's scores, reused
     for b, hs in _head_tiles(B, H, bh):
+        k1 = _with_column(k[b, hs], 1)                    # (h, N, Dh + 1): [k | 1]
         for qs in _spans(Q, bq):
             qi = q[b, hs, qs] * (scale * LOG2E)           # (h, bq, Dh): scores in base 2
-            lse2[b, hs, qs] = _query_block(qi, k[b, hs], v[b, hs], o[b, hs, qs], buf, bk)
+            own = k[b, hs, rows.start + qs.start:rows.start + qs.stop]   # each query's own key
+            lse = _query_block_own_shift(qi, own, k1, v[b, hs], o[b, hs, qs], buf, bk)
+            if lse is None:                               # out of float range: the running max
+                lse = _query_block(qi, k[b, hs], v[b, hs], o[b, hs, qs], buf, bk)
+            lse2[b, hs, qs] = lse
     return out.reshape(B, Q, H * Dh), StreamedCache(q, k, v, out, lse2, scale, rows, blocks)
 
 
@@ -144,10 +157,57 @@ def _head_tiles(B: int, H: int, bh: int) -> list:
     return [(b, hs) for b in range(B) for hs in _spans(H, bh)]
 
 
+def _with_column(x, c):
+    """[x | c] (..., n + 1): x (..., n) with one more column holding c (a scalar, or (...) one
+    value per row), C-contiguous. In a product, [a | c] [b | 1]^T = a b^T + c: a shift per row
+    rides in the matrix product instead of a pass of its own (docs/derivations.md 8.5, step 8)."""
+    xp = backend.xp_of(x)
+    x1 = xp.empty(x.shape[:-1] + (x.shape[-1] + 1,), dtype=x.dtype)
+    x1[..., :-1] = x
+    x1[..., -1] = c
+    return x1
+
+
+def _query_block_own_shift(qi, own, k1, v, oi, buf, bk: int):
+    """_query_block with one fixed shift per row instead of a running max: c_i = S2_ii, query
+    i's score against its own key, one of the scores of its row. Every key block is then one
+    product giving S2 - c directly, [qi | -c] [k | 1]^T, an exp2, a column sum and the product
+    with v: no max, no subtraction, no rescaling. The row's own term is 2^0, so its sum is at
+    least 1; a score above the row's own by more than float range overflows, and then (a
+    finiteness check of the sums and the output) this returns None and the caller runs
+    _query_block. qi (h, bq, Dh) scaled by log2(e) / sqrt(Dh); own (h, bq, Dh) the queries' own
+    keys; k1 (h, N, Dh + 1) = [k | 1]; v (h, N, Dh). Writes O into oi (h, bq, Dh), returns
+    L2 = c + log2 l (h, bq)."""
+    xp = backend.xp_of(qi)
+    h, nq, _ = qi.shape
+    c = (qi * own).sum(-1)                                # (h, bq) S2_ii
+    q1 = _with_column(qi, -c)                             # (h, bq, Dh + 1): [qi | -c]
+    l = None                                              # the sum (h, bq)
+    with np.errstate(over="ignore", invalid="ignore"):    # an overflow is checked for below
+        for ks in _spans(k1.shape[1], bk):
+            nk = ks.stop - ks.start
+            pt = _scratch(buf, nk, h, nq)                 # (S2 - c)^T block, keys first
+            xp.matmul(k1[:, ks], q1.swapaxes(-1, -2), out=pt.transpose(1, 0, 2))
+            xp.exp2(pt, out=pt)                           # 2^(S2 - c), (bk, h, bq)
+            p_sum = col_sum(pt.reshape(nk, -1)).reshape(h, nq)
+            p = pt.transpose(1, 2, 0)                     # (h, bq, bk) view
+            if l is None:
+                l = p_sum
+                xp.matmul(p, v[:, ks], out=oi)            # (h, bq, Dh)
+            else:
+                l += p_sum
+                oi += p @ v[:, ks]
+        oi /= l[..., None]                                # O = acc / l
+    if not (bool(xp.isfinite(l).all()) and bool(xp.isfinite(oi).all())):
+        return None                                       # overflowed (or non-finite input)
+    return c + xp.log2(l)                                 # L2 = c + log2 l, (h, bq)
+
+
 def _query_block(qi, k, v, oi, buf, bk: int):
     """One block of query rows qi (h, bq, Dh) of h heads, already scaled by log2(e) / sqrt(Dh)
-    (so that qi k^T = S2), over every key of k, v (h, N, Dh), bk keys at a time: writes O into
-    oi (h, bq, Dh) and returns L2 (h, bq)."""
+    (so that qi k^T = S2), over every key of k, v (h, N, Dh), bk keys at a time, with a running
+    max (online softmax): writes O into oi (h, bq, Dh) and returns L2 (h, bq). Never overflows;
+    the forward runs it where _query_block_own_shift's sums leave float range."""
     xp = backend.xp_of(qi)
     h, nq, _ = qi.shape
     m = l = None                                          # running max and sum (h, bq)
@@ -195,33 +255,35 @@ def attention_backward(dout, cache: StreamedCache):
     buf = xp.empty((2, bk * bh * bq), dtype=dout.dtype)   # P^T and dS^T tiles, reused
     q_spans = _spans(Q, bq)
     for b, hs in _head_tiles(B, H, bh):
-        qs_scaled = [q[b, hs, s] * (scale * LOG2E) for s in q_spans]   # (h, bq, Dh) each
+        k1, v1 = _with_column(k[b, hs], 1), _with_column(v[b, hs], 1)   # (h, N, Dh + 1)
+        q1 = [_with_column(q[b, hs, s] * (scale * LOG2E), -lse2[b, hs, s])
+              for s in q_spans]                           # [qs | -L2] (h, bq, Dh + 1) each
+        do1 = [_with_column(do[b, hs, s], -delta[b, hs, s]) for s in q_spans]   # [dO | -D]
         for j, ks in enumerate(_spans(N, bk)):
             for i, qs in enumerate(q_spans):
                 first = (i == 0, j == 0)                  # the first term of dk, dv / of dq
-                _block_grads(qs_scaled[i], k[b, hs, ks], v[b, hs, ks], do[b, hs, qs],
-                             lse2[b, hs, qs], delta[b, hs, qs], dq[b, hs, qs], dk[b, hs, ks],
-                             dv[b, hs, ks], buf, first)
+                _block_grads(q1[i], k1[:, ks], v1[:, ks], do1[i], dq[b, hs, qs],
+                             dk[b, hs, ks], dv[b, hs, ks], buf, first)
     dq *= scale
     dk *= LN2                                             # its sum read q log2(e) / sqrt(Dh)
     return dqkv.reshape(B, N, 3 * H * Dh)                 # (B, N, 3D)
 
 
-def _block_grads(qi, kj, vj, doi, lse2_i, delta_i, dqi, dkj, dvj, buf, first: tuple) -> None:
+def _block_grads(q1, k1, v1, do1, dqi, dkj, dvj, buf, first: tuple) -> None:
     """One (query block i, key block j) term of dq_i, dk_j and dv_j of h heads (written, or
-    added unless this is the first term): qi (h, bq, Dh) scaled by log2(e) / sqrt(Dh), kj, vj
-    (h, bk, Dh), doi (h, bq, Dh), lse2_i and delta_i (h, bq). dqi gets dS k (its 1/sqrt(Dh)
-    after all blocks); dkj gets dS^T qi (its ln 2 after all blocks)."""
-    xp = backend.xp_of(qi)
-    h, nq, _ = qi.shape
-    nk = kj.shape[1]
+    added unless this is the first term), each row's shift riding in its product (8.5, step 8):
+    q1 = [qi | -L2_i] (h, bq, Dh + 1) with qi scaled by log2(e) / sqrt(Dh), k1 = [kj | 1] and
+    v1 = [vj | 1] (h, bk, Dh + 1), do1 = [dO_i | -D_i] (h, bq, Dh + 1). dqi gets dS k (its
+    1/sqrt(Dh) after all blocks); dkj gets dS^T qi (its ln 2 after all blocks)."""
+    xp = backend.xp_of(q1)
+    h, nq, Dh1 = q1.shape
+    nk = k1.shape[1]
+    qi, kj, doi = q1[..., :Dh1 - 1], k1[..., :Dh1 - 1], do1[..., :Dh1 - 1]   # views
     pt = _scratch(buf[0], nk, h, nq)                      # P^T, keys first
-    xp.matmul(kj, qi.swapaxes(-1, -2), out=pt.transpose(1, 0, 2))   # S2^T = k q^T
-    pt -= lse2_i
+    xp.matmul(k1, q1.swapaxes(-1, -2), out=pt.transpose(1, 0, 2))   # (S2 - L2)^T
     xp.exp2(pt, out=pt)                                   # P^T = 2^(S2 - L2)^T
-    dst = _scratch(buf[1], nk, h, nq)                     # dP^T, then dS^T
-    xp.matmul(vj, doi.swapaxes(-1, -2), out=dst.transpose(1, 0, 2))  # dP^T = v dO^T
-    dst -= delta_i
+    dst = _scratch(buf[1], nk, h, nq)                     # dP^T - D, then dS^T
+    xp.matmul(v1, do1.swapaxes(-1, -2), out=dst.transpose(1, 0, 2))  # (v dO^T - D)^T
     dst *= pt                                             # dS^T = P^T (dP^T - D)
     _put(dvj, pt.transpose(1, 0, 2), doi, first[0])       # dv += P^T dO
     _put(dkj, dst.transpose(1, 0, 2), qi, first[0])       # dk += dS^T q

@@ -4,6 +4,7 @@ differences, outputs, maps and gradients equal to the reference in float64 and t
 rounding in float32, for block sizes that divide N and that do not; kernels.plan()'s rule; the
 whole model with the streamed path forced on equal to the reference engine."""
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -60,13 +61,22 @@ def test_streamed_grads_some_query_rows(queries):
                 ["q", "k", "v"], tol=TOL)
 
 
+@pytest.fixture(params=["own score", "running max"])
+def shift(request, monkeypatch):
+    """Each row's shift: its own score (the default), or the running max everywhere (the path
+    a query block takes when its sums leave float range)."""
+    if request.param == "running max":
+        monkeypatch.setattr(streamed, "_query_block_own_shift", lambda *args: None)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype, rtol", [("float64", RTOL64), ("float32", RTOL32)])
 @pytest.mark.parametrize("block_h, block_q, block_k", BLOCKS)
 @pytest.mark.parametrize("queries", [None, 1, slice(1, 4)])
-def test_streamed_equals_reference(dtype, rtol, block_h, block_q, block_k, queries):
+def test_streamed_equals_reference(dtype, rtol, block_h, block_q, block_k, queries, shift):
     """Output, maps (remade from the log-sum-exp) and dqkv equal the reference pair's rows
     (the float64 reference on the same inputs: float32 within its rounding), in the input's
-    dtype; the cache holds nothing N x N."""
+    dtype, whichever shift the forward takes; the cache holds nothing N x N."""
     qkv = randn(np, B, N, 3 * H * Dh, seed=1, scale=2.0)
     dout = randn(np, B, N, H * Dh, seed=2)
     out_ref, c_ref = reference.attention_forward(qkv, H)
@@ -103,6 +113,46 @@ def test_streamed_large_scores_and_many_blocks():
     dout = randn(np, 1, 9, 8, seed=9)
     assert_close(streamed.attention_backward(dout, c), reference.attention_backward(dout, c_ref),
                  RTOL64, "dqkv")
+
+
+def scores_past_float32(dtype):
+    """qkv (1, 6, 3 * 2 * 4) whose query 2 of head 0 scores key 4 above its own key by 400,
+    577 in base 2 (2^577 overflows float32, not float64); every other row is ordinary."""
+    qkv = randn(np, 1, 6, 3 * 2 * 4, seed=13).astype(dtype)
+    q, k = qkv[0, :, :4], qkv[0, :, 8:12]                 # head 0's q and k (6, 4) views
+    q[2], k[2], k[4] = 10.0, -10.0, 10.0                  # S_22 = -200, S_24 = +200
+    return qkv
+
+
+def test_streamed_rows_past_float_range_take_the_running_max(monkeypatch):
+    """float32, a score above its row's own by more than float range: the own-score sums
+    overflow (no warning), the check sees it, and that query block runs again with the running
+    max: the same bits as the running max everywhere, and the reference's output to float32
+    rounding. In float64 (no overflow) the own-score path serves the same row."""
+    calls = []
+    running = streamed._query_block
+    monkeypatch.setattr(streamed, "_query_block",
+                        lambda *args: calls.append(1) or running(*args))
+    qkv = scores_past_float32("float32")
+    out, c = streamed.attention_forward(qkv, 2, block_h=1, block_q=3, block_k=4)
+    assert calls == [1]                                   # head 0, queries 0-2 only
+    assert np.isfinite(out).all() and np.isfinite(c.lse2).all()
+    with warnings.catch_warnings():                       # the overflow raised no warning
+        warnings.simplefilter("error")
+        streamed.attention_forward(qkv, 2, block_h=1, block_q=3, block_k=4)
+    with monkeypatch.context() as m:
+        m.setattr(streamed, "_query_block_own_shift", lambda *args: None)
+        out_running, c_running = streamed.attention_forward(qkv, 2, block_h=1, block_q=3,
+                                                            block_k=4)
+    np.testing.assert_array_equal(out[0, :3, :4], out_running[0, :3, :4])   # the block again
+    np.testing.assert_array_equal(c.lse2[0, 0, :3], c_running.lse2[0, 0, :3])
+    out_ref, _ = reference.attention_forward(qkv.astype(np.float64), 2)
+    assert_close(out, out_ref, RTOL32, "out")
+    calls.clear()
+    qkv64 = scores_past_float32("float64")
+    out64, c64 = streamed.attention_forward(qkv64, 2, block_h=1, block_q=3, block_k=4)
+    assert calls == []
+    assert_close(out64, reference.attention_forward(qkv64, 2)[0], RTOL64, "out float64")
 
 
 @pytest.mark.parametrize("block_h", [1, 2, 3])
