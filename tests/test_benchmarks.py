@@ -26,6 +26,7 @@ sys.path.insert(0, BENCH_DIR)
 import bench  # noqa: E402
 import gpu_run  # noqa: E402
 import layers  # noqa: E402
+import matmuls  # noqa: E402
 import measure  # noqa: E402
 import onnx_ref  # noqa: E402
 import stamp  # noqa: E402
@@ -83,6 +84,37 @@ def test_vit_flops_hand_count():
     assert measure.vit_flops(ViTConfig(**SMALL, representation_size=5), 3) == 3 * (12656 + 80 - 48 + 30)
     # heads only regroup the same products
     assert measure.vit_flops(ViTConfig(**{**SMALL, "heads": 4}), 3) == 3 * 12656
+
+
+def test_matmuls_lists_the_products_vit_flops_counts():
+    """benchmarks/matmuls.py's products of a forward: the hand count's shapes (SMALL, above),
+    and for every config the FLOPs measure.vit_flops counts, so the products it times are the
+    ones bench.py's GFLOP/s divide by."""
+    found = matmuls.products(ViTConfig(**SMALL), 3)
+    assert found[("patch_embed.w", 1, 3 * 4, 32, 8)] == 1
+    assert found[("attn.qkv.w", 1, 3 * 5, 8, 24)] == 2        # one per block
+    assert found[("attention q k^T", 3 * 2, 5, 4, 5)] == 2     # (B H) x (N, Dh) @ (Dh, N)
+    assert found[("attention a v", 3 * 2, 5, 5, 4)] == 2
+    assert matmuls.flops(found) == measure.vit_flops(ViTConfig(**SMALL), 3) == 3 * 12656
+    for name in bench.CONFIGS:
+        cfg = bench.bench_config(name)
+        assert matmuls.flops(matmuls.products(cfg, 2)) == measure.vit_flops(cfg, 2), name
+
+
+@pytest.mark.parametrize("lib", ["numpy", pytest.param("torch", marks=needs_torch)])
+def test_matmuls_runs(lib):
+    """The script end to end on the tiny config, in its own process (it sets the BLAS threads
+    before NumPy loads): every product's line and the total; a bad flag is refused."""
+    run = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "matmuls.py"), "--config",
+                          "tiny", "--batch", "2", "--reps", "1", "--threads", "1", "--lib", lib],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert "in " + lib in lines[0] and lines[-1].startswith("forward's products: ")
+    assert sum(line.startswith("attention ") for line in lines) == 2
+    bad = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "matmuls.py"), "--config",
+                          "nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--config nope: not one of" in bad.stderr
 
 
 @pytest.mark.parametrize("name,gmacs,params", [("vit-b16", 17.6, 86_567_656),
