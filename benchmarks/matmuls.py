@@ -19,6 +19,7 @@ products are the same shapes transposed (three per forward product).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -93,6 +94,8 @@ def main(argv=None) -> int:
     for flag in ("batch", "threads", "reps"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.lib == "torch" and importlib.util.find_spec("torch") is None:
+        ap.error("--lib torch: torch is not installed (pip install -e '.[torch]')")
     for var in THREAD_VARS:                               # BLAS and OpenMP read them on loading
         os.environ[var] = str(args.threads)
     import bench                                          # NumPy loads after the variables

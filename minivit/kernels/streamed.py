@@ -4,10 +4,10 @@ over blocks of queries and keys, never holding the (B, H, N, N) scores.
 The forward walks the keys block by block, summing each query row's exponentials shifted by the
 row's own score (the query against its own key; a running maximum, the online softmax, where
 that would leave float range: docs/derivations.md section 8.5), and keeps only the output O and
-each query row's log-sum-exp L. The backward remakes each block's probabilities from L, P = exp(S - L), and takes
-softmax's row sum from D = rowsum(dO * O). Memory grows as N (times Dh) instead of N^2: long
-token sequences (large images, small patches) fit where the whole score matrix would not, and
-each block's scores stay in the cache while they are used.
+each query row's log-sum-exp L. The backward remakes each block's probabilities from L,
+P = exp(S - L), and takes softmax's row sum from D = rowsum(dO * O). Memory grows as N (times
+Dh) instead of N^2: long token sequences (large images, small patches) fit where the whole score
+matrix would not, and each block's scores stay in the cache while they are used.
 
 A tile is one image's block of heads (as many as fit, down to one) by a block of queries by a
 block of keys: each head's products are then large (hundreds of rows each way) while the tile
