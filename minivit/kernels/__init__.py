@@ -8,7 +8,7 @@ tests/kernels/:
     block.py      the encoder block (LayerNorm affine folding, caches that remake their inputs,
                   the last block's class rows alone under CLS pooling)
     attention.py  attention with keys-first scores (NumPy), with fused softmax (CuPy)
-    streamed.py   attention over blocks of queries and keys (online softmax): no (N, N) scores
+    streamed.py   attention over blocks of queries and keys (a shift per row): no (N, N) scores
     norm.py       LayerNorm split into normalize and an affine that folds into the next linear
     gelu.py       the GELU in cache-sized chunks through exp; a float32 normal CDF without erf
     linear.py     the linear pair with matrix-vector column sums

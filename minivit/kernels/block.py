@@ -4,8 +4,8 @@
 - each LayerNorm's affine goes onto its rows or into the next linear layer's weights, whichever
   is less work (norm.py);
 - attention keeps its scores keys first on NumPy, queries first with fused softmax on CuPy
-  (attention.py), or with streamed=True never holds them: blocks of queries and keys with an
-  online softmax (streamed.py, where kernels.plan picks it); the GELU runs in cache-sized
+  (attention.py), or with streamed=True never holds them: blocks of queries and keys, with
+  a shift per row (streamed.py, where kernels.plan picks it); the GELU runs in cache-sized
   chunks through exp (gelu.py);
 - the cache keeps neither the qkv and fc1 inputs nor their (folded) weights, nor fc2's input,
   the largest activation of a block: backward remakes each from what it keeps (normalize's
