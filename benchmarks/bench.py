@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+from stamp import THREAD_VARS  # stamp loads no NumPy: the variables are set after it
 
 
 def _threads_from_argv(argv: list) -> int:

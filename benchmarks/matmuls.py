@@ -26,7 +26,7 @@ import sys
 import time
 from collections import Counter
 
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+import stamp  # benchmarks/ is not a package; stamp loads no NumPy
 
 
 def products(cfg, batch: int) -> Counter:
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             ap.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.lib == "torch" and importlib.util.find_spec("torch") is None:
         ap.error("--lib torch: torch is not installed (pip install -e '.[torch]')")
-    for var in THREAD_VARS:                               # BLAS and OpenMP read them on loading
+    for var in stamp.THREAD_VARS:                         # BLAS and OpenMP read them on loading
         os.environ[var] = str(args.threads)
     import bench                                          # NumPy loads after the variables
     import measure                                        # (benchmarks/ is not a package)

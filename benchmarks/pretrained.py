@@ -32,9 +32,6 @@ import stamp  # benchmarks/ is not a package: the script's folder is on the path
 
 CONFIG = "vit-b16-hf"      # google/vit-base-patch16-224's architecture: exact GELU, eps 1e-12
 
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 def make_checkpoint(folder: str) -> None:
     import torch
     from transformers import ViTConfig, ViTForImageClassification
@@ -134,7 +131,8 @@ def main() -> int:
         return 0
     sink = stamp.Sink(args.results, "pretrained.py") if args.json or args.results else None
     keep = sink.write if sink else (lambda r: r)
-    env = stamp.child_env({**os.environ, **{v: str(args.threads) for v in THREAD_VARS}})
+    env = stamp.child_env({**os.environ,
+                           **{v: str(args.threads) for v in stamp.THREAD_VARS}})
     failed = False
     with tempfile.TemporaryDirectory() as folder:
         make_checkpoint(folder)

@@ -43,6 +43,9 @@ RESULTS_DIR = os.path.join(HERE, "results")
 RUN_VAR = "MINIVIT_BENCH_RUN"      # the run id, handed from a command to the processes it starts
 COMMIT_VAR = "MINIVIT_COMMIT"      # the commit, for a copy of the code without .git: SHA[+dirty]
 OUTDIR_VAR = "MINIVIT_BENCH_OUTDIR"  # a run's output folder, written OUTDIR in command lines
+# BLAS and OpenMP read their thread counts from these once, when NumPy or PyTorch loads: a
+# benchmark sets them (or hands them to a child process) before that
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # versions are recorded for these when the measuring process imported them
 LIBRARIES = ("numpy", "minivit", "torch", "transformers", "cupy", "onnxruntime", "onnx",
              "onnxscript", "safetensors", "scipy", "mpi4py")

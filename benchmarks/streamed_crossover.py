@@ -31,6 +31,8 @@ import statistics
 import sys
 import time
 
+import stamp  # benchmarks/ is not a package; stamp loads no NumPy
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -129,7 +131,7 @@ def measure(args, impls: dict, what: str, B: int, N: int) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in stamp.THREAD_VARS:
         os.environ[var] = str(args.threads)
     from minivit.parallel import threads                  # NumPy loads after the variables
     threads.Runtime.from_env().apply()                    # the allocator as the commands run it

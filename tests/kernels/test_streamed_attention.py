@@ -150,7 +150,7 @@ def test_streamed_rows_past_float_range_take_the_running_max(monkeypatch):
     assert_close(out, out_ref, RTOL32, "out")
     calls.clear()
     qkv64 = scores_past_float32("float64")
-    out64, c64 = streamed.attention_forward(qkv64, 2, block_h=1, block_q=3, block_k=4)
+    out64, _ = streamed.attention_forward(qkv64, 2, block_h=1, block_q=3, block_k=4)
     assert calls == []
     assert_close(out64, reference.attention_forward(qkv64, 2)[0], RTOL64, "out float64")
 
